@@ -1,0 +1,37 @@
+"""zpandas: rows from CSV and log files on many machines, live in pandas.
+
+Producers publish Arrow IPC frames on ZeroMQ PUB sockets; a Subscriber drains them on
+a background thread into micro-batched pandas DataFrames.
+"""
+
+from .errors import (
+    ClosedError,
+    DataLossWarning,
+    EndpointError,
+    ProducerBrokenError,
+    SchemaMismatchError,
+    SourceError,
+    SubscriberBrokenError,
+    WireError,
+    ZpandasError,
+)
+from .producer import Producer, publish_files
+from .subscriber import Subscriber
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Producer",
+    "Subscriber",
+    "publish_files",
+    "ZpandasError",
+    "EndpointError",
+    "ClosedError",
+    "WireError",
+    "SchemaMismatchError",
+    "SourceError",
+    "SubscriberBrokenError",
+    "ProducerBrokenError",
+    "DataLossWarning",
+    "__version__",
+]

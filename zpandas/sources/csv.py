@@ -1,0 +1,155 @@
+"""CSV files as a stream of Arrow tables, each tagged with its exact byte range.
+
+The file is cut into blocks of whole records by a quote-aware scan (a newline ends a
+record only outside quotes), and each block is parsed by ``pyarrow.csv``. Knowing where
+each block starts and ends in the file is what lets a header say which bytes a frame
+holds - and lets a follower resume at a record boundary.
+
+Column types are inferred from the first block and then fixed (or given by the caller),
+so every table of a stream has the same schema.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from ..errors import SchemaMismatchError, SourceError
+
+__all__ = ["CsvReader", "Block", "last_record_end"]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows parsed from ``[start, end)`` of ``path``."""
+
+    path: str
+    start: int
+    end: int
+    table: pa.Table
+
+
+def last_record_end(buf, quote: int | None = ord('"')) -> int:
+    """Return the offset just past the last newline of ``buf`` that ends a record, or 0.
+
+    ``buf`` must start at a record boundary. A newline inside a quoted field does not
+    end a record: with RFC 4180 quoting (a quote inside a field is doubled), a newline
+    is outside quotes exactly when an even number of quote characters precede it.
+    """
+    a = np.frombuffer(buf, dtype=np.uint8)
+    newlines = np.flatnonzero(a == 10)
+    if newlines.size == 0:
+        return 0
+    if quote is not None:
+        quotes = np.flatnonzero(a == quote)
+        if quotes.size:
+            outside = np.searchsorted(quotes, newlines) % 2 == 0
+            newlines = newlines[outside]
+            if newlines.size == 0:
+                return 0
+    return int(newlines[-1]) + 1
+
+
+class CsvReader:
+    """Read CSV files into Arrow tables with one schema for all of them.
+
+    Parameters
+    ----------
+    schema : pyarrow.Schema or mapping of column name to type, optional
+        Types for some or all columns; the rest are inferred from the first block of
+        the first file and then fixed.
+    delimiter : str, default ","
+    quote_char : str or False, default '"'
+    block_size : int, default 4 MiB
+        Bytes read per block; one block becomes one table (and usually one frame).
+    """
+
+    def __init__(self, *, schema: pa.Schema | Mapping | None = None, delimiter: str = ",",
+                 quote_char: str | bool = '"', block_size: int = 4 << 20) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be positive")
+        if isinstance(schema, pa.Schema):
+            schema = {f.name: f.type for f in schema}
+        self._given = dict(schema or {})
+        self._quote = None if quote_char is False else ord(quote_char)
+        self._parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=quote_char,
+                                         newlines_in_values=quote_char is not False)
+        self.block_size = block_size
+        self.schema: pa.Schema | None = None
+        self._schema_from: str | None = None
+
+    def read(self, path: str | os.PathLike) -> Iterator[Block]:
+        """Yield the blocks of one file, in order; an empty file yields nothing.
+
+        Raises
+        ------
+        SchemaMismatchError
+            If the file's columns differ from the schema fixed by an earlier file.
+        SourceError
+            If a value does not fit its column's type, or the file cannot be parsed.
+        """
+        path = os.fspath(path)
+        names: list[str] | None = None  # from this file's header line
+        with open(path, "rb") as f:
+            offset = 0
+            carry = b""
+            eof = False
+            while not eof:
+                data = f.read(self.block_size)
+                eof = not data
+                buf = carry + data
+                if offset == 0 and buf.startswith(_BOM):
+                    buf, offset = buf[len(_BOM):], len(_BOM)
+                cut = len(buf) if eof else last_record_end(buf, self._quote)
+                if cut == 0:
+                    carry = buf  # no complete record yet: read on
+                    continue
+                chunk, carry = buf[:cut], buf[cut:]
+                if names is None:
+                    if not chunk.strip():
+                        return  # an empty file, or only blank lines
+                    table = self._convert(path, chunk, offset, pacsv.ReadOptions())
+                    names = table.column_names
+                    table = self._conform(path, table)
+                else:
+                    read = pacsv.ReadOptions(column_names=names)
+                    table = self._conform(path, self._convert(path, chunk, offset, read))
+                if table.num_rows:
+                    yield Block(path, offset, offset + cut, table)
+                offset += cut
+
+    def _conform(self, path: str, table: pa.Table) -> pa.Table:
+        """Check ``table`` against the fixed schema, or fix the schema from it."""
+        if self.schema is None:
+            if not table.num_rows:
+                return table  # a header alone says nothing about types
+            # A column empty in the first block would be typed null and then reject
+            # every later value; string is the type that takes anything.
+            self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type)
+                                     else f for f in table.schema])
+            self._schema_from = path
+            return table.cast(self.schema)
+        if table.column_names != self.schema.names:
+            if sorted(table.column_names) != sorted(self.schema.names):
+                raise SchemaMismatchError(
+                    f"{path}: columns {table.column_names} do not match {self.schema.names} "
+                    f"(fixed by {self._schema_from})")
+            table = table.select(self.schema.names)  # same columns, another order
+        return table
+
+    def _convert(self, path: str, chunk: bytes, offset: int,
+                 read: pacsv.ReadOptions) -> pa.Table:
+        types = self._given if self.schema is None else {f.name: f.type for f in self.schema}
+        convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+        try:
+            return pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
+                                  parse_options=self._parse, convert_options=convert)
+        except pa.ArrowInvalid as e:
+            raise SourceError(f"{path}: bytes {offset}-{offset + len(chunk)}: {e}") from e

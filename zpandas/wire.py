@@ -1,0 +1,254 @@
+"""Wire format v1: sans-IO encoding and decoding of zpandas messages.
+
+A message is three ZeroMQ frames ``[topic, header, body]``:
+
+* ``topic`` - raw bytes; the only frame a SUB socket prefix-matches.
+* ``header`` - a 72-byte little-endian struct followed by two UTF-8 strings
+  (producer name, source id); see ``docs/wire.md`` for the byte layout.
+* ``body`` - for data messages, a complete Arrow IPC *stream* (schema, record
+  batches, end-of-stream marker) that ``pyarrow.ipc.open_stream`` reads with nothing
+  else; empty for end-of-stream and heartbeat messages.
+
+This module knows nothing of sockets or threads: it turns tables into frames and
+frames back into :class:`Message` objects, raising :class:`~zpandas.errors.WireError`
+with a stable ``reason`` for anything malformed. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from .errors import WireError
+
+__all__ = [
+    "VERSION",
+    "MAGIC",
+    "HEADER_STRUCT",
+    "Kind",
+    "Header",
+    "Message",
+    "fingerprint",
+    "encode_body",
+    "encode",
+    "decode",
+    "stamp",
+]
+
+MAGIC = b"ZP"
+VERSION = 1
+#: magic, version, kind, producer id, seq, send_ns, fingerprint, rows,
+#: source start, source end, producer-name length, source-id length
+HEADER_STRUCT = struct.Struct("<2sBB16sQq8sQqqHH")
+assert HEADER_STRUCT.size == 72
+_MAX_STR = 0xFFFF
+NO_FINGERPRINT = bytes(8)
+
+# Data may arrive at any address inside a ZeroMQ frame; Arrow copies only the buffers
+# whose alignment its kernels need, instead of all of them.
+_READ_OPTIONS = ipc.IpcReadOptions(ensure_alignment=ipc.Alignment.DataTypeSpecific)
+
+
+class Kind(enum.IntEnum):
+    """What a message carries."""
+
+    DATA = 0
+    END_OF_STREAM = 1
+    HEARTBEAT = 2
+
+
+@dataclass(frozen=True)
+class Header:
+    """The metadata sent with every message.
+
+    Attributes
+    ----------
+    kind : Kind
+        Data, end-of-stream or heartbeat.
+    producer : bytes
+        16-byte producer id (a UUID4), unique per Producer instance.
+    seq : int
+        Data messages are numbered 0, 1, 2, ... per (producer, topic). End-of-stream
+        and heartbeat messages carry the number of data messages sent so far on their
+        topic, so a receiver can also see that the *last* data message was lost.
+    send_ns : int
+        Send time, nanoseconds since the Unix epoch (the producer's clock).
+    fingerprint : bytes
+        8 bytes identifying the body's schema (see :func:`fingerprint`).
+    rows : int
+        Number of rows in the body.
+    name : str
+        Human-readable producer name (default ``host:pid``).
+    source : str
+        Where the rows came from (e.g. a file's identity); empty when unknown.
+    start, end : int
+        Byte range ``[start, end)`` of the rows in ``source``; -1 when unknown.
+    """
+
+    kind: Kind = Kind.DATA
+    producer: bytes = bytes(16)
+    seq: int = 0
+    send_ns: int = 0
+    fingerprint: bytes = NO_FINGERPRINT
+    rows: int = 0
+    name: str = ""
+    source: str = ""
+    start: int = -1
+    end: int = -1
+
+    def pack(self) -> bytes:
+        """Serialize to the v1 header bytes."""
+        name = self.name.encode("utf-8")[:_MAX_STR]
+        source = self.source.encode("utf-8")[:_MAX_STR]
+        if len(self.producer) != 16:
+            raise ValueError("producer id must be 16 bytes")
+        fixed = HEADER_STRUCT.pack(
+            MAGIC, VERSION, int(self.kind), self.producer, self.seq, self.send_ns,
+            self.fingerprint, self.rows, self.start, self.end, len(name), len(source),
+        )
+        return fixed + name + source
+
+    @classmethod
+    def unpack(cls, data) -> Header:
+        """Parse header bytes; raise :class:`WireError` if they are not a v1 header."""
+        mv = memoryview(data)
+        if len(mv) < 4:
+            raise WireError("header", f"header is {len(mv)} bytes, shorter than the 72-byte minimum")
+        if bytes(mv[:2]) != MAGIC:
+            raise WireError("magic", f"header starts with {bytes(mv[:2])!r}, not {MAGIC!r}")
+        if mv[2] != VERSION:
+            raise WireError("version", f"wire version {mv[2]} is not supported (this is version {VERSION})")
+        if len(mv) < HEADER_STRUCT.size:
+            raise WireError("header", f"header is {len(mv)} bytes, shorter than the 72-byte minimum")
+        (_, _, kind, producer, seq, send_ns, fp, rows, start, end, name_len,
+         source_len) = HEADER_STRUCT.unpack_from(mv)
+        if len(mv) != HEADER_STRUCT.size + name_len + source_len:
+            raise WireError("header", f"header is {len(mv)} bytes but its string lengths say "
+                            f"{HEADER_STRUCT.size + name_len + source_len}")
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            raise WireError("kind", f"unknown message kind {kind}") from None
+        off = HEADER_STRUCT.size
+        try:
+            name = bytes(mv[off:off + name_len]).decode("utf-8")
+            source = bytes(mv[off + name_len:]).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WireError("header", f"producer name or source is not UTF-8: {e}") from None
+        return cls(kind, producer, seq, send_ns, fp, rows, name, source, start, end)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: its topic, header and (for data messages) the rows."""
+
+    topic: bytes
+    header: Header
+    table: pa.Table | None
+    nbytes: int
+
+    @property
+    def kind(self) -> Kind:
+        return self.header.kind
+
+
+def fingerprint(schema: pa.Schema) -> bytes:
+    """Return 8 bytes identifying ``schema`` (field names, types and metadata).
+
+    The first 8 bytes of the SHA-256 of the schema's Arrow IPC serialization: equal
+    schemas give equal fingerprints in any process and any language.
+    """
+    return hashlib.sha256(schema.serialize()).digest()[:8]
+
+
+def encode_body(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
+    """Serialize a table or batch as a complete Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, data.schema) as writer:
+        if isinstance(data, pa.RecordBatch):
+            writer.write_batch(data)
+        else:
+            writer.write_table(data)
+    return sink.getvalue()
+
+
+def encode(data: pa.Table | pa.RecordBatch | None, *, topic: bytes | str = b"",
+           header: Header = Header()) -> list:
+    """Encode one message as its three frames ``[topic, header, body]``.
+
+    For a data message, ``header.rows`` and ``header.fingerprint`` are filled in from
+    ``data``; the body is a ``pyarrow.Buffer`` (send it with ``copy=False`` when large).
+    """
+    if isinstance(topic, str):
+        topic = topic.encode("utf-8")
+    if header.kind is Kind.DATA:
+        if data is None:
+            raise ValueError("a data message needs a table or record batch")
+        header = replace(header, rows=data.num_rows, fingerprint=fingerprint(data.schema))
+        body = encode_body(data)
+    else:
+        if data is not None:
+            raise ValueError(f"a {header.kind.name} message carries no rows")
+        body = b""
+    return [topic, header.pack(), body]
+
+
+_SEQ_TIME = struct.Struct("<Qq")
+_SEQ_OFFSET = 20  # after magic (2), version (1), kind (1), producer id (16)
+
+
+def stamp(header: bytearray, seq: int, send_ns: int) -> None:
+    """Write ``seq`` and ``send_ns`` into packed header bytes, in place.
+
+    The producer encodes bodies on its callers' threads but numbers messages on the
+    thread that owns the socket, in send order; this avoids re-packing the header.
+    """
+    _SEQ_TIME.pack_into(header, _SEQ_OFFSET, seq, send_ns)
+
+
+def decode(frames, *, max_bytes: int | None = None) -> Message:
+    """Decode ``[topic, header, body]`` frames into a :class:`Message`.
+
+    Parameters
+    ----------
+    frames : sequence of bytes-like
+        The frames of one multipart message (``bytes``, ``memoryview`` or any object
+        with the buffer protocol, e.g. a ``zmq.Frame``); the body is read zero-copy.
+    max_bytes : int, optional
+        Reject messages whose frames add up to more than this (reason ``"oversize"``).
+
+    Raises
+    ------
+    WireError
+        With ``reason`` one of ``frames``, ``oversize``, ``header``, ``magic``,
+        ``version``, ``kind``, ``body``, ``fingerprint``, ``rows``.
+    """
+    if len(frames) != 3:
+        raise WireError("frames", f"expected 3 frames [topic, header, body], got {len(frames)}")
+    views = [memoryview(f) for f in frames]
+    nbytes = sum(v.nbytes for v in views)
+    if max_bytes is not None and nbytes > max_bytes:
+        raise WireError("oversize", f"message is {nbytes} bytes, over the {max_bytes}-byte limit")
+    topic = bytes(views[0])
+    header = Header.unpack(views[1])
+    body = views[2]
+    if header.kind is not Kind.DATA:
+        if body.nbytes:
+            raise WireError("body", f"a {header.kind.name} message must have an empty body")
+        return Message(topic, header, None, nbytes)
+    try:
+        reader = ipc.open_stream(pa.BufferReader(pa.py_buffer(body)), options=_READ_OPTIONS)
+        table = reader.read_all()
+        table.validate()
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise WireError("body", f"body is not an Arrow IPC stream: {e}") from None
+    if fingerprint(table.schema) != header.fingerprint:
+        raise WireError("fingerprint", "the body's schema does not match the header's fingerprint")
+    if table.num_rows != header.rows:
+        raise WireError("rows", f"header says {header.rows} rows, body has {table.num_rows}")
+    return Message(topic, header, table, nbytes)
