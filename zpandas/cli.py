@@ -1,0 +1,184 @@
+"""The ``zpandas`` command: publish, subscribe, demo.
+
+The only module that prints, configures logging or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from . import __version__
+from .errors import ZpandasError
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="zpandas",
+        description="Rows from CSV files on many machines, live in pandas (Arrow over ZeroMQ).")
+    parser.add_argument("--version", action="version", version=f"zpandas {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("publish", help="publish CSV files to a subscriber",
+                       description="Publish the rows of CSV files (paths or globs).")
+    p.add_argument("files", nargs="+", help="files or glob patterns, e.g. 'logs/*.csv'")
+    p.add_argument("-e", "--endpoint", action="append",
+                   help=f"where to publish; '>' connects (default), '@' binds; repeatable "
+                        f"(default >{DEFAULT_ENDPOINT})")
+    p.add_argument("-t", "--topic", default="", help="topic of the rows (default: none)")
+    p.add_argument("--name", help="producer name shown to subscribers (default host:pid)")
+    p.add_argument("--wait-for", type=int, default=1, metavar="N",
+                   help="wait until N subscribers listen before sending (default 1; 0: don't wait)")
+    p.add_argument("--wait-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument("--block-size", type=int, default=4 << 20, metavar="BYTES")
+    p.add_argument("--delimiter", default=",")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("subscribe", help="receive rows and print a live summary",
+                       description="Receive rows; print a summary line every second.")
+    s.add_argument("-e", "--endpoint", action="append",
+                   help=f"'@' binds (default), '>' connects; repeatable (default @{DEFAULT_ENDPOINT})")
+    s.add_argument("-t", "--topic", action="append", default=[], help="topic prefix; repeatable")
+    s.add_argument("--producers", type=int, metavar="N",
+                   help="stop once N producers have finished (the batch job)")
+    s.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    s.add_argument("--parquet", metavar="PATH", help="write the rows collected to this Parquet file")
+
+    d = sub.add_parser("demo", help="4 local producers -> 1 subscriber -> aggregate, Parquet, PNG")
+    d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    d.add_argument("--data", default=None, help="folder with node*/ CSV files (default: bundled)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return {"publish": _publish, "subscribe": _subscribe, "demo": _demo}[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (ZpandasError, OSError, TimeoutError) as e:
+        print(f"zpandas {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _publish(args) -> int:
+    from .producer import publish_files
+
+    endpoints = args.endpoint or [">" + DEFAULT_ENDPOINT]
+    result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
+                           wait_for_subscribers=args.wait_for, wait_timeout=args.wait_timeout,
+                           block_size=args.block_size, delimiter=args.delimiter,
+                           progress=not args.quiet)
+    if not args.quiet:
+        print(f"published {result['rows']:,} rows from {result['files']} files "
+              f"({result['bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _subscribe(args) -> int:
+    from .parquet import write_parquet
+    from .subscriber import Subscriber
+
+    endpoints = args.endpoint or ["@" + DEFAULT_ENDPOINT]
+    with Subscriber(endpoints, topics=args.topic) as sub:
+        print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'}", flush=True)
+        start = time.monotonic()
+        last_rows = 0
+        while True:
+            time.sleep(1.0)  # the print interval of a human-facing summary, not a sync
+            st = sub.stats()
+            finished = int(st["producers"].groupby("producer")["finished"].any().sum()) \
+                if len(st["producers"]) else 0
+            print(f"{time.monotonic() - start:7.1f}s rows={st['rows']:,} "
+                  f"(+{st['rows'] - last_rows:,}/s) producers={st['producers']['producer'].nunique()} "
+                  f"finished={finished} missed={st['missed']} bad={sum(st['bad_frames'].values())}",
+                  flush=True)
+            last_rows = st["rows"]
+            if args.producers is not None and finished >= args.producers:
+                break
+            if args.duration is not None and time.monotonic() - start >= args.duration:
+                break
+        if args.parquet:
+            df = sub.frame()
+            write_parquet(df, args.parquet, provenance={"producers": _provenance(sub.stats())})
+            print(f"wrote {len(df):,} rows to {args.parquet}")
+    return 0
+
+
+def _demo(args) -> int:
+    import glob
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from .parquet import write_parquet
+    from .subscriber import Subscriber
+
+    data = args.data or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+    nodes = sorted(d for d in glob.glob(os.path.join(data, "node*")) if os.path.isdir(d))
+    if not nodes:
+        raise FileNotFoundError(f"no node*/ folders with CSV files in {data}")
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    with Subscriber("@tcp://127.0.0.1:*", topics="metrics") as sub:
+        address = sub.endpoints[0]
+        print(f"subscriber listening on {address}; starting {len(nodes)} producer processes")
+        procs = [subprocess.Popen([sys.executable, "-m", "zpandas", "publish", "--quiet",
+                                   os.path.join(node, "*.csv"), "-e", ">" + address,
+                                   "-t", "metrics", "--name", os.path.basename(node)])
+                 for node in nodes]
+        try:
+            df = sub.collect(producers=len(nodes), timeout=120)
+        finally:
+            codes = [p.wait(timeout=60) for p in procs]
+        stats = sub.stats()
+    if any(codes):
+        raise ZpandasError(f"a producer failed (exit codes {codes})")
+    elapsed = time.perf_counter() - t0
+
+    print(f"\ncollected {len(df):,} rows from {len(nodes)} producers in {elapsed:.2f} s "
+          f"({stats['bytes'] / 1e6:.1f} MB on the wire, {stats['missed']} messages missed, "
+          f"{sum(stats['bad_frames'].values())} bad frames)\n")
+    print(stats["producers"][["name", "topic", "messages", "rows", "missed"]].to_string(index=False))
+
+    agg = (df.groupby(["host", "metric"], observed=True)["value"]
+             .agg(rows="count", mean="mean", p95=lambda v: v.quantile(0.95), max="max")
+             .round(2).reset_index())
+    print("\nvalue by host and metric:\n")
+    print(agg.to_string(index=False))
+
+    parquet = write_parquet(agg, os.path.join(args.out, "aggregate.parquet"),
+                            provenance={"producers": _provenance(stats)})
+    rows = write_parquet(df, os.path.join(args.out, "rows.parquet"),
+                         provenance={"producers": _provenance(stats)})
+
+    cpu = df[df["metric"] == "cpu_pct"].copy()
+    cpu["timestamp"] = pd.to_datetime(cpu["timestamp"])
+    series = (cpu.set_index("timestamp").groupby("host")["value"]
+                 .resample("5min").mean().unstack(0))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    series.plot(ax=ax, linewidth=1.6)
+    ax.set_title("cpu_pct by host, 5-minute mean (zpandas demo)")
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("cpu %")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = os.path.join(args.out, "cpu_by_host.png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    print(f"\nwrote {parquet}\nwrote {rows}\nwrote {png}")
+    return 0
+
+
+def _provenance(stats: dict) -> list[dict]:
+    """Who sent what, stored in the Parquet file's metadata."""
+    return stats["producers"][["name", "topic", "rows", "missed"]].to_dict("records")
