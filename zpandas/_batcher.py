@@ -11,12 +11,12 @@ import pyarrow as pa
 
 
 class MicroBatcher:
-    """Collect tables into micro-batches of about ``max_rows`` rows, or older than ``max_latency``.
+    """Collect tables into micro-batches of ``max_rows`` rows, or fewer once ``max_latency`` old.
 
     Parameters
     ----------
     max_rows : int
-        A pending batch with at least this many rows is released at once.
+        Rows are released in batches of exactly this many as soon as they are there.
     max_latency : float
         A pending batch is released once its oldest table is this many seconds old.
     """
@@ -46,7 +46,14 @@ class MicroBatcher:
         self._tables.append(table)
         self._rows += table.num_rows
         if self._rows >= self.max_rows:
-            out.append(self._take())
+            # Full micro-batches of max_rows (zero-copy slices); the rest keeps waiting
+            # with the age of the rows it holds.
+            since = self._since
+            whole = self._take()
+            full = whole.num_rows - whole.num_rows % self.max_rows
+            out += [whole.slice(i, self.max_rows) for i in range(0, full, self.max_rows)]
+            if full < whole.num_rows:
+                self._tables, self._rows, self._since = [whole.slice(full)], whole.num_rows - full, since
         return out
 
     def due(self, now: float) -> list[pa.Table]:

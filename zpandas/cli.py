@@ -18,6 +18,21 @@ from .errors import ZpandasError
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
 
+def run() -> None:
+    """Entry point of the ``zpandas`` command and ``python -m zpandas``.
+
+    Ends the process with ``os._exit`` once everything is flushed: Arrow's native thread
+    pool can abort (``std::terminate``) in static destructors at interpreter exit
+    (apache/arrow#34314, #39862). By then every socket and ZeroMQ context is closed, so
+    all data has left; only the exit code would be wrong.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="zpandas",
@@ -37,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-for", type=int, default=1, metavar="N",
                    help="wait until N subscribers listen before sending (default 1; 0: don't wait)")
     p.add_argument("--wait-timeout", type=float, default=60.0, metavar="S")
-    p.add_argument("--block-size", type=int, default=4 << 20, metavar="BYTES")
+    p.add_argument("--block-size", type=int, default=4 << 20, metavar="BYTES",
+                   help="bytes of CSV parsed at a time (default 4 MiB)")
+    p.add_argument("--frame-bytes", type=int, default=4 << 20, metavar="BYTES",
+                   help="rows are coalesced into frames of about this size (default 4 MiB)")
     p.add_argument("--delimiter", default=",")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -73,7 +91,8 @@ def _publish(args) -> int:
     endpoints = args.endpoint or [">" + DEFAULT_ENDPOINT]
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
                            wait_for_subscribers=args.wait_for, wait_timeout=args.wait_timeout,
-                           block_size=args.block_size, delimiter=args.delimiter,
+                           block_size=args.block_size, frame_bytes=args.frame_bytes,
+                           delimiter=args.delimiter,
                            progress=not args.quiet)
     if not args.quiet:
         print(f"published {result['rows']:,} rows from {result['files']} files "

@@ -166,7 +166,7 @@ class Producer:
             try:
                 self.wait_for_subscribers(wait_for_subscribers, timeout=wait_timeout)
             except BaseException:
-                self.close(timeout=0)
+                self.close()
                 raise
 
     # -- public API -------------------------------------------------------------------
@@ -236,15 +236,27 @@ class Producer:
         for job in jobs:
             self._encode_and_push(sock, *job)
 
-    def wait_for_subscribers(self, n: int = 1, timeout: float | None = 30.0) -> None:
-        """Block until ``n`` subscriptions matching this producer's topic are present.
+    def wait_for_subscribers(self, n: int = 1, *, topic: str | None = None,
+                             timeout: float | None = 30.0) -> None:
+        """Block until ``n`` subscriptions matching a topic are present.
+
+        A subscription matches when it is a prefix of the topic (ZeroMQ's rule), so a
+        subscriber to everything counts for every topic.
+
+        Parameters
+        ----------
+        n : int
+        topic : str, optional
+            Default: this producer's topic.
+        timeout : float, optional
 
         Raises
         ------
         TimeoutError
             If they do not arrive within ``timeout`` seconds.
         """
-        tkey = _topic_bytes(self.topic)
+        topic = self.topic if topic is None else topic
+        tkey = _topic_bytes(topic)
         with self._lock:
             ok = self._lock.wait_for(
                 lambda: self._error is not None or self._closing
@@ -252,7 +264,7 @@ class Producer:
             self._check()
             if not ok:
                 raise TimeoutError(f"{self._matching_subscriptions(tkey)} of {n} subscribers to "
-                                   f"topic {self.topic!r} after {timeout} s on "
+                                   f"topic {topic!r} after {timeout} s on "
                                    f"{', '.join(map(str, self._endpoints))}")
 
     def stats(self) -> dict:
@@ -280,12 +292,18 @@ class Producer:
             self._push(sock, [b"C"])  # wake the owner: it sends what is left, then end-of-stream
         finally:
             self._thread.join(timeout)
+            stuck = self._thread.is_alive()
             for s in self._push_sockets:
                 s.close(linger=0)
             self._push_sockets.clear()
             # term() returns once the owner's socket has sent its queue (or lingered):
-            # zero-copy buffers are never freed while libzmq may still read them.
+            # zero-copy buffers are never freed while libzmq may still read them. A stuck
+            # owner is woken by it (ETERM), closes its socket and ends.
             self._ctx.term()
+            self._thread.join()
+        if stuck:
+            raise TimeoutError(f"{self._thread.name} had not sent everything within {timeout} s; "
+                               "the rest was dropped")
         if self._error is not None:
             raise ProducerBrokenError(f"producer thread failed: {self._error}") from self._error
 
@@ -493,6 +511,26 @@ class Producer:
             xpub.send_multipart(wire.encode(None, topic=topic, header=header))
 
 
+class _NoProgress:
+    """Stands in for a tqdm bar (tqdm starts a monitor thread even when disabled)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _progress(total: int, show: bool):
+    if not show:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="B", unit_scale=True, desc="publish")
+
+
 def _topic_bytes(topic: str | bytes) -> bytes:
     return topic.encode("utf-8") if isinstance(topic, str) else bytes(topic)
 
@@ -560,8 +598,6 @@ def publish_files(paths, endpoint, *, topic: str = "", schema=None, delimiter: s
     SourceError
         A value does not fit its column's type; the message names the file and bytes.
     """
-    from tqdm.auto import tqdm
-
     from .sources.csv import CsvReader
 
     files = expand_paths(paths)
@@ -571,8 +607,7 @@ def publish_files(paths, endpoint, *, topic: str = "", schema=None, delimiter: s
     total = sum(os.path.getsize(f) for f in files)
     rows = 0
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
-                  desc="publish") as bar:
+        with _progress(total, progress) as bar:
             for path in files:
                 source = os.path.abspath(path)
                 done = 0

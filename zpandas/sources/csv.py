@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import SchemaMismatchError, SourceError
 
-__all__ = ["CsvReader", "Block", "last_record_end"]
+__all__ = ["CsvReader", "Block", "record_ends", "last_record_end"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -36,8 +36,8 @@ class Block:
     table: pa.Table
 
 
-def last_record_end(buf, quote: int | None = ord('"')) -> int:
-    """Return the offset just past the last newline of ``buf`` that ends a record, or 0.
+def record_ends(buf, quote: int | None = ord('"')) -> np.ndarray:
+    """Offsets just past each newline of ``buf`` that ends a record.
 
     ``buf`` must start at a record boundary. A newline inside a quoted field does not
     end a record: with RFC 4180 quoting (a quote inside a field is doubled), a newline
@@ -45,16 +45,17 @@ def last_record_end(buf, quote: int | None = ord('"')) -> int:
     """
     a = np.frombuffer(buf, dtype=np.uint8)
     newlines = np.flatnonzero(a == 10)
-    if newlines.size == 0:
-        return 0
-    if quote is not None:
+    if quote is not None and newlines.size:
         quotes = np.flatnonzero(a == quote)
         if quotes.size:
-            outside = np.searchsorted(quotes, newlines) % 2 == 0
-            newlines = newlines[outside]
-            if newlines.size == 0:
-                return 0
-    return int(newlines[-1]) + 1
+            newlines = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    return newlines + 1
+
+
+def last_record_end(buf, quote: int | None = ord('"')) -> int:
+    """Offset just past the last complete record of ``buf``, or 0 if there is none."""
+    ends = record_ends(buf, quote)
+    return int(ends[-1]) if ends.size else 0
 
 
 class CsvReader:
@@ -112,17 +113,20 @@ class CsvReader:
                     carry = buf  # no complete record yet: read on
                     continue
                 chunk, carry = buf[:cut], buf[cut:]
+                start = offset
                 if names is None:
                     if not chunk.strip():
                         return  # an empty file, or only blank lines
                     table = self._convert(path, chunk, offset, pacsv.ReadOptions())
                     names = table.column_names
                     table = self._conform(path, table)
+                    ends = record_ends(chunk, self._quote)
+                    start += int(ends[0]) if ends.size else cut  # rows start after the header
                 else:
                     read = pacsv.ReadOptions(column_names=names)
                     table = self._conform(path, self._convert(path, chunk, offset, read))
                 if table.num_rows:
-                    yield Block(path, offset, offset + cut, table)
+                    yield Block(path, start, offset + cut, table)
                 offset += cut
 
     def _conform(self, path: str, table: pa.Table) -> pa.Table:

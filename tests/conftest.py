@@ -1,0 +1,110 @@
+"""Shared fixtures: a wait-for helper, producer processes, and a leak check on every test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _socket_fds() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(f"{fd}->{target}")
+    return out
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    kids = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            kids.add(int(pid))
+    return kids
+
+
+def _threads() -> set[threading.Thread]:
+    # pyzmq's zero-copy garbage collector is one process-wide thread, started on first
+    # use and meant to outlive any one socket.
+    return {t for t in threading.enumerate() if "Garbage" not in type(t).__name__}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a thread, a child process or a socket behind."""
+    threads, sockets, kids = _threads(), _socket_fds(), _children()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        extra_threads = _threads() - threads
+        extra_sockets = _socket_fds() - sockets
+        extra_kids = _children() - kids
+        if not (extra_threads or extra_sockets or extra_kids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not extra_threads, f"threads left behind: {extra_threads}"
+    assert not extra_kids, f"child processes left behind: {extra_kids}"
+    assert not extra_sockets, f"sockets left behind: {extra_sockets}"
+
+
+class Procs:
+    """Start ``python -m zpandas ...`` processes; kill and reap any left at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "zpandas", *args], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def wait_all(self, timeout: float = 60) -> list[tuple[int, str]]:
+        out = []
+        for p in self.procs:
+            _, err = p.communicate(timeout=timeout)
+            out.append((p.returncode, err))
+        return out
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+
+
+@pytest.fixture
+def procs():
+    ps = Procs()
+    yield ps
+    ps.cleanup()

@@ -1,0 +1,154 @@
+"""CSV source: block cutting, byte ranges, schemas, and awkward files end to end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import zpandas as zp
+from zpandas.sources.csv import CsvReader, last_record_end
+
+from .test_pipeline import LOCAL, read_local, sort_rows
+
+
+@pytest.mark.parametrize("buf,expected", [
+    (b"", 0),
+    (b"abc", 0),
+    (b"a\nb", 2),
+    (b'a,"x\ny"\nb', 8),
+    (b'a,"x\ny', 0),             # the only newline is inside quotes
+    (b'a,"q""q"\n"open', 9),      # doubled quotes keep parity
+    (b"a\r\nb\r\n", 6),
+])
+def test_last_record_end(buf, expected):
+    assert last_record_end(buf) == expected
+
+
+field = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\té€😀1')), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(field, field), min_size=1, max_size=30),
+       block=st.integers(1, 64), crlf=st.booleans())
+def test_blocks_equal_a_whole_file_read_and_ranges_tile_the_file(tmp_path, rows, block, crlf):
+    path = tmp_path / "f.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\r\n" if crlf else "\n", quoting=csv.QUOTE_ALL)
+        w.writerow(["x", "y"])
+        w.writerows(rows)
+    reader = CsvReader(schema={"x": pa.string(), "y": pa.string()}, block_size=block)
+    blocks = list(reader.read(path))
+    got = pa.concat_tables([b.table for b in blocks]) if blocks else None
+    want = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                          convert_options=pacsv.ConvertOptions(
+                              column_types={"x": pa.string(), "y": pa.string()},
+                              strings_can_be_null=True))
+    assert got.to_pylist() == want.to_pylist()
+    header = len(b'"x","y"') + (2 if crlf else 1)
+    assert blocks[0].start == header
+    for a, b in zip(blocks, blocks[1:]):
+        assert a.end == b.start
+    assert blocks[-1].end == os.path.getsize(path)
+
+
+EDGE_FILES = {
+    "quoted.csv": 'id,name,note\n1,"Smith, John","said ""hi""\nthen left"\n2,Zoë,\n',
+    "empty-values.csv": "id,name,note\n3,,\n4,,x\n",
+    "unicode.csv": "id,name,note\n5,日本語,😀 ok\n6,Ærøskøbing,naïve café\n",
+    "crlf.csv": "id,name,note\r\n7,crlf,\"a\r\nb\"\r\n8,last,no newline at end",
+    "header-only.csv": "id,name,note\n",
+    "empty.csv": "",
+    "bom.csv": "\ufeffid,name,note\n9,bom,x\n",
+}
+
+
+@pytest.fixture
+def edge_files(tmp_path):
+    paths = []
+    for name, text in EDGE_FILES.items():
+        p = tmp_path / name
+        p.write_bytes(text.encode("utf-8"))
+        paths.append(str(p))
+    return paths
+
+
+def test_awkward_files_arrive_exactly(edge_files):
+    with zp.Subscriber(LOCAL) as sub:
+        result = zp.publish_files(edge_files, sub.endpoints, wait_for_subscribers=1, block_size=16)
+        got = sub.collect(producers=1, timeout=10)
+    assert result["files"] == len(EDGE_FILES) and result["rows"] == 9
+    assert sorted(got["id"]) == list(range(1, 10))
+    want = read_local([p for p in edge_files if os.path.getsize(p) and "header-only" not in p])
+    pd.testing.assert_frame_equal(sort_rows(got), sort_rows(want))
+    row = got.set_index("id")
+    assert row.loc[1, "name"] == "Smith, John" and row.loc[1, "note"] == 'said "hi"\nthen left'
+    assert pd.isna(row.loc[3, "name"]) and row.loc[6, "note"] == "naïve café"
+    assert row.loc[7, "note"] == "a\r\nb" and row.loc[8, "note"] == "no newline at end"
+
+
+def test_rows_carry_their_file_and_byte_range(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("k,v\n" + "".join(f"{i},{i * 2}\n" for i in range(1000)))
+    blocks = list(CsvReader(block_size=1000).read(path))
+    assert blocks[0].start == 4 and blocks[-1].end == os.path.getsize(path)
+    raw = path.read_bytes()
+    for b in blocks:  # each range holds exactly its rows, re-parsable on its own
+        again = pacsv.read_csv(io.BytesIO(b"k,v\n" + raw[b.start:b.end]))
+        assert again.equals(b.table)
+
+
+def test_a_file_with_other_columns_is_named(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "b.csv").write_text("x,z\n1,2\n")
+    reader = CsvReader()
+    list(reader.read(tmp_path / "a.csv"))
+    with pytest.raises(zp.SchemaMismatchError, match=r"b\.csv: columns \['x', 'z'\] do not match"):
+        list(reader.read(tmp_path / "b.csv"))
+
+
+def test_same_columns_in_another_order_are_aligned(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n1,a\n")
+    (tmp_path / "b.csv").write_text("y,x\nb,2\n")
+    reader = CsvReader()
+    tables = [b.table for p in ("a.csv", "b.csv") for b in reader.read(tmp_path / p)]
+    assert pa.concat_tables(tables).to_pydict() == {"x": [1, 2], "y": ["a", "b"]}
+
+
+def test_types_are_fixed_after_the_first_block_and_a_misfit_is_named(tmp_path):
+    path = tmp_path / "drift.csv"
+    path.write_text("n\n" + "1\n" * 50 + "oops\n")
+    with pytest.raises(zp.SourceError, match=r"drift\.csv: bytes \d+-\d+: .*oops"):
+        list(CsvReader(block_size=20).read(path))
+    # the same file with the type given up front
+    blocks = list(CsvReader(schema={"n": pa.string()}, block_size=20).read(path))
+    assert sum(b.table.num_rows for b in blocks) == 51
+
+
+def test_a_column_empty_in_the_first_block_accepts_later_values(tmp_path):
+    path = tmp_path / "late.csv"
+    path.write_text("a,b\n" + "1,\n" * 20 + "2,filled\n")
+    tables = [b.table for b in CsvReader(block_size=16).read(path)]
+    assert pa.concat_tables(tables).column("b").to_pylist()[-1] == "filled"
+
+
+def test_paths_and_globs(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.csv", "b.csv", "sub/c.csv"):
+        (tmp_path / name).write_text("x\n1\n")
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        zp.publish_files(str(tmp_path / "*.tsv"), ">tcp://127.0.0.1:1")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        zp.publish_files(str(tmp_path / "nope.csv"), ">tcp://127.0.0.1:1")
+    with pytest.raises(IsADirectoryError, match="give a glob"):
+        zp.publish_files(str(tmp_path), ">tcp://127.0.0.1:1")
+    from zpandas.producer import expand_paths
+    assert [os.path.relpath(p, tmp_path) for p in expand_paths(str(tmp_path / "**/*.csv"))] == [
+        "a.csv", "b.csv", os.path.join("sub", "c.csv")]

@@ -1,0 +1,53 @@
+"""Endpoint parsing: the CZMQ @/> convention, lists, and clear errors."""
+
+import pytest
+
+from zpandas import EndpointError
+from zpandas.endpoints import Endpoint, parse_endpoints
+
+CASES = [
+    ("@tcp://*:5556", "connect", [Endpoint("bind", "tcp://*:5556")]),
+    (">tcp://node1:5556", "bind", [Endpoint("connect", "tcp://node1:5556")]),
+    ("tcp://127.0.0.1:5556", "connect", [Endpoint("connect", "tcp://127.0.0.1:5556")]),
+    ("tcp://127.0.0.1:5556", "bind", [Endpoint("bind", "tcp://127.0.0.1:5556")]),
+    ("@tcp://127.0.0.1:*", "connect", [Endpoint("bind", "tcp://127.0.0.1:*")]),
+    (">tcp://[::1]:5556", "bind", [Endpoint("connect", "tcp://[::1]:5556")]),
+    ("ipc:///tmp/zp.sock", "bind", [Endpoint("bind", "ipc:///tmp/zp.sock")]),
+    (">tcp://a:1, >tcp://b:2", "bind", [Endpoint("connect", "tcp://a:1"), Endpoint("connect", "tcp://b:2")]),
+    (["@tcp://*:1", ">ipc:///x"], "bind", [Endpoint("bind", "tcp://*:1"), Endpoint("connect", "ipc:///x")]),
+]
+
+
+@pytest.mark.parametrize("spec,default,expected", CASES)
+def test_parse(spec, default, expected):
+    assert parse_endpoints(spec, default=default) == expected
+
+
+BAD = [
+    ("", "empty"),
+    ("@", "empty"),
+    ("localhost:5556", "no transport"),
+    ("udp://1.2.3.4:5", "unknown transport 'udp'"),
+    ("inproc://x", "inproc"),
+    ("epgm://eth0;239.192.1.1:5555", "multicast"),
+    ("tcp://host", "tcp://HOST:PORT"),
+    ("tcp://host:99999", "out of range"),
+    (">tcp://*:5556", "wildcard"),
+    (">tcp://127.0.0.1:*", "wildcard"),
+    ("ipc://", "needs a path"),
+    ([], "no endpoint"),
+]
+
+
+@pytest.mark.parametrize("spec,words", BAD)
+def test_errors_name_the_endpoint(spec, words):
+    with pytest.raises(EndpointError) as info:
+        parse_endpoints(spec, default="connect")
+    assert words in str(info.value)
+    if isinstance(spec, str) and spec:
+        assert repr(spec) in str(info.value) or spec in str(info.value)
+
+
+def test_endpoint_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        parse_endpoints("nope", default="bind")
