@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zpandas as zp
-from zpandas.sources.csv import CsvReader, last_record_end
+from zpandas.sources.csv import CsvReader, first_record_end, last_record_end
 
 from .test_pipeline import LOCAL, read_local, sort_rows
 
@@ -30,6 +30,26 @@ from .test_pipeline import LOCAL, read_local, sort_rows
 ])
 def test_last_record_end(buf, expected):
     assert last_record_end(buf) == expected
+
+
+@pytest.mark.parametrize("buf,expected", [
+    (b"", 0),
+    (b"abc", 0),
+    (b"a\nb\n", 2),
+    (b'"multi\nline header",x\nrow\n', 22),
+    (b'"never closed\nx\n', 0),
+    (b'"a""b"\nrow', 7),
+])
+def test_first_record_end(buf, expected):
+    assert first_record_end(buf) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b'"', b"\n", b","]), max_size=40).map(b"".join))
+def test_record_ends_agree_with_a_brute_force_scan(buf):
+    ends = [i + 1 for i, ch in enumerate(buf) if ch == 10 and buf[:i].count(b'"') % 2 == 0]
+    assert last_record_end(buf) == (ends[-1] if ends else 0)
+    assert first_record_end(buf) == (ends[0] if ends else 0)
 
 
 field = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\té€😀1')), max_size=8)

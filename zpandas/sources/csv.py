@@ -15,13 +15,12 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..errors import SchemaMismatchError, SourceError
 
-__all__ = ["CsvReader", "Block", "record_ends", "last_record_end"]
+__all__ = ["CsvReader", "Block", "first_record_end", "last_record_end"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -36,26 +35,37 @@ class Block:
     table: pa.Table
 
 
-def record_ends(buf, quote: int | None = ord('"')) -> np.ndarray:
-    """Offsets just past each newline of ``buf`` that ends a record.
+def last_record_end(buf: bytes, quote: bytes | None = b'"') -> int:
+    """Offset just past the last newline of ``buf`` that ends a record, or 0 if none.
 
     ``buf`` must start at a record boundary. A newline inside a quoted field does not
     end a record: with RFC 4180 quoting (a quote inside a field is doubled), a newline
     is outside quotes exactly when an even number of quote characters precede it.
+    Usually the last newline qualifies, so this costs one ``rfind`` and one ``count``.
     """
-    a = np.frombuffer(buf, dtype=np.uint8)
-    newlines = np.flatnonzero(a == 10)
-    if quote is not None and newlines.size:
-        quotes = np.flatnonzero(a == quote)
-        if quotes.size:
-            newlines = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
-    return newlines + 1
+    nl = buf.rfind(b"\n")
+    if quote is None or nl < 0:
+        return nl + 1
+    quotes = buf.count(quote, 0, nl)
+    while quotes % 2:
+        prev = buf.rfind(b"\n", 0, nl)
+        if prev < 0:
+            return 0
+        quotes -= buf.count(quote, prev, nl)
+        nl = prev
+    return nl + 1
 
 
-def last_record_end(buf, quote: int | None = ord('"')) -> int:
-    """Offset just past the last complete record of ``buf``, or 0 if there is none."""
-    ends = record_ends(buf, quote)
-    return int(ends[-1]) if ends.size else 0
+def first_record_end(buf: bytes, quote: bytes | None = b'"') -> int:
+    """Offset just past the first newline of ``buf`` that ends a record, or 0 if none."""
+    nl = buf.find(b"\n")
+    quotes = 0 if quote is None else buf.count(quote, 0, max(nl, 0))
+    while nl >= 0 and quotes % 2:
+        nxt = buf.find(b"\n", nl + 1)
+        if nxt >= 0:
+            quotes += buf.count(quote, nl, nxt)
+        nl = nxt
+    return nl + 1
 
 
 class CsvReader:
@@ -79,7 +89,7 @@ class CsvReader:
         if isinstance(schema, pa.Schema):
             schema = {f.name: f.type for f in schema}
         self._given = dict(schema or {})
-        self._quote = None if quote_char is False else ord(quote_char)
+        self._quote = None if quote_char is False else quote_char.encode()
         self._parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=quote_char,
                                          newlines_in_values=quote_char is not False)
         self.block_size = block_size
@@ -120,8 +130,7 @@ class CsvReader:
                     table = self._convert(path, chunk, offset, pacsv.ReadOptions())
                     names = table.column_names
                     table = self._conform(path, table)
-                    ends = record_ends(chunk, self._quote)
-                    start += int(ends[0]) if ends.size else cut  # rows start after the header
+                    start += first_record_end(chunk, self._quote) or cut  # rows follow the header
                 else:
                     read = pacsv.ReadOptions(column_names=names)
                     table = self._conform(path, self._convert(path, chunk, offset, read))

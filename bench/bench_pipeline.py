@@ -1,0 +1,186 @@
+"""End-to-end throughput: N producer processes -> tcp loopback -> Subscriber DataFrame.
+
+Measured in one run against two baselines on the same files:
+
+  local   pandas.read_csv of every file in this process, concatenated (the local-read limit)
+  seed    the original design's style: one ``send_string`` per row from N processes, the
+          consumer keeps the strings and parses them into a DataFrame at the end
+
+Each figure is wall time from "go" to "a DataFrame with every row is in the consumer".
+The networked variants' processes are started, connected and subscribed before "go"
+(Python start-up is not throughput), then told to go on stdin. The best of ``--repeat``
+runs is reported. Targets: zpandas >= 0.5x local, >= 10x seed.
+
+    python bench/bench_pipeline.py [--rows 1000000] [--producers 4] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pandas as pd
+import zmq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "data"))
+import generate  # noqa: E402
+
+import zpandas as zp  # noqa: E402
+
+ZP_PRODUCER = r"""
+import os, sys
+import zpandas as zp
+address, *paths = sys.argv[1:]
+producer = zp.Producer(">" + address, wait_for_subscribers=1)
+print("ready", flush=True)
+sys.stdin.readline()
+zp.publish_files(paths, producer)
+producer.close()
+os._exit(0)  # past Arrow's exit-time abort (see zpandas.cli.run)
+"""
+
+SEED_PRODUCER = r"""
+import sys, zmq
+address, *paths = sys.argv[1:]
+ctx = zmq.Context()
+pub = ctx.socket(zmq.XPUB)
+pub.sndhwm = 0                      # unlimited: the baseline must not drop rows
+pub.connect(address)
+pub.recv()                          # the subscription: the consumer is listening
+print("ready", flush=True)
+sys.stdin.readline()
+for path in paths:
+    with open(path) as f:
+        next(f)                     # header
+        for line in f:
+            pub.send_string("rows " + line.rstrip("\n"))
+pub.send_string("rows END")
+pub.close(linger=-1)
+ctx.term()
+"""
+
+
+def start(script: str, address: str, groups: list[list[str]], sub=None) -> list[subprocess.Popen]:
+    """Start one process per group of files; return once all are connected and ready.
+
+    A bound SUB greets new peers only while its thread is inside a zmq call, so a raw
+    ``sub`` socket is polled while we wait (zpandas' Subscriber polls on its own thread).
+    """
+    procs = [subprocess.Popen([sys.executable, "-c", script, address, *g],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for g in groups]
+    ready = []
+    waiter = threading.Thread(target=lambda: ready.extend(p.stdout.readline() for p in procs))
+    waiter.start()
+    while waiter.is_alive():
+        if sub is not None:
+            sub.poll(10)
+        waiter.join(0.01)
+    assert [r.strip() for r in ready] == ["ready"] * len(procs), ready
+    return procs
+
+
+def go(procs: list[subprocess.Popen]) -> float:
+    t0 = time.perf_counter()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    return t0
+
+
+def make_files(folder: str, rows: int, files: int) -> list[str]:
+    paths = []
+    for i in range(files):
+        df = generate.make_frame(i % 4 + 1, i // 4 + 1, rows // files, seed=11)
+        path = os.path.join(folder, f"part-{i}.csv")
+        df.to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def run_local(paths: list[str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    return time.perf_counter() - t0, len(df)
+
+
+def run_zpandas(paths: list[str], producers: int) -> tuple[float, int]:
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        procs = start(ZP_PRODUCER, sub.endpoints[0], [paths[i::producers] for i in range(producers)])
+        t0 = go(procs)
+        df = sub.collect(producers=producers, timeout=600)
+        elapsed = time.perf_counter() - t0
+        assert sub.stats()["missed"] == 0
+    for p in procs:
+        p.stdin.close()
+        assert p.wait() == 0
+    return elapsed, len(df)
+
+
+def run_seed(paths: list[str], producers: int) -> tuple[float, int]:
+    header = open(paths[0]).readline()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.rcvhwm = 0
+    sub.subscribe(b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    procs = start(SEED_PRODUCER, f"tcp://127.0.0.1:{port}",
+                  [paths[i::producers] for i in range(producers)], sub)
+    t0 = go(procs)
+    lines, ends = [], 0
+    while ends < len(procs):
+        msg = sub.recv_string()[5:]
+        if msg == "END":
+            ends += 1
+        else:
+            lines.append(msg)
+    df = pd.read_csv(io.StringIO(header + "\n".join(lines)))
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.stdin.close()
+        assert p.wait() == 0
+    sub.close(linger=0)
+    ctx.term()
+    return elapsed, len(df)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--producers", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_files(tmp, args.rows, args.files)
+        mb = sum(os.path.getsize(p) for p in paths) / 1e6
+        print(f"{args.rows:,} rows in {args.files} files ({mb:.0f} MB), "
+              f"{args.producers} producer processes, best of {args.repeat}\n")
+        results = {}
+        for name, fn in [("local pandas.read_csv", lambda: run_local(paths)),
+                         ("zpandas", lambda: run_zpandas(paths, args.producers)),
+                         ("seed: send_string per row", lambda: run_seed(paths, args.producers))]:
+            best = min(fn() for _ in range(args.repeat))
+            assert best[1] == args.rows // args.files * args.files, best
+            results[name] = best[0]
+    z = results["zpandas"]
+    print("| variant | seconds | rows/s | zpandas vs this |")
+    print("|---|---:|---:|---:|")
+    for name, sec in results.items():
+        ratio = "-" if name == "zpandas" else f"{sec / z:.2f}x"
+        print(f"| {name} | {sec:.2f} | {args.rows / sec:,.0f} | {ratio} |")
+    local, seed = results["local pandas.read_csv"], results["seed: send_string per row"]
+    print(f"\nzpandas throughput = {local / z:.2f}x local read (target >= 0.5x), "
+          f"{seed / z:.1f}x seed style (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()
