@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Literal
 
 import pandas as pd
@@ -51,7 +51,6 @@ class _Stream:
     last_seen: float = 0.0
     lag: float = 0.0         # receive time - send time of the last message, seconds
     finished: bool = False
-    started: bool = field(default=False, repr=False)
 
 
 class Subscriber:
