@@ -128,7 +128,7 @@ def test_plain_pyzmq_sub_and_pyarrow_read_a_producers_frames():
         finally:
             s.close()
             ctx.term()
-    assert topic == b"plain" and header[:3] == b"ZP\x01"
+    assert topic == b"plain" and header[:3] == b"ZP\x02"
     assert ipc.open_stream(body).read_all().equals(table)
 
 
@@ -177,21 +177,26 @@ def test_sequence_gaps_are_counted_and_collect_warns():
     with zp.Subscriber(LOCAL) as sub:
         ctx, pub = _plain_xpub(sub.endpoints[0])
         try:
-            for seq in (0, 1, 4, 5):  # 2 and 3 lost on the way
-                pub.send_multipart(wire.encode(pa.table({"seq": [seq]}), topic=b"t",
-                                               header=wire.Header(producer=producer, seq=seq)))
+            for seq in (0, 1, 4, 5):  # 2 and 3 lost on the way; message n has n + 1 rows
+                rows = pa.table({"seq": [seq] * (seq + 1)})
+                total = seq * (seq + 1) // 2
+                pub.send_multipart(wire.encode(rows, topic=b"t", header=wire.Header(
+                    producer=producer, seq=seq, total=total)))
             # end-of-stream says 7 were sent: the last one (6) was lost too
             pub.send_multipart(wire.encode(None, topic=b"t", header=wire.Header(
-                kind=wire.Kind.END_OF_STREAM, producer=producer, seq=7)))
-            with pytest.warns(zp.DataLossWarning, match="3 messages"):
+                kind=wire.Kind.END_OF_STREAM, producer=producer, seq=7, total=28)))
+            with pytest.warns(zp.DataLossWarning, match="14 rows in 3 messages"):
                 df = sub.collect(producers=1, timeout=10)
         finally:
             pub.close()
             ctx.term()
         stats = sub.stats()
-    assert df["seq"].tolist() == [0, 1, 4, 5]
-    assert stats["missed"] == 3
+        gaps = sub.gaps()
+    assert sorted(set(df["seq"])) == [0, 1, 4, 5]
+    assert (stats["missed"], stats["missed_rows"]) == (3, 3 + 4 + 7)
     assert stats["producers"].loc[0, "gaps"] == 2
+    assert gaps[["kind", "messages", "rows"]].values.tolist() == [["gap", 2, 7], ["gap", 1, 7]]
+    assert gaps["time"].dt.tz is not None
 
 
 def test_microbatches_by_rows_get_iterate_and_frame():
@@ -215,13 +220,14 @@ def test_latency_releases_a_small_batch():
             sub.get(timeout=0.05)
 
 
-def test_overflow_drop_oldest_is_counted():
-    with zp.Subscriber(LOCAL, batch_rows=10, maxsize=2) as sub:
+def test_drop_policy_drops_the_oldest_microbatch_and_counts_it():
+    # each micro-batch is 10 int64 rows = 80 bytes: the queue holds two
+    with zp.Subscriber(LOCAL, batch_rows=10, policy="drop", buffer_bytes=160) as sub:
         with zp.Producer(sub.endpoints, wait_for_subscribers=1, frame_bytes=64) as p:
             for i in range(6):
                 p.send(pd.DataFrame({"i": np.arange(10) + 10 * i}))
-        sub.collect(producers=1, timeout=10)
-        wait_for(lambda: sub.stats()["queued"] == 2, what="a full queue")
+        wait_for(lambda: sub.stats()["rows"] == 60 and sub.stats()["queued"] == 2,
+                 what="a full queue")
         stats = sub.stats()
         assert stats["dropped_batches"] >= 4 and stats["dropped_rows"] == 10 * stats["dropped_batches"]
         # the oldest were dropped: the two newest batches are what is left

@@ -1,4 +1,4 @@
-"""Wire format v1: round trips, the byte layout, and named errors for malformed input."""
+"""Wire format v2: round trips, the byte layout, and named errors for malformed input."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ PRODUCER = bytes(range(16))
 
 
 def good(**kw):
-    header = wire.Header(producer=PRODUCER, seq=7, send_ns=123, name="node1:42",
+    header = wire.Header(producer=PRODUCER, seq=7, send_ns=123, total=500, name="node1:42",
                          source="/var/log/x.csv", start=10, end=99, **kw)
     return wire.encode(TABLE, topic="metrics", header=header)
 
@@ -27,7 +27,8 @@ def test_round_trip_data():
     assert msg.topic == b"metrics"
     assert msg.table.equals(TABLE)
     h = msg.header
-    assert (h.kind, h.producer, h.seq, h.send_ns, h.rows) == (wire.Kind.DATA, PRODUCER, 7, 123, 3)
+    assert (h.kind, h.producer, h.seq, h.send_ns, h.total, h.rows) == (
+        wire.Kind.DATA, PRODUCER, 7, 123, 500, 3)
     assert (h.name, h.source, h.start, h.end) == ("node1:42", "/var/log/x.csv", 10, 99)
     assert h.fingerprint == wire.fingerprint(TABLE.schema)
 
@@ -48,23 +49,23 @@ def test_body_is_a_plain_arrow_ipc_stream():
 def test_header_layout_is_as_documented():
     _, header, _ = good()
     magic, version, kind = struct.unpack_from("<2sBB", header)
-    assert (magic, version, kind) == (b"ZP", 1, 0)
+    assert (magic, version, kind) == (b"ZP", 2, 0)
     assert header[4:20] == PRODUCER
-    assert struct.unpack_from("<Qq", header, 20) == (7, 123)
-    assert header[36:44] == wire.fingerprint(TABLE.schema)
-    assert struct.unpack_from("<Qqq", header, 44) == (3, 10, 99)
-    name_len, source_len = struct.unpack_from("<HH", header, 68)
-    assert header[72:72 + name_len] == b"node1:42"
-    assert header[72 + name_len:] == b"/var/log/x.csv"
-    assert len(header) == 72 + name_len + source_len
+    assert struct.unpack_from("<QqQ", header, 20) == (7, 123, 500)
+    assert header[44:52] == wire.fingerprint(TABLE.schema)
+    assert struct.unpack_from("<Qqq", header, 52) == (3, 10, 99)
+    name_len, source_len = struct.unpack_from("<HH", header, 76)
+    assert header[80:80 + name_len] == b"node1:42"
+    assert header[80 + name_len:] == b"/var/log/x.csv"
+    assert len(header) == 80 + name_len + source_len
 
 
-def test_stamp_writes_seq_and_time_in_place():
+def test_stamp_writes_seq_time_and_total_in_place():
     _, header, body = good()
     header = bytearray(header)
-    wire.stamp(header, 41, 999)
+    wire.stamp(header, 41, 999, 1234)
     h = wire.decode([b"t", header, body]).header
-    assert (h.seq, h.send_ns, h.name) == (41, 999, "node1:42")
+    assert (h.seq, h.send_ns, h.total, h.name) == (41, 999, 1234, "node1:42")
 
 
 def _mutate(i: int, value: bytes):
@@ -81,15 +82,15 @@ BAD = [
     ("empty header", lambda f: [f[0], b"", f[2]], "header"),
     ("short header", lambda f: [f[0], f[1][:40], f[2]], "header"),
     ("bad magic", _mutate(0, b"XX"), "magic"),
-    ("unknown version", _mutate(2, b"\x02"), "version"),
+    ("unknown version", _mutate(2, b"\x01"), "version"),
     ("unknown kind", _mutate(3, b"\x09"), "kind"),
-    ("string lengths lie", _mutate(68, b"\xff\x00"), "header"),
-    ("name not utf-8", _mutate(72, b"\xff"), "header"),
+    ("string lengths lie", _mutate(76, b"\xff\x00"), "header"),
+    ("name not utf-8", _mutate(80, b"\xff"), "header"),
     ("garbage body", lambda f: [f[0], f[1], b"not arrow at all"], "body"),
     ("truncated body", lambda f: [f[0], f[1], bytes(f[2])[:-20]], "body"),
     ("empty body", lambda f: [f[0], f[1], b""], "body"),
-    ("fingerprint", _mutate(36, b"\x00" * 8), "fingerprint"),
-    ("row count lies", _mutate(44, struct.pack("<Q", 4)), "rows"),
+    ("fingerprint", _mutate(44, b"\x00" * 8), "fingerprint"),
+    ("row count lies", _mutate(52, struct.pack("<Q", 4)), "rows"),
     ("control with body", lambda f: [f[0], f[1][:3] + b"\x01" + f[1][4:], f[2]], "body"),
 ]
 

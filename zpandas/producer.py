@@ -13,6 +13,7 @@ sequence numbers are gap-free.
 
 from __future__ import annotations
 
+import collections
 import glob
 import itertools
 import os
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -28,11 +30,13 @@ import zmq
 
 from . import wire
 from .endpoints import EndpointsLike, attach, parse_endpoints
+from ._monitor import Monitor
 from .errors import ClosedError, ProducerBrokenError
 
 __all__ = ["Producer", "publish_files", "expand_paths", "to_table"]
 
 _ids = itertools.count(1)
+Policy = Literal["block", "drop"]
 _TICKET = "<Q"
 ZERO_COPY_MIN = 64 * 1024  # below this a copy is cheaper than zero-copy bookkeeping
 
@@ -109,9 +113,22 @@ class Producer:
         Seconds ``close()`` waits for queued messages to reach the network.
     heartbeat : float, default 1.0
         Seconds between heartbeats on each topic (0 disables them).
+    policy : {"block", "drop"}, default "block"
+        What happens when a subscriber cannot keep up and ``buffer_bytes`` are queued
+        for it:
+
+        * ``"block"`` never loses a row: sending waits until the subscriber catches up
+          (ZeroMQ's ``XPUB_NODROP``), and :meth:`send` blocks once the socket thread
+          is behind. The time spent waiting is ``stats()["blocked_s"]``. For batch
+          jobs (with a subscriber whose own policy is ``"block"``).
+        * ``"drop"`` never slows this node: messages for that subscriber are dropped
+          (others still get them), and the subscriber reports exactly how many
+          messages and rows it missed (``Subscriber.gaps()``). For live monitoring.
+
+        A message sent while no subscriber is connected is dropped under both.
     buffer_bytes : int, default 256 MiB
-        Memory the socket may queue per subscriber before it drops messages (the
-        subscriber reports the gap).
+        Memory the socket may queue per subscriber, translated to ZeroMQ's high-water
+        mark in messages of ``frame_bytes``.
 
     Examples
     --------
@@ -122,8 +139,10 @@ class Producer:
     def __init__(self, endpoint: EndpointsLike, *, topic: str = "", name: str | None = None,
                  frame_bytes: int = 4 << 20, flush_interval: float = 0.05,
                  wait_for_subscribers: int = 0, wait_timeout: float = 30.0,
-                 linger: float = 10.0, heartbeat: float = 1.0,
+                 linger: float = 10.0, heartbeat: float = 1.0, policy: Policy = "block",
                  buffer_bytes: int = 256 << 20) -> None:
+        if policy not in ("block", "drop"):
+            raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if frame_bytes < 1:
             raise ValueError("frame_bytes must be positive")
         if wait_for_subscribers < 0:
@@ -134,18 +153,21 @@ class Producer:
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
         self.frame_bytes = frame_bytes
         self.flush_interval = flush_interval
-        self._linger_ms = int(linger * 1000)
+        self._linger = linger
         self._heartbeat = heartbeat
+        self.policy = policy
         self._hwm = max(16, buffer_bytes // frame_bytes)
 
         self._lock = threading.Condition()
         self._pending: dict[bytes, _Pending] = {}
-        self._topics: dict[bytes, int] = {_topic_bytes(topic): 0}  # topic -> next seq
+        # topic -> [next seq, rows sent]; only the owner thread changes them
+        self._topics: dict[bytes, list[int]] = {_topic_bytes(topic): [0, 0]}
         self._tickets = 0          # tickets handed out, under _lock
         self._closing = False
         self._error: BaseException | None = None
         self._subscriptions: dict[bytes, int] = {}
-        self._sent = {"messages": 0, "rows": 0, "bytes": 0}
+        self._sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0}
+        self._monitor: Monitor | None = None
 
         self._ctx = zmq.Context()
         self._inproc = f"inproc://zpandas-producer-{uuid.uuid4().hex}"
@@ -208,7 +230,7 @@ class Producer:
         jobs = []
         with self._lock:
             self._check()
-            self._topics.setdefault(tkey, 0)
+            self._topics.setdefault(tkey, [0, 0])
             if table.num_rows == 0:
                 return
             pend = self._pending.get(tkey)
@@ -268,30 +290,43 @@ class Producer:
                                    f"{', '.join(map(str, self._endpoints))}")
 
     def stats(self) -> dict:
-        """Counters: data messages, rows and bytes sent, and subscriptions seen."""
+        """Counters of what was sent.
+
+        Returns
+        -------
+        dict
+            ``messages``, ``rows``, ``bytes``: data sent. ``blocked_s`` and ``waits``:
+            time spent, and times, waiting for a slow subscriber (``policy="block"``).
+            ``subscriptions``: subscriptions present now. ``peers``: connections now.
+        """
         with self._lock:
             out = dict(self._sent)
             out["subscriptions"] = sum(self._subscriptions.values())
+            out["peers"] = self._monitor.peers if self._monitor else 0
             return out
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, send end-of-stream on every topic used, and release the socket.
 
-        Idempotent. Waits up to ``linger`` (or ``timeout``) seconds for queued messages
-        to leave.
+        Idempotent. Waits up to ``timeout`` seconds (default: ``linger``) for queued
+        messages to leave, then drops the rest and raises ``TimeoutError``.
         """
         with self._lock:
             if self._closing:
                 return
             self._closing = True
             jobs = [self._take(t) for t in list(self._pending)]
+        deadline = time.monotonic() + (self._linger if timeout is None else timeout)
         try:
             sock = self._push_socket()
             for job in jobs:
-                self._encode_and_push(sock, *job)
-            self._push(sock, [b"C"])  # wake the owner: it sends what is left, then end-of-stream
+                self._encode_and_push(sock, *job, deadline=deadline)
+            # Wake the owner: it sends what is left, then end-of-stream.
+            self._push(sock, [b"C"], deadline=deadline)
+        except TimeoutError:
+            pass  # the owner is stuck behind a slow subscriber: reported below
         finally:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
             stuck = self._thread.is_alive()
             for s in self._push_sockets:
                 s.close(linger=0)
@@ -302,8 +337,8 @@ class Producer:
             self._ctx.term()
             self._thread.join()
         if stuck:
-            raise TimeoutError(f"{self._thread.name} had not sent everything within {timeout} s; "
-                               "the rest was dropped")
+            raise TimeoutError(f"{self._thread.name} had not sent everything within "
+                               f"{self._linger if timeout is None else timeout} s; the rest was dropped")
         if self._error is not None:
             raise ProducerBrokenError(f"producer thread failed: {self._error}") from self._error
 
@@ -359,16 +394,17 @@ class Producer:
             frames += wire.encode(table.slice(i, step), topic=tkey, header=header)
         return frames
 
-    def _encode_and_push(self, sock: zmq.Socket, ticket: int, tkey: bytes, pend: _Pending) -> None:
+    def _encode_and_push(self, sock: zmq.Socket, ticket: int, tkey: bytes, pend: _Pending,
+                         deadline: float | None = None) -> None:
         frames: list = [b"S", ticket.to_bytes(8, "little")]  # "skip" if encoding fails
         try:
             frames = [b"D", frames[1], *self._encode(tkey, pend)]
         finally:
-            self._push(sock, frames)
+            self._push(sock, frames, deadline)
 
-    def _push(self, sock: zmq.Socket, frames: list) -> None:
+    def _push(self, sock: zmq.Socket, frames: list, deadline: float | None = None) -> None:
         # Blocks while the owner is behind (backpressure), but never forever: if the
-        # owner thread died there is nobody to wait for.
+        # owner thread died there is nobody to wait for, and close() has a deadline.
         while True:
             try:
                 sock.send(frames[0], zmq.SNDMORE if len(frames) > 1 else 0)
@@ -376,6 +412,8 @@ class Producer:
             except zmq.Again:
                 if self._error is not None or not self._thread.is_alive():
                     raise ProducerBrokenError("producer thread is gone") from self._error
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("the producer thread is not taking messages") from None
         # Later parts of a multipart message are accepted once its first part is.
         for i, f in enumerate(frames[1:], 2):
             more = zmq.SNDMORE if i < len(frames) else 0
@@ -391,43 +429,56 @@ class Producer:
             self._error = e
             self._started.set()
             return
+        monitor = None
         try:
-            xpub.linger = self._linger_ms
+            xpub.linger = int(self._linger * 1000)
             xpub.sndhwm = self._hwm
             # Every subscribe and unsubscribe reaches us, so subscribers can be counted.
             xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            if self.policy == "block":
+                # A full subscriber makes send() wait (up to SNDTIMEO, then EAGAIN and we
+                # retry) instead of dropping. Polling for POLLOUT cannot tell: an XPUB is
+                # always writable (libzmq#1597).
+                xpub.setsockopt(zmq.XPUB_NODROP, 1)
+                xpub.sndtimeo = 100
             pull.linger = 0
             pull.bind(self._inproc)
+            monitor = self._monitor = Monitor(xpub, threading.current_thread().name)
             self._resolved = attach(xpub, self._endpoints)
         except Exception as e:
             self._error = e
+            if monitor is not None:
+                monitor.close()
             xpub.close(linger=0)
             pull.close()
             self._started.set()
             return
         self._started.set()
         try:
-            self._loop(xpub, pull)
+            self._loop(xpub, pull, monitor)
         except Exception as e:
             with self._lock:
                 self._error = e
                 self._lock.notify_all()
         finally:
+            monitor.close()
             xpub.close()
             pull.close()
 
-    def _loop(self, xpub: zmq.Socket, pull: zmq.Socket) -> None:
+    def _loop(self, xpub: zmq.Socket, pull: zmq.Socket, monitor: Monitor) -> None:
         poller = zmq.Poller()
         poller.register(xpub, zmq.POLLIN)
         poller.register(pull, zmq.POLLIN)
+        poller.register(monitor.socket, zmq.POLLIN)
         waiting: dict[int, list | None] = {}   # ticket -> frames, until its turn comes
+        out: collections.deque[_Outgoing] = collections.deque()  # in send order
         next_ticket = 0
         closing = False
         next_heartbeat = time.monotonic() + self._heartbeat
 
         while True:
             now = time.monotonic()
-            timeout = 0.1
+            timeout = 0.0 if out else 0.1  # with messages waiting, send() does the waiting
             with self._lock:
                 for pend in self._pending.values():
                     timeout = min(timeout, pend.since + self.flush_interval - now)
@@ -435,9 +486,14 @@ class Producer:
                 timeout = min(timeout, next_heartbeat - now)
             events = dict(poller.poll(max(0, int(timeout * 1000))))
 
+            if monitor.socket in events:
+                with self._lock:
+                    monitor.drain()
             if xpub in events:
                 self._read_subscriptions(xpub)
-            if pull in events:
+            # While messages wait for a slow subscriber, leave the callers' hand-offs
+            # unread: their PUSH sockets fill and send() blocks - backpressure.
+            if pull in events and len(out) < 2:
                 while True:
                     try:
                         frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -462,17 +518,22 @@ class Producer:
                 frames = waiting.pop(next_ticket)
                 next_ticket += 1
                 for i in range(0, len(frames), 3):
-                    self._send_data(xpub, frames[i:i + 3])
+                    out.append(_Outgoing(*frames[i:i + 3]))
 
             if self._heartbeat and time.monotonic() >= next_heartbeat:
-                self._send_control(xpub, wire.Kind.HEARTBEAT)
+                if not out:  # a subscriber still busy with data needs no heartbeat
+                    out.extend(self._control(wire.Kind.HEARTBEAT))
                 next_heartbeat = time.monotonic() + self._heartbeat
 
-            if closing:
+            self._send_out(xpub, out)
+
+            if closing and not out:
                 with self._lock:
                     done = next_ticket == self._tickets
                 if done:
-                    self._send_control(xpub, wire.Kind.END_OF_STREAM)
+                    out.extend(self._control(wire.Kind.END_OF_STREAM))
+                    while out:  # close(timeout) ends this with ETERM if it takes too long
+                        self._send_out(xpub, out)
                     return
 
     def _read_subscriptions(self, xpub: zmq.Socket) -> None:
@@ -488,27 +549,54 @@ class Producer:
                 self._subscriptions[msg[1:]] = max(0, n)
                 self._lock.notify_all()
 
-    def _send_data(self, xpub: zmq.Socket, frames: list) -> None:
-        topic, header, body = frames
-        topic = bytes(topic)
-        seq = self._topics[topic]
-        self._topics[topic] = seq + 1
-        header = bytearray(header)
-        wire.stamp(header, seq, time.time_ns())
-        xpub.send(topic, zmq.SNDMORE)
-        xpub.send(header, zmq.SNDMORE)
-        xpub.send(body, copy=len(body) < ZERO_COPY_MIN)
-        rows = wire.Header.unpack(header).rows
-        with self._lock:
-            self._sent["messages"] += 1
-            self._sent["rows"] += rows
-            self._sent["bytes"] += len(topic) + len(header) + len(body)
+    def _send_out(self, xpub: zmq.Socket, out: collections.deque[_Outgoing]) -> None:
+        """Send queued messages in order until done or a subscriber is full ("block")."""
+        while out:
+            m = out[0]
+            topic = bytes(m.topic)
+            counters = self._topics[topic]
+            if m.sent == 0:
+                # Numbered here, in send order; a retry after EAGAIN keeps the number.
+                wire.stamp(m.header, counters[0], time.time_ns(), counters[1])
+            frames = (m.topic, m.header, m.body)
+            try:
+                while m.sent < 3:
+                    f = frames[m.sent]
+                    xpub.send(f, zmq.SNDMORE if m.sent < 2 else 0, copy=len(f) < ZERO_COPY_MIN)
+                    m.sent += 1
+            except zmq.Again:
+                with self._lock:
+                    self._sent["waits"] += 1
+                    self._sent["blocked_s"] += xpub.sndtimeo / 1000
+                return
+            out.popleft()
+            if m.kind is wire.Kind.DATA:
+                counters[0] += 1
+                counters[1] += m.rows
+                with self._lock:
+                    self._sent["messages"] += 1
+                    self._sent["rows"] += m.rows
+                    self._sent["bytes"] += len(topic) + len(m.header) + len(m.body)
 
-    def _send_control(self, xpub: zmq.Socket, kind: wire.Kind) -> None:
-        for topic, seq in self._topics.items():
-            header = wire.Header(kind=kind, producer=self.id, seq=seq, send_ns=time.time_ns(),
-                                 name=self.name)
-            xpub.send_multipart(wire.encode(None, topic=topic, header=header))
+    def _control(self, kind: wire.Kind) -> list[_Outgoing]:
+        """End-of-stream or heartbeat messages, one per topic; numbered when sent."""
+        return [_Outgoing(topic, wire.Header(kind=kind, producer=self.id, name=self.name).pack(), b"")
+                for topic in self._topics]
+
+
+class _Outgoing:
+    """One message on its way out of the owner thread."""
+
+    __slots__ = ("topic", "header", "body", "kind", "rows", "sent")
+
+    def __init__(self, topic, header, body) -> None:
+        self.topic = topic
+        self.header = bytearray(header)   # stamped in place when its turn comes
+        self.body = body
+        h = wire.Header.unpack(self.header)
+        self.kind = h.kind
+        self.rows = h.rows
+        self.sent = 0                     # frames already accepted by the socket
 
 
 class _NoProgress:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
 import pandas as pd
@@ -27,13 +28,24 @@ import zmq
 
 from . import wire
 from ._batcher import MicroBatcher
+from ._monitor import Monitor
 from .endpoints import EndpointsLike, attach, parse_endpoints
 from .errors import ClosedError, DataLossWarning, SubscriberBrokenError, WireError
 
 __all__ = ["Subscriber"]
 
+log = logging.getLogger("zpandas")
+
 _ids = itertools.count(1)
-Overflow = Literal["drop-oldest", "block"]
+Policy = Literal["block", "drop"]
+
+
+#: Rows kept for frame() under policy="drop" unless ``retain`` says otherwise.
+LIVE_RETAIN = 1_000_000
+#: The frame size RCVHWM is computed with (the producers' default ``frame_bytes``).
+_TYPICAL_FRAME = 4 << 20
+#: Window over which rows/s is measured.
+_RATE_WINDOW = 5.0
 
 
 @dataclass
@@ -45,12 +57,22 @@ class _Stream:
     rows: int = 0
     bytes: int = 0
     next_seq: int = 0
+    next_total: int = 0      # rows the producer had sent before its next message
     missed: int = 0          # data messages lost (sequence gaps)
+    missed_rows: int = 0
+    skipped_rows: int = 0    # sent before we joined
     gaps: int = 0            # how many times a gap was seen
     first_seen: float = 0.0
     last_seen: float = 0.0
     lag: float = 0.0         # receive time - send time of the last message, seconds
     finished: bool = False
+    recent: collections.deque = field(default_factory=collections.deque)  # (time, rows)
+
+    def rate(self, now: float) -> float:
+        while self.recent and self.recent[0][0] < now - _RATE_WINDOW:
+            self.recent.popleft()
+        span = min(_RATE_WINDOW, max(now - self.first_seen, 1e-3))
+        return sum(r for _, r in self.recent) / span
 
 
 class Subscriber:
@@ -60,22 +82,34 @@ class Subscriber:
     ----------
     endpoint : str or list of str
         ``"@tcp://*:5556"`` binds (the default without a prefix): producers connect
-        here. ``">tcp://node1:5556"`` connects to a producer that binds. A list or a
-        comma-separated string does several at once.
+        here. ``">tcp://node1:5556"`` connects to a producer that binds, or to a
+        :class:`~zpandas.Proxy`. A list or a comma-separated string does several at once.
     topics : str or sequence of str, default ()
         Topic prefixes to subscribe to; empty means everything.
+    policy : {"block", "drop"}, default "block"
+        What happens when rows arrive faster than they are taken:
+
+        * ``"block"`` never loses a row: once ``buffer_bytes`` of micro-batches wait
+          for :meth:`get`, the subscriber stops reading and the producers wait (with
+          their own ``policy="block"``). Until :meth:`get` or iteration is first used,
+          nobody is waiting on the queue and its oldest micro-batch makes room
+          instead (its rows stay in :meth:`frame` and :meth:`collect`).
+        * ``"drop"`` never slows the producers: a full queue drops its oldest
+          micro-batch (counted in ``stats()["dropped_rows"]``), and only the last
+          ``retain`` rows (default 1,000,000) are kept, so memory stays bounded.
+    buffer_bytes : int, default 256 MiB
+        The byte budget of micro-batches waiting for :meth:`get`; it also sets the
+        socket's receive high-water mark (in messages of about 4 MiB).
     batch_rows : int, default 100_000
         A micro-batch is handed over once it has this many rows...
     latency : float, default 0.1
         ...or once its oldest rows have waited this many seconds.
-    maxsize : int, default 64
-        Micro-batches waiting for :meth:`get` before ``overflow`` applies.
-    overflow : {"drop-oldest", "block"}, default "drop-oldest"
-        When the queue is full: drop the oldest micro-batch (counted in ``stats()``),
-        or stop reading the socket until :meth:`get` makes room.
     retain : int, optional
         Keep only the last ``retain`` rows for :meth:`frame` and :meth:`collect`
-        (default: keep everything).
+        (default: everything under ``"block"``, 1,000,000 under ``"drop"``).
+    dead_after : float, default 5.0
+        A producer not heard from for this many seconds is shown as not alive
+        (producers send a heartbeat every second by default).
     max_message_bytes : int, default 256 MiB
         Larger messages are counted as bad (reason ``"oversize"``) and skipped.
 
@@ -87,31 +121,39 @@ class Subscriber:
 
     def __init__(self, endpoint: EndpointsLike = "@tcp://*:5556", *,
                  topics: str | tuple[str, ...] | list[str] = (),
-                 batch_rows: int = 100_000, latency: float = 0.1, maxsize: int = 64,
-                 overflow: Overflow = "drop-oldest", retain: int | None = None,
-                 max_message_bytes: int = 256 << 20) -> None:
-        if overflow not in ("drop-oldest", "block"):
-            raise ValueError(f"overflow must be 'drop-oldest' or 'block', not {overflow!r}")
-        if maxsize < 1:
-            raise ValueError("maxsize must be >= 1")
+                 policy: Policy = "block", buffer_bytes: int = 256 << 20,
+                 batch_rows: int = 100_000, latency: float = 0.1, retain: int | None = None,
+                 dead_after: float = 5.0, max_message_bytes: int = 256 << 20) -> None:
+        if policy not in ("block", "drop"):
+            raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
+        if buffer_bytes < 1:
+            raise ValueError("buffer_bytes must be positive")
         if retain is not None and retain < 0:
             raise ValueError("retain must be >= 0 or None")
+        if dead_after <= 0:
+            raise ValueError("dead_after must be positive")
         self._endpoints = parse_endpoints(endpoint, default="bind")
         topics = [topics] if isinstance(topics, (str, bytes)) else list(topics)
         self.topics = tuple(t.encode() if isinstance(t, str) else bytes(t) for t in topics) or (b"",)
+        self.policy = policy
         self._batcher = MicroBatcher(batch_rows, latency)
-        self._maxsize = maxsize
-        self._overflow = overflow
-        self._retain = retain
+        self._buffer_bytes = buffer_bytes
+        self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
+        self._dead_after = dead_after
         self._max_bytes = max_message_bytes
 
         self._cond = threading.Condition()
         self._queue: collections.deque[pa.Table] = collections.deque()
+        self._queued_bytes = 0
+        self._consuming = False    # get() or iteration has been used
         self._retained: collections.deque[tuple[bytes, pa.Table]] = collections.deque()
         self._retained_rows = 0
         self._streams: dict[tuple[bytes, bytes], _Stream] = {}
+        self._gaps: collections.deque[dict] = collections.deque(maxlen=10_000)
+        self._warned_missed = 0    # missed rows already warned about
         self._counts = collections.Counter()
         self._bad = collections.Counter()
+        self._monitor: Monitor | None = None
         self._error: BaseException | None = None
         self._closed = False
         self._stop = threading.Event()
@@ -144,6 +186,9 @@ class Subscriber:
     def get(self, timeout: float | None = None) -> pd.DataFrame:
         """Return the next micro-batch as a DataFrame.
 
+        Warns :class:`~zpandas.DataLossWarning` when rows were lost on the way since
+        the last warning (details in :meth:`gaps`).
+
         Raises
         ------
         TimeoutError
@@ -152,15 +197,16 @@ class Subscriber:
             If the subscriber is closed and nothing is left in the queue.
         """
         with self._cond:
+            self._consuming = True
             ok = self._cond.wait_for(lambda: self._queue or self._closed or self._error, timeout)
             if self._queue:
-                table = self._queue.popleft()
-                self._cond.notify_all()  # room for a worker waiting under overflow="block"
+                table = self._pop()
             else:
                 self._check()
                 if not ok:
                     raise TimeoutError(f"no rows arrived within {timeout} s")
                 raise ClosedError("this Subscriber is closed")
+        self._warn_new_losses()
         return table.to_pandas()
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
@@ -176,6 +222,7 @@ class Subscriber:
         with self._cond:
             self._check_error()
             tables = [t for _, t in self._retained]
+        self._warn_new_losses()
         table = _concat(tables)
         if last is not None and table.num_rows > last:
             table = table.slice(table.num_rows - last)
@@ -187,30 +234,42 @@ class Subscriber:
         The batch aggregation job: start the subscriber, start the producers, and
         ``collect`` returns once each has sent end-of-stream. Rows from producers still
         running are not included. Warns :class:`~zpandas.DataLossWarning` if any of
-        their messages were lost on the way.
+        their messages were lost on the way. While it waits it also takes the
+        micro-batches queued for :meth:`get`, so ``policy="block"`` never stalls it.
 
         Raises
         ------
         TimeoutError
             If fewer than ``producers`` finished within ``timeout`` seconds.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            ok = self._cond.wait_for(
-                lambda: self._error is not None or self._closed
-                or len(self._finished()) >= producers, timeout)
+            while True:
+                while self._queue:
+                    self._pop()  # these rows are retained too; taking them makes room
+                if (self._error is not None or self._closed
+                        or len(self._finished()) >= producers):
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left)
             self._check_error()
             done = self._finished()
             if len(done) < producers:
-                why = f"within {timeout} s" if not ok else "before the subscriber was closed"
+                why = "before the subscriber was closed" if self._closed else f"within {timeout} s"
                 raise TimeoutError(f"{len(done)} of {producers} producers finished {why}; "
                                    f"{self._counts['rows']} rows from "
                                    f"{len({p for p, _ in self._streams})} producers so far")
             tables = [t for p, t in self._retained if p in done]
-            missed = sum(s.missed for (p, _), s in self._streams.items() if p in done)
+            lost = [s for (p, _), s in self._streams.items() if p in done and s.missed_rows]
             evicted = self._counts["evicted_rows"]
-        if missed:
-            warnings.warn(f"{missed} messages from these producers were lost on the way "
-                          "(see stats()['producers'])", DataLossWarning, stacklevel=2)
+            self._warned_missed = self._missed_rows()
+        if lost:
+            warnings.warn(f"{sum(s.missed_rows for s in lost)} rows in "
+                          f"{sum(s.missed for s in lost)} messages from "
+                          f"{', '.join(sorted({s.name for s in lost}))} were lost on the way "
+                          "(see gaps())", DataLossWarning, stacklevel=2)
         if evicted:
             warnings.warn(f"{evicted} rows were evicted by retain={self._retain} and are "
                           "missing from the result", DataLossWarning, stacklevel=2)
@@ -222,28 +281,53 @@ class Subscriber:
         Returns
         -------
         dict
-            ``messages``, ``rows``, ``bytes`` (data received), ``missed`` (data messages
-            lost to sequence gaps), ``bad_frames`` (count by reason), ``dropped_batches``
-            and ``dropped_rows`` (queue overflow), ``evicted_rows`` (``retain``),
-            ``queued`` (micro-batches waiting for :meth:`get`), and ``producers``: a
-            DataFrame with one row per (producer, topic).
+            ``messages``, ``rows``, ``bytes``: data received. ``missed`` and
+            ``missed_rows``: data messages and rows lost on the way (sequence gaps).
+            ``skipped_rows``: rows producers had sent before this subscriber joined.
+            ``dropped_batches`` and ``dropped_rows``: micro-batches :meth:`get` never
+            saw (``policy="drop"``). ``evicted_rows``: rows past ``retain``.
+            ``bad_frames``: count by reason. ``queued``: micro-batches waiting for
+            :meth:`get`. ``peers``: connections now. ``producers``: a DataFrame with one
+            row per (producer, topic): counts, gaps, ``rows_per_s`` (last 5 s),
+            ``lag_s`` (send to receive), ``last_seen`` and ``alive``.
         """
+        now = time.time()
         with self._cond:
             self._check_error()
             out = {k: self._counts[k] for k in ("messages", "rows", "bytes", "dropped_batches",
                                                   "dropped_rows", "evicted_rows")}
             out["missed"] = sum(s.missed for s in self._streams.values())
+            out["missed_rows"] = self._missed_rows()
+            out["skipped_rows"] = sum(s.skipped_rows for s in self._streams.values())
             out["bad_frames"] = dict(self._bad)
             out["queued"] = len(self._queue)
+            out["peers"] = self._monitor.peers if self._monitor else 0
             rows = [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
                      "messages": s.messages, "rows": s.rows, "bytes": s.bytes,
-                     "missed": s.missed, "gaps": s.gaps, "finished": s.finished,
-                     "lag_s": s.lag, "last_seen": pd.Timestamp(s.last_seen, unit="s", tz="UTC")}
+                     "missed": s.missed, "missed_rows": s.missed_rows,
+                     "skipped_rows": s.skipped_rows, "gaps": s.gaps,
+                     "rows_per_s": s.rate(now), "lag_s": s.lag,
+                     "last_seen": pd.Timestamp(s.last_seen, unit="s", tz="UTC"),
+                     "finished": s.finished,
+                     "alive": not s.finished and now - s.last_seen <= self._dead_after}
                     for (p, t), s in self._streams.items()]
-        out["producers"] = pd.DataFrame(rows, columns=[
-            "producer", "name", "topic", "messages", "rows", "bytes", "missed", "gaps",
-            "finished", "lag_s", "last_seen"])
+        out["producers"] = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         return out
+
+    def gaps(self) -> pd.DataFrame:
+        """Every loss seen, one row each: when, from whom, how many messages and rows.
+
+        ``kind`` is ``"gap"`` for messages lost on the way and ``"joined late"`` for a
+        stream whose first message was not its first (rows sent before this subscriber
+        was listening, or while it was restarting). The last 10,000 are kept.
+        """
+        with self._cond:
+            self._check_error()
+            rows = list(self._gaps)
+        df = pd.DataFrame(rows, columns=["time", "producer", "name", "topic", "kind",
+                                         "messages", "rows"])
+        df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
+        return df
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the worker thread and release the socket. Idempotent."""
@@ -282,6 +366,23 @@ class Subscriber:
     def _finished(self) -> set[bytes]:
         return {p for (p, _), s in self._streams.items() if s.finished}
 
+    def _missed_rows(self) -> int:
+        return sum(s.missed_rows for s in self._streams.values())
+
+    def _pop(self) -> pa.Table:
+        table = self._queue.popleft()
+        self._queued_bytes -= table.nbytes
+        self._cond.notify_all()  # room for a worker waiting under policy="block"
+        return table
+
+    def _warn_new_losses(self) -> None:
+        with self._cond:
+            missed = self._missed_rows()
+            new, self._warned_missed = missed - self._warned_missed, missed
+        if new > 0:
+            warnings.warn(f"{new} rows were lost on the way since the last warning "
+                          "(see gaps() and stats()['producers'])", DataLossWarning, stacklevel=3)
+
     # -- worker thread ------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -293,32 +394,44 @@ class Subscriber:
             return
         try:
             sock.linger = 0
+            sock.rcvhwm = max(16, self._buffer_bytes // _TYPICAL_FRAME)
             for t in self.topics:
                 sock.subscribe(t)
+            self._monitor = Monitor(sock, threading.current_thread().name)
             self._resolved = attach(sock, self._endpoints)
         except Exception as e:
             self._error = e
+            if self._monitor is not None:
+                self._monitor.close()
             sock.close()
             self._started.set()
             return
         self._started.set()
         try:
-            self._loop(sock)
+            self._loop(sock, self._monitor)
         except Exception as e:
             with self._cond:
                 self._error = e
                 self._cond.notify_all()
         finally:
+            self._monitor.close()
             sock.close()
 
-    def _loop(self, sock: zmq.Socket) -> None:
+    def _loop(self, sock: zmq.Socket, monitor: Monitor) -> None:
         batcher = self._batcher
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor.socket, zmq.POLLIN)
         while not self._stop.is_set():
             # Poll continuously, even when idle: a bound SUB only greets new peers (and
             # sends them its subscriptions) while its thread is inside a zmq call.
             wait = batcher.timeout(time.monotonic())
             wait = 0.1 if wait is None else min(wait, 0.1)
-            if sock.poll(int(wait * 1000)):
+            events = dict(poller.poll(int(wait * 1000)))
+            if monitor.socket in events:
+                with self._cond:
+                    monitor.drain()
+            if sock in events:
                 for _ in range(1000):  # bounded, so batches still leave on time under load
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -345,15 +458,26 @@ class Subscriber:
         with self._cond:
             s = self._streams.get(key)
             if s is None:
-                s = self._streams[key] = _Stream(h.name, first_seen=now)
+                s = self._streams[key] = _Stream(h.name, first_seen=now,
+                                                 next_seq=h.seq, next_total=h.total)
+                if h.seq:
+                    s.skipped_rows = h.total
+                    self._record_gap(now, key, s, "joined late", h.seq, h.total)
             s.last_seen = now
             s.lag = max(0.0, now - h.send_ns / 1e9)
             # Data messages are numbered 0, 1, 2...; control messages carry the count
-            # sent so far, so a lost last message shows up too.
+            # sent so far, so a lost last message shows up too. ``total`` does the same
+            # in rows.
             if h.seq > s.next_seq:
+                lost_rows = max(0, h.total - s.next_total)
                 s.missed += h.seq - s.next_seq
+                s.missed_rows += lost_rows
                 s.gaps += 1
-            s.next_seq = max(s.next_seq, h.seq + (h.kind is wire.Kind.DATA))
+                self._record_gap(now, key, s, "gap", h.seq - s.next_seq, lost_rows)
+            if h.seq >= s.next_seq:
+                is_data = h.kind is wire.Kind.DATA
+                s.next_seq = h.seq + is_data
+                s.next_total = h.total + (h.rows if is_data else 0)
             if h.kind is wire.Kind.END_OF_STREAM:
                 s.finished = True
                 self._cond.notify_all()
@@ -363,12 +487,22 @@ class Subscriber:
             s.messages += 1
             s.rows += h.rows
             s.bytes += msg.nbytes
+            s.recent.append((now, h.rows))
             self._counts["messages"] += 1
             self._counts["rows"] += h.rows
             self._counts["bytes"] += msg.nbytes
             if h.rows:
                 self._retain_table(h.producer, msg.table)
         return msg.table if h.rows else None
+
+    def _record_gap(self, now: float, key: tuple[bytes, bytes], s: _Stream, kind: str,
+                    messages: int, rows: int) -> None:
+        self._gaps.append({"time": now, "producer": key[0].hex()[:12], "name": s.name,
+                           "topic": key[1].decode("utf-8", "replace"), "kind": kind,
+                           "messages": messages, "rows": rows})
+        if kind == "gap":
+            log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
+                        self._thread.name, messages, rows, s.name, key[1])
 
     def _retain_table(self, producer: bytes, table: pa.Table) -> None:
         if self._retain == 0:
@@ -390,15 +524,27 @@ class Subscriber:
 
     def _enqueue(self, table: pa.Table) -> None:
         with self._cond:
-            if self._overflow == "block":
-                while len(self._queue) >= self._maxsize and not self._stop.is_set():
+            def full() -> bool:
+                return bool(self._queue) and self._queued_bytes + table.nbytes > self._buffer_bytes
+            if self.policy == "block" and self._consuming:
+                # Stop reading until get() makes room: the socket's buffer fills, then
+                # the producers' (which wait, under their own policy="block").
+                while full() and not self._stop.is_set():
                     self._cond.wait(0.1)
-            elif len(self._queue) >= self._maxsize:
+            while full():
                 old = self._queue.popleft()
-                self._counts["dropped_batches"] += 1
-                self._counts["dropped_rows"] += old.num_rows
+                self._queued_bytes -= old.nbytes
+                if self.policy == "drop":
+                    self._counts["dropped_batches"] += 1
+                    self._counts["dropped_rows"] += old.num_rows
             self._queue.append(table)
+            self._queued_bytes += table.nbytes
             self._cond.notify_all()
+
+
+_PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
+                     "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
+                     "finished", "alive"]
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -1,9 +1,9 @@
-"""Wire format v1: sans-IO encoding and decoding of zpandas messages.
+"""Wire format v2: sans-IO encoding and decoding of zpandas messages.
 
 A message is three ZeroMQ frames ``[topic, header, body]``:
 
 * ``topic`` - raw bytes; the only frame a SUB socket prefix-matches.
-* ``header`` - a 72-byte little-endian struct followed by two UTF-8 strings
+* ``header`` - an 80-byte little-endian struct followed by two UTF-8 strings
   (producer name, source id); see ``docs/wire.md`` for the byte layout.
 * ``body`` - for data messages, a complete Arrow IPC *stream* (schema, record
   batches, end-of-stream marker) that ``pyarrow.ipc.open_stream`` reads with nothing
@@ -41,11 +41,11 @@ __all__ = [
 ]
 
 MAGIC = b"ZP"
-VERSION = 1
-#: magic, version, kind, producer id, seq, send_ns, fingerprint, rows,
+VERSION = 2
+#: magic, version, kind, producer id, seq, send_ns, total, fingerprint, rows,
 #: source start, source end, producer-name length, source-id length
-HEADER_STRUCT = struct.Struct("<2sBB16sQq8sQqqHH")
-assert HEADER_STRUCT.size == 72
+HEADER_STRUCT = struct.Struct("<2sBB16sQqQ8sQqqHH")
+assert HEADER_STRUCT.size == 80
 _MAX_STR = 0xFFFF
 NO_FINGERPRINT = bytes(8)
 
@@ -78,6 +78,10 @@ class Header:
         topic, so a receiver can also see that the *last* data message was lost.
     send_ns : int
         Send time, nanoseconds since the Unix epoch (the producer's clock).
+    total : int
+        Rows sent on this (producer, topic) before this message; for end-of-stream and
+        heartbeat messages, all rows sent so far. With ``seq`` it tells a receiver how
+        many *rows* it lost, and how many were sent before it joined.
     fingerprint : bytes
         8 bytes identifying the body's schema (see :func:`fingerprint`).
     rows : int
@@ -94,6 +98,7 @@ class Header:
     producer: bytes = bytes(16)
     seq: int = 0
     send_ns: int = 0
+    total: int = 0
     fingerprint: bytes = NO_FINGERPRINT
     rows: int = 0
     name: str = ""
@@ -102,30 +107,30 @@ class Header:
     end: int = -1
 
     def pack(self) -> bytes:
-        """Serialize to the v1 header bytes."""
+        """Serialize to header bytes."""
         name = self.name.encode("utf-8")[:_MAX_STR]
         source = self.source.encode("utf-8")[:_MAX_STR]
         if len(self.producer) != 16:
             raise ValueError("producer id must be 16 bytes")
         fixed = HEADER_STRUCT.pack(
-            MAGIC, VERSION, int(self.kind), self.producer, self.seq, self.send_ns,
+            MAGIC, VERSION, int(self.kind), self.producer, self.seq, self.send_ns, self.total,
             self.fingerprint, self.rows, self.start, self.end, len(name), len(source),
         )
         return fixed + name + source
 
     @classmethod
     def unpack(cls, data) -> Header:
-        """Parse header bytes; raise :class:`WireError` if they are not a v1 header."""
+        """Parse header bytes; raise :class:`WireError` if they are not a header of this version."""
         mv = memoryview(data)
         if len(mv) < 4:
-            raise WireError("header", f"header is {len(mv)} bytes, shorter than the 72-byte minimum")
+            raise WireError("header", f"header is {len(mv)} bytes, shorter than the {HEADER_STRUCT.size}-byte minimum")
         if bytes(mv[:2]) != MAGIC:
             raise WireError("magic", f"header starts with {bytes(mv[:2])!r}, not {MAGIC!r}")
         if mv[2] != VERSION:
             raise WireError("version", f"wire version {mv[2]} is not supported (this is version {VERSION})")
         if len(mv) < HEADER_STRUCT.size:
-            raise WireError("header", f"header is {len(mv)} bytes, shorter than the 72-byte minimum")
-        (_, _, kind, producer, seq, send_ns, fp, rows, start, end, name_len,
+            raise WireError("header", f"header is {len(mv)} bytes, shorter than the {HEADER_STRUCT.size}-byte minimum")
+        (_, _, kind, producer, seq, send_ns, total, fp, rows, start, end, name_len,
          source_len) = HEADER_STRUCT.unpack_from(mv)
         if len(mv) != HEADER_STRUCT.size + name_len + source_len:
             raise WireError("header", f"header is {len(mv)} bytes but its string lengths say "
@@ -140,7 +145,7 @@ class Header:
             source = bytes(mv[off + name_len:]).decode("utf-8")
         except UnicodeDecodeError as e:
             raise WireError("header", f"producer name or source is not UTF-8: {e}") from None
-        return cls(kind, producer, seq, send_ns, fp, rows, name, source, start, end)
+        return cls(kind, producer, seq, send_ns, total, fp, rows, name, source, start, end)
 
 
 @dataclass(frozen=True)
@@ -198,17 +203,17 @@ def encode(data: pa.Table | pa.RecordBatch | None, *, topic: bytes | str = b"",
     return [topic, header.pack(), body]
 
 
-_SEQ_TIME = struct.Struct("<Qq")
-_SEQ_OFFSET = 20  # after magic (2), version (1), kind (1), producer id (16)
+_STAMP = struct.Struct("<QqQ")
+_STAMP_OFFSET = 20  # after magic (2), version (1), kind (1), producer id (16)
 
 
-def stamp(header: bytearray, seq: int, send_ns: int) -> None:
-    """Write ``seq`` and ``send_ns`` into packed header bytes, in place.
+def stamp(header: bytearray, seq: int, send_ns: int, total: int) -> None:
+    """Write ``seq``, ``send_ns`` and ``total`` into packed header bytes, in place.
 
     The producer encodes bodies on its callers' threads but numbers messages on the
     thread that owns the socket, in send order; this avoids re-packing the header.
     """
-    _SEQ_TIME.pack_into(header, _SEQ_OFFSET, seq, send_ns)
+    _STAMP.pack_into(header, _STAMP_OFFSET, seq, send_ns, total)
 
 
 def decode(frames, *, max_bytes: int | None = None) -> Message:
