@@ -8,7 +8,7 @@ import zpandas
 
 def test_all_is_pinned():
     assert sorted(zpandas.__all__) == sorted([
-        "Producer", "Subscriber", "publish_files",
+        "Producer", "Subscriber", "Proxy", "publish_files",
         "ZpandasError", "EndpointError", "ClosedError", "WireError", "SchemaMismatchError",
         "SourceError", "SubscriberBrokenError", "ProducerBrokenError", "DataLossWarning",
         "__version__",
@@ -25,6 +25,6 @@ def test_import_has_no_side_effects():
 
 
 def test_public_names_have_docstrings():
-    for name in ("Producer", "Subscriber", "publish_files"):
+    for name in ("Producer", "Subscriber", "Proxy", "publish_files"):
         obj = getattr(zpandas, name)
         assert obj.__doc__ and "Parameters" in obj.__doc__, name

@@ -16,6 +16,7 @@ from .errors import (
     ZpandasError,
 )
 from .producer import Producer, publish_files
+from .proxy import Proxy
 from .subscriber import Subscriber
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Producer",
     "Subscriber",
+    "Proxy",
     "publish_files",
     "ZpandasError",
     "EndpointError",

@@ -1,4 +1,4 @@
-"""The ``zpandas`` command: publish, subscribe, demo.
+"""The ``zpandas`` command: publish, subscribe, proxy, demo.
 
 The only module that prints, configures logging or exits.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="zpandas",
         description="Rows from CSV files on many machines, live in pandas (Arrow over ZeroMQ).")
     parser.add_argument("--version", action="version", version=f"zpandas {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v logs connections and gaps, -vv debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("publish", help="publish CSV files to a subscriber",
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-bytes", type=int, default=4 << 20, metavar="BYTES",
                    help="rows are coalesced into frames of about this size (default 4 MiB)")
     p.add_argument("--delimiter", default=",")
+    _policy_options(p, "producer")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("subscribe", help="receive rows and print a live summary",
@@ -68,18 +71,36 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop once N producers have finished (the batch job)")
     s.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     s.add_argument("--parquet", metavar="PATH", help="write the rows collected to this Parquet file")
+    _policy_options(s, "subscriber")
+
+    x = sub.add_parser("proxy", help="forward producers to subscribers (XSUB/XPUB)",
+                       description="Producers connect to the frontend, subscribers to the "
+                                   "backend; neither needs the other's address.")
+    x.add_argument("--frontend", action="append",
+                   help="where producers connect (default @tcp://*:5559); repeatable")
+    x.add_argument("--backend", action="append",
+                   help="where subscribers connect (default @tcp://*:5560); repeatable")
+    x.add_argument("--interval", type=float, default=10.0, metavar="S",
+                   help="print the proxy's counters every S seconds (default 10; 0: never)")
+    _policy_options(x, "proxy")
 
     d = sub.add_parser("demo", help="4 local producers -> 1 subscriber -> aggregate, Parquet, PNG")
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--data", default=None, help="folder with node*/ CSV files (default: bundled)")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM (kill, systemd, docker stop) ends a command cleanly, like Ctrl-C, but as
+    # the normal way to stop a service: exit code 0.
+    signal.signal(signal.SIGTERM, _terminate)
+    commands = {"publish": _publish, "subscribe": _subscribe, "proxy": _proxy, "demo": _demo}
     try:
-        return {"publish": _publish, "subscribe": _subscribe, "demo": _demo}[args.command](args)
+        return commands[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 0
     except (ZpandasError, OSError, TimeoutError) as e:
         print(f"zpandas {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -92,8 +113,8 @@ def _publish(args) -> int:
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
                            wait_for_subscribers=args.wait_for, wait_timeout=args.wait_timeout,
                            block_size=args.block_size, frame_bytes=args.frame_bytes,
-                           delimiter=args.delimiter,
-                           progress=not args.quiet)
+                           delimiter=args.delimiter, policy=args.policy,
+                           buffer_bytes=args.buffer_bytes, progress=not args.quiet)
     if not args.quiet:
         print(f"published {result['rows']:,} rows from {result['files']} files "
               f"({result['bytes'] / 1e6:.1f} MB)", file=sys.stderr)
@@ -105,18 +126,21 @@ def _subscribe(args) -> int:
     from .subscriber import Subscriber
 
     endpoints = args.endpoint or ["@" + DEFAULT_ENDPOINT]
-    with Subscriber(endpoints, topics=args.topic) as sub:
+    with Subscriber(endpoints, topics=args.topic, policy=args.policy,
+                    buffer_bytes=args.buffer_bytes) as sub:
         print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'}", flush=True)
         start = time.monotonic()
         last_rows = 0
         while True:
             time.sleep(1.0)  # the print interval of a human-facing summary, not a sync
             st = sub.stats()
-            finished = int(st["producers"].groupby("producer")["finished"].any().sum()) \
-                if len(st["producers"]) else 0
+            by_producer = st["producers"].groupby("producer")
+            finished = int(by_producer["finished"].any().sum())
+            alive = int(by_producer["alive"].any().sum())
             print(f"{time.monotonic() - start:7.1f}s rows={st['rows']:,} "
-                  f"(+{st['rows'] - last_rows:,}/s) producers={st['producers']['producer'].nunique()} "
-                  f"finished={finished} missed={st['missed']} bad={sum(st['bad_frames'].values())}",
+                  f"(+{st['rows'] - last_rows:,}/s) producers={len(by_producer)} alive={alive} "
+                  f"finished={finished} missed_rows={st['missed_rows']:,} "
+                  f"dropped_rows={st['dropped_rows']:,} bad={sum(st['bad_frames'].values())}",
                   flush=True)
             last_rows = st["rows"]
             if args.producers is not None and finished >= args.producers:
@@ -128,6 +152,40 @@ def _subscribe(args) -> int:
             write_parquet(df, args.parquet, provenance={"producers": _provenance(sub.stats())})
             print(f"wrote {len(df):,} rows to {args.parquet}")
     return 0
+
+
+def _proxy(args) -> int:
+    from .proxy import Proxy
+
+    with Proxy(args.frontend or "@tcp://*:5559", args.backend or "@tcp://*:5560",
+               policy=args.policy, buffer_bytes=args.buffer_bytes) as proxy:
+        print(f"proxy: producers connect to {', '.join(proxy.frontend)}, "
+              f"subscribers to {', '.join(proxy.backend)}", flush=True)
+        while True:
+            # A human-facing print interval; Ctrl-C or SIGTERM ends the wait.
+            time.sleep(args.interval or 3600)
+            if args.interval:
+                st = proxy.stats()
+                print(f"proxy: {st['frontend']['frames_received'] // 3:,} messages "
+                      f"({st['frontend']['bytes_received'] / 1e6:.1f} MB) in, "
+                      f"{st['backend']['frames_sent'] // 3:,} out "
+                      f"({st['backend']['bytes_sent'] / 1e6:.1f} MB)", flush=True)
+
+
+def _policy_options(parser: argparse.ArgumentParser, who: str) -> None:
+    parser.add_argument("--policy", choices=["block", "drop"], default="block",
+                        help=f"when a subscriber is slow: the {who} waits (block, default: "
+                             "nothing lost) or drops and counts (drop: never slows down)")
+    parser.add_argument("--buffer-bytes", type=int, default=256 << 20, metavar="BYTES",
+                        help="memory to queue for a slow peer (default 256 MiB)")
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM; BaseException so nothing swallows it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
 
 
 def _demo(args) -> int:

@@ -559,16 +559,24 @@ class Producer:
                 # Numbered here, in send order; a retry after EAGAIN keeps the number.
                 wire.stamp(m.header, counters[0], time.time_ns(), counters[1])
             frames = (m.topic, m.header, m.body)
-            try:
-                while m.sent < 3:
-                    f = frames[m.sent]
-                    xpub.send(f, zmq.SNDMORE if m.sent < 2 else 0, copy=len(f) < ZERO_COPY_MIN)
-                    m.sent += 1
-            except zmq.Again:
-                with self._lock:
-                    self._sent["waits"] += 1
-                    self._sent["blocked_s"] += xpub.sndtimeo / 1000
-                return
+            while m.sent < 3:
+                f = frames[m.sent]
+                flags, copy = zmq.SNDMORE if m.sent < 2 else 0, len(f) < ZERO_COPY_MIN
+                try:
+                    xpub.send(f, flags | zmq.NOBLOCK, copy=copy)
+                except zmq.Again:
+                    # A subscriber is full (policy="block"): wait for it, at most SNDTIMEO
+                    # at a time so subscriptions and heartbeats are still served.
+                    t0 = time.perf_counter()
+                    try:
+                        xpub.send(f, flags, copy=copy)
+                    except zmq.Again:
+                        return
+                    finally:
+                        with self._lock:
+                            self._sent["waits"] += 1
+                            self._sent["blocked_s"] += time.perf_counter() - t0
+                m.sent += 1
             out.popleft()
             if m.kind is wire.Kind.DATA:
                 counters[0] += 1

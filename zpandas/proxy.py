@@ -1,0 +1,205 @@
+"""Proxy: an XSUB/XPUB forwarder so producers and subscribers only need its address.
+
+Producers connect to the proxy's *frontend*, subscribers to its *backend*; subscriptions
+flow upstream and data downstream, and either side can come and go (or the proxy can be
+restarted: ZeroMQ reconnects everyone, and subscribers report what they missed).
+
+Threads
+-------
+The forwarding is libzmq's own ``zmq_proxy_steerable``, run by pyzmq's
+``zmq.devices.ThreadProxySteerable`` on a thread of its own (``zpandas-proxy-N``), which
+creates, uses and closes both sockets. :meth:`Proxy.stats` and :meth:`Proxy.close` talk to
+it over its control socket (``STATISTICS`` and ``TERMINATE``); the caller's end of that
+inproc pair is used only under a lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import threading
+import uuid
+from typing import Literal
+
+import zmq
+from zmq.devices import ThreadProxySteerable
+
+from .endpoints import EndpointsLike, attach, parse_endpoints
+
+__all__ = ["Proxy"]
+
+_ids = itertools.count(1)
+_TYPICAL_FRAME = 4 << 20
+_SIDES = ("frontend", "backend")
+_COUNTERS = ("frames_received", "bytes_received", "frames_sent", "bytes_sent")
+
+
+class Proxy:
+    """Forward zpandas messages from any number of producers to any number of subscribers.
+
+    Parameters
+    ----------
+    frontend : str or list of str, default "@tcp://*:5559"
+        Where producers connect (``Producer(">tcp://proxy-host:5559")``).
+    backend : str or list of str, default "@tcp://*:5560"
+        Where subscribers connect (``Subscriber(">tcp://proxy-host:5560")``).
+    policy : {"block", "drop"}, default "block"
+        ``"block"``: a slow subscriber makes the proxy wait (and, behind it, producers
+        whose policy is ``"block"``), so nothing is lost but everyone goes at its pace.
+        ``"drop"``: the slow subscriber misses messages (it reports them), the others
+        carry on.
+    buffer_bytes : int, default 256 MiB
+        Memory each side may queue per peer, as a high-water mark in ~4 MiB messages.
+
+    Examples
+    --------
+    >>> with zpandas.Proxy("@tcp://*:5559", "@tcp://*:5560") as proxy:  # doctest: +SKIP
+    ...     print(proxy.stats())
+    """
+
+    def __init__(self, frontend: EndpointsLike = "@tcp://*:5559",
+                 backend: EndpointsLike = "@tcp://*:5560", *,
+                 policy: Literal["block", "drop"] = "block",
+                 buffer_bytes: int = 256 << 20) -> None:
+        if policy not in ("block", "drop"):
+            raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
+        self.policy = policy
+        self._ctx = zmq.Context()
+        self._control_address = f"inproc://zpandas-proxy-{uuid.uuid4().hex}"
+        self._device = _Device(self._ctx, self._control_address,
+                               parse_endpoints(frontend, default="bind"),
+                               parse_endpoints(backend, default="bind"),
+                               hwm=max(16, buffer_bytes // _TYPICAL_FRAME),
+                               nodrop=policy == "block", name=f"zpandas-proxy-{next(_ids)}")
+        self._lock = threading.Lock()
+        self._closed = False
+        self._device.start()
+        self._device.started.wait()
+        if self._device.error is not None:
+            self._device.join()
+            self._ctx.term()
+            self._closed = True
+            raise self._device.error
+        self._control = self._ctx.socket(zmq.PAIR)
+        self._control.linger = 0
+        self._control.connect(self._control_address)
+
+    @property
+    def frontend(self) -> list[str]:
+        """Addresses producers connect to (``*`` ports resolved)."""
+        return list(self._device.resolved["frontend"])
+
+    @property
+    def backend(self) -> list[str]:
+        """Addresses subscribers connect to (``*`` ports resolved)."""
+        return list(self._device.resolved["backend"])
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self, timeout: float = 5.0) -> dict:
+        """The proxy's own counters, from libzmq.
+
+        Returns
+        -------
+        dict
+            ``{"frontend": {...}, "backend": {...}}``, each with ``frames_received``,
+            ``bytes_received``, ``frames_sent`` and ``bytes_sent`` (a zpandas message
+            is three frames). Data flows frontend -> backend, subscriptions back.
+
+        Raises
+        ------
+        TimeoutError
+            If the proxy thread does not answer (it is waiting for a slow subscriber
+            under ``policy="block"``).
+        """
+        with self._lock:
+            if self._closed:
+                raise zmq.ZMQError(zmq.ENOTSOCK, "this Proxy is closed")
+            self._control.send(b"STATISTICS")
+            if not self._control.poll(int(timeout * 1000)):
+                raise TimeoutError(f"the proxy did not answer within {timeout} s")
+            reply = self._control.recv_multipart()
+        values = [struct.unpack("=Q", v)[0] for v in reply]
+        return {side: dict(zip(_COUNTERS, values[4 * i:4 * i + 4], strict=True))
+                for i, side in enumerate(_SIDES)}
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop forwarding and release both sockets. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._control.send(b"TERMINATE")
+            self._control.close()
+        self._device.join(timeout)
+        # A proxy stuck sending to a slow subscriber never reads TERMINATE; terminating
+        # the context wakes it (ETERM), and zmq.devices then closes its sockets.
+        self._ctx.term()
+        self._device.join()
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<zpandas.Proxy {state} frontend={self.frontend} backend={self.backend}>"
+
+
+class _Device(ThreadProxySteerable):
+    """pyzmq's steerable proxy thread, with our endpoints and a start-up handshake."""
+
+    def __init__(self, ctx: zmq.Context, control: str, frontend, backend, *, hwm: int,
+                 nodrop: bool, name: str) -> None:
+        super().__init__(zmq.XSUB, zmq.XPUB, ctrl_type=zmq.PAIR)
+        self.name = name
+        self._ctx = ctx
+        self._control_address = control
+        self._endpoints = {"frontend": frontend, "backend": backend}
+        self._hwm = hwm
+        self._nodrop = nodrop
+        self.resolved: dict[str, list[str]] = {"frontend": [], "backend": []}
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        # As BackgroundDevice.start, with a thread name that says whose it is.
+        self.launcher = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self.launcher.start()
+
+    def context_factory(self) -> zmq.Context:
+        return self._ctx
+
+    def _setup_sockets(self):
+        ctx = self._context = self.context_factory()
+        front = ctx.socket(zmq.XSUB)
+        self._sockets.append(front)
+        back = ctx.socket(zmq.XPUB)
+        self._sockets.append(back)
+        control = ctx.socket(zmq.PAIR)
+        self._sockets.append(control)
+        for s in (front, back, control):
+            s.linger = 0
+        front.rcvhwm = back.sndhwm = self._hwm
+        # Pass every subscription upstream, so producers can count subscribers.
+        back.setsockopt(zmq.XPUB_VERBOSER, 1)
+        if self._nodrop:
+            back.setsockopt(zmq.XPUB_NODROP, 1)
+        control.bind(self._control_address)
+        self.resolved["frontend"] = attach(front, self._endpoints["frontend"])
+        self.resolved["backend"] = attach(back, self._endpoints["backend"])
+        return front, back, None, control
+
+    def run_device(self) -> None:
+        try:
+            front, back, _, control = self._setup_sockets()
+        except Exception as e:  # e.g. a port in use: re-raised by Proxy()
+            self.error = e
+            self.started.set()
+            return
+        self.started.set()
+        zmq.proxy_steerable(front, back, None, control)
