@@ -8,7 +8,8 @@ import zpandas
 
 def test_all_is_pinned():
     assert sorted(zpandas.__all__) == sorted([
-        "Producer", "Subscriber", "Proxy", "publish_files",
+        "Producer", "Subscriber", "Proxy", "Aggregation", "to_parquet", "ParquetSink",
+        "publish_files",
         "ZpandasError", "EndpointError", "ClosedError", "WireError", "SchemaMismatchError",
         "SourceError", "SubscriberBrokenError", "ProducerBrokenError", "DataLossWarning",
         "__version__",

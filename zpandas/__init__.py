@@ -15,6 +15,8 @@ from .errors import (
     WireError,
     ZpandasError,
 )
+from .aggregate import Aggregation
+from .parquet import ParquetSink, to_parquet
 from .producer import Producer, publish_files
 from .proxy import Proxy
 from .subscriber import Subscriber
@@ -25,6 +27,9 @@ __all__ = [
     "Producer",
     "Subscriber",
     "Proxy",
+    "Aggregation",
+    "to_parquet",
+    "ParquetSink",
     "publish_files",
     "ZpandasError",
     "EndpointError",

@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--producers", type=int, metavar="N",
                    help="stop once N producers have finished (the batch job)")
     s.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    s.add_argument("--parquet", metavar="PATH", help="write the rows collected to this Parquet file")
+    s.add_argument("--parquet", metavar="DIR",
+                   help="write the rows to Parquet files in DIR, a new file by size or time")
+    s.add_argument("--roll-mb", type=float, default=64, metavar="MB",
+                   help="start a new Parquet file after this much data (default 64)")
+    s.add_argument("--roll-seconds", type=float, default=60, metavar="S",
+                   help="start a new Parquet file after this long (default 60)")
     _policy_options(s, "subscriber")
 
     x = sub.add_parser("proxy", help="forward producers to subscribers (XSUB/XPUB)",
@@ -122,17 +127,33 @@ def _publish(args) -> int:
 
 
 def _subscribe(args) -> int:
-    from .parquet import write_parquet
+    from .parquet import ParquetSink, provenance_of
     from .subscriber import Subscriber
 
     endpoints = args.endpoint or ["@" + DEFAULT_ENDPOINT]
     with Subscriber(endpoints, topics=args.topic, policy=args.policy,
-                    buffer_bytes=args.buffer_bytes) as sub:
+                    buffer_bytes=args.buffer_bytes, retain=0) as sub:
         print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'}", flush=True)
-        start = time.monotonic()
+        sink = None
+        if args.parquet:
+            sink = ParquetSink(args.parquet, roll_bytes=int(args.roll_mb * (1 << 20)),
+                               roll_seconds=args.roll_seconds,
+                               provenance=lambda: provenance_of(sub.stats()))
+        start = next_print = time.monotonic()
         last_rows = 0
         while True:
-            time.sleep(1.0)  # the print interval of a human-facing summary, not a sync
+            # Rows are taken as they come (for the sink); the summary prints each second.
+            try:
+                df = sub.get(timeout=max(0.0, next_print - time.monotonic()))
+                if sink is not None:
+                    sink.write(df)
+            except TimeoutError:
+                pass
+            if sink is not None:
+                sink.poll()
+            if time.monotonic() < next_print:
+                continue
+            next_print += 1.0
             st = sub.stats()
             by_producer = st["producers"].groupby("producer")
             finished = int(by_producer["finished"].any().sum())
@@ -143,14 +164,17 @@ def _subscribe(args) -> int:
                   f"dropped_rows={st['dropped_rows']:,} bad={sum(st['bad_frames'].values())}",
                   flush=True)
             last_rows = st["rows"]
-            if args.producers is not None and finished >= args.producers:
+            if ((args.producers is not None and finished >= args.producers and not st["queued"])
+                    or (args.duration is not None and time.monotonic() - start >= args.duration)):
                 break
-            if args.duration is not None and time.monotonic() - start >= args.duration:
-                break
-        if args.parquet:
-            df = sub.frame()
-            write_parquet(df, args.parquet, provenance={"producers": _provenance(sub.stats())})
-            print(f"wrote {len(df):,} rows to {args.parquet}")
+        if sink is not None:
+            while True:  # what is still queued or batching, then the last file
+                try:
+                    sink.write(sub.get(timeout=0.5))  # 5x the batching latency
+                except TimeoutError:
+                    break
+            sink.close()
+            print(f"wrote {sink.rows:,} rows to {len(sink.files)} file(s) in {args.parquet}")
     return 0
 
 
@@ -197,7 +221,7 @@ def _demo(args) -> int:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from .parquet import write_parquet
+    from .parquet import provenance_of, to_parquet
     from .subscriber import Subscriber
 
     data = args.data or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
@@ -233,10 +257,9 @@ def _demo(args) -> int:
     print("\nvalue by host and metric:\n")
     print(agg.to_string(index=False))
 
-    parquet = write_parquet(agg, os.path.join(args.out, "aggregate.parquet"),
-                            provenance={"producers": _provenance(stats)})
-    rows = write_parquet(df, os.path.join(args.out, "rows.parquet"),
-                         provenance={"producers": _provenance(stats)})
+    parquet = to_parquet(agg, os.path.join(args.out, "aggregate.parquet"),
+                         provenance=provenance_of(stats))
+    rows = to_parquet(df, os.path.join(args.out, "rows.parquet"), provenance=provenance_of(stats))
 
     cpu = df[df["metric"] == "cpu_pct"].copy()
     cpu["timestamp"] = pd.to_datetime(cpu["timestamp"])
@@ -254,8 +277,3 @@ def _demo(args) -> int:
     plt.close(fig)
     print(f"\nwrote {parquet}\nwrote {rows}\nwrote {png}")
     return 0
-
-
-def _provenance(stats: dict) -> list[dict]:
-    """Who sent what, stored in the Parquet file's metadata."""
-    return stats["producers"][["name", "topic", "rows", "missed"]].to_dict("records")

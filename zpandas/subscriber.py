@@ -29,6 +29,7 @@ import zmq
 from . import wire
 from ._batcher import MicroBatcher
 from ._monitor import Monitor
+from .aggregate import Aggregation
 from .endpoints import EndpointsLike, attach, parse_endpoints
 from .errors import ClosedError, DataLossWarning, SubscriberBrokenError, WireError
 
@@ -66,6 +67,7 @@ class _Stream:
     last_seen: float = 0.0
     lag: float = 0.0         # receive time - send time of the last message, seconds
     finished: bool = False
+    sources: dict = field(default_factory=dict)  # source -> [first byte, end byte] seen
     recent: collections.deque = field(default_factory=collections.deque)  # (time, rows)
 
     def rate(self, now: float) -> float:
@@ -154,6 +156,7 @@ class Subscriber:
         self._counts = collections.Counter()
         self._bad = collections.Counter()
         self._monitor: Monitor | None = None
+        self._aggregations: list[Aggregation] = []
         self._error: BaseException | None = None
         self._closed = False
         self._stop = threading.Event()
@@ -275,6 +278,40 @@ class Subscriber:
                           "missing from the result", DataLossWarning, stacklevel=2)
         return _concat(tables).to_pandas()
 
+    def to_parquet(self, path, *, partition_by=None) -> str:
+        """Write :meth:`frame` to Parquet atomically, with provenance in its metadata.
+
+        The metadata (key ``b"zpandas"``) lists each producer with its topic, rows,
+        missed rows and the files and byte ranges its rows came from. See
+        :func:`zpandas.to_parquet` for ``partition_by``.
+        """
+        from .parquet import provenance_of, to_parquet
+        return to_parquet(self.frame(), path, partition_by=partition_by,
+                          provenance=provenance_of(self.stats()))
+
+    def aggregate(self, by=None, *, values, window=None, every=None, on: str = "timestamp",
+                  lateness="0s", idle: float = 5.0) -> Aggregation:
+        """A running groupby of everything this subscriber receives, kept up to date.
+
+        Starts with the rows retained so far, then folds in every message as it arrives
+        (on the subscriber's thread), so memory grows with groups x windows, not rows.
+        Parameters are those of :class:`~zpandas.Aggregation`.
+
+        Examples
+        --------
+        >>> agg = sub.aggregate(by=["host"], values={"value": ["mean", "max"]},
+        ...                     window="1min", on="timestamp")      # doctest: +SKIP
+        >>> agg.result()                                            # doctest: +SKIP
+        """
+        agg = Aggregation(by, values=values, window=window, every=every, on=on,
+                          lateness=lateness, idle=idle)
+        with self._cond:
+            self._check()
+            for _, table in self._retained:
+                agg.update(table)
+            self._aggregations.append(agg)
+        return agg
+
     def stats(self) -> dict:
         """Counters of what arrived, what was lost and who sent it.
 
@@ -289,7 +326,8 @@ class Subscriber:
             ``bad_frames``: count by reason. ``queued``: micro-batches waiting for
             :meth:`get`. ``peers``: connections now. ``producers``: a DataFrame with one
             row per (producer, topic): counts, gaps, ``rows_per_s`` (last 5 s),
-            ``lag_s`` (send to receive), ``last_seen`` and ``alive``.
+            ``lag_s`` (send to receive), ``last_seen``, ``alive`` and ``sources``
+            (file -> byte range of the rows received from it).
         """
         now = time.time()
         with self._cond:
@@ -309,7 +347,8 @@ class Subscriber:
                      "rows_per_s": s.rate(now), "lag_s": s.lag,
                      "last_seen": pd.Timestamp(s.last_seen, unit="s", tz="UTC"),
                      "finished": s.finished,
-                     "alive": not s.finished and now - s.last_seen <= self._dead_after}
+                     "alive": not s.finished and now - s.last_seen <= self._dead_after,
+                     "sources": {k: tuple(v) for k, v in s.sources.items()}}
                     for (p, t), s in self._streams.items()]
         out["producers"] = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         return out
@@ -486,6 +525,9 @@ class Subscriber:
                 return None
             s.messages += 1
             s.rows += h.rows
+            if h.source:
+                span = s.sources.setdefault(h.source, [h.start, h.end])
+                span[0], span[1] = min(span[0], h.start), max(span[1], h.end)
             s.bytes += msg.nbytes
             s.recent.append((now, h.rows))
             self._counts["messages"] += 1
@@ -493,6 +535,9 @@ class Subscriber:
             self._counts["bytes"] += msg.nbytes
             if h.rows:
                 self._retain_table(h.producer, msg.table)
+            aggregations = list(self._aggregations)
+        for agg in aggregations:
+            agg.update(msg.table)  # never raises: a bad batch is counted in agg.stats()
         return msg.table if h.rows else None
 
     def _record_gap(self, now: float, key: tuple[bytes, bytes], s: _Stream, kind: str,
@@ -544,7 +589,7 @@ class Subscriber:
 
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
-                     "finished", "alive"]
+                     "finished", "alive", "sources"]
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
