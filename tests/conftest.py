@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import json
 import threading
 import time
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STREAMER = os.path.join(ROOT, "tests", "streamer.py")
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
@@ -108,3 +110,43 @@ def procs():
     ps = Procs()
     yield ps
     ps.cleanup()
+
+
+class Streamers:
+    """Start ``tests/streamer.py`` processes; kill and reap any left at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, endpoint: str, *args: str) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, STREAMER, "--endpoint", endpoint, *args], cwd=ROOT,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        line = p.stdout.readline()
+        assert line.startswith("ready"), f"streamer did not start: {line!r}"
+        p.endpoints = line.split()[1:]
+        return p
+
+    @staticmethod
+    def tell(p: subprocess.Popen, word: str) -> None:
+        p.stdin.write(word + "\n")
+        p.stdin.flush()
+
+    @staticmethod
+    def result(p: subprocess.Popen, timeout: float = 60) -> dict:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, out
+        return json.loads(out.strip().splitlines()[-1])
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+
+
+@pytest.fixture
+def streamers():
+    s = Streamers()
+    yield s
+    s.cleanup()

@@ -4,7 +4,7 @@
 
 Prints ``ready <endpoints>`` once its socket is set up (and ``--wait-for`` subscribers
 listen); with ``--go`` it then waits for a ``go`` line on stdin. It sends ``--sends``
-batches of ``--rows`` rows (ids 0, 1, 2, ... in order), or sends until a ``stop`` line
+batches of ``--rows`` rows (ids 0, 1, 2, ... in order; event time ``ts`` = id ms), or sends until a ``stop`` line
 arrives on stdin when ``--sends`` is 0
 (``--hold``: sends ``--sends`` batches, then idles until ``stop``). At the end it closes the producer and prints one
 JSON line: ``{"rows": <rows sent>, "stats": <Producer.stats()>}``.
@@ -57,7 +57,8 @@ def main() -> None:
     sent = 0
     while not stop.is_set() and (not args.sends or sent < args.sends * args.rows):
         ids = np.arange(sent, sent + args.rows)
-        producer.send(pa.table({"id": ids, "value": ids * 0.5, "text": text, "producer": name}))
+        producer.send(pa.table({"id": ids, "value": ids * 0.5, "text": text, "producer": name,
+                                "ts": pa.array(ids * 1_000_000, pa.timestamp("ns", "UTC"))}))
         sent += args.rows
         if args.pause:
             stop.wait(args.pause)

@@ -8,7 +8,7 @@ import zpandas
 
 def test_all_is_pinned():
     assert sorted(zpandas.__all__) == sorted([
-        "Producer", "Subscriber", "Proxy", "Aggregation", "to_parquet", "ParquetSink",
+        "Producer", "Subscriber", "Proxy", "Aggregation", "LivePlot", "to_parquet", "ParquetSink",
         "publish_files",
         "ZpandasError", "EndpointError", "ClosedError", "WireError", "SchemaMismatchError",
         "SourceError", "SubscriberBrokenError", "ProducerBrokenError", "DataLossWarning",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -26,47 +25,6 @@ import zpandas as zp
 from .conftest import ROOT, wait_for
 
 LOCAL = "@tcp://127.0.0.1:*"
-STREAMER = os.path.join(ROOT, "tests", "streamer.py")
-
-
-class Streamers:
-    """Start ``tests/streamer.py`` processes; kill and reap any left at the end."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, endpoint: str, *args: str) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, STREAMER, "--endpoint", endpoint, *args], cwd=ROOT,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        line = p.stdout.readline()
-        assert line.startswith("ready"), f"streamer did not start: {line!r}"
-        p.endpoints = line.split()[1:]
-        return p
-
-    @staticmethod
-    def tell(p: subprocess.Popen, word: str) -> None:
-        p.stdin.write(word + "\n")
-        p.stdin.flush()
-
-    @staticmethod
-    def result(p: subprocess.Popen, timeout: float = 60) -> dict:
-        out, _ = p.communicate(timeout=timeout)
-        assert p.returncode == 0, out
-        return json.loads(out.strip().splitlines()[-1])
-
-    def cleanup(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.communicate()
-
-
-@pytest.fixture
-def streamers():
-    s = Streamers()
-    yield s
-    s.cleanup()
 
 
 def _stream(sub: zp.Subscriber, name: str):

@@ -17,6 +17,7 @@ from .errors import (
 )
 from .aggregate import Aggregation
 from .parquet import ParquetSink, to_parquet
+from .plot import LivePlot
 from .producer import Producer, publish_files
 from .proxy import Proxy
 from .subscriber import Subscriber
@@ -28,6 +29,7 @@ __all__ = [
     "Subscriber",
     "Proxy",
     "Aggregation",
+    "LivePlot",
     "to_parquet",
     "ParquetSink",
     "publish_files",

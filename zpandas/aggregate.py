@@ -98,6 +98,8 @@ class Aggregation:
         self._max_event: pd.Timestamp | None = None
         self._last_arrival = time.monotonic()
         self._lock = threading.Lock()
+        #: The Subscriber feeding this aggregation, if it was made by ``Subscriber.aggregate``.
+        self.subscriber = None
 
     # -- public API -------------------------------------------------------------------
 

@@ -305,6 +305,7 @@ class Subscriber:
         """
         agg = Aggregation(by, values=values, window=window, every=every, on=on,
                           lateness=lateness, idle=idle)
+        agg.subscriber = self
         with self._cond:
             self._check()
             for _, table in self._retained:

@@ -1,0 +1,127 @@
+"""Incremental aggregation: equal to pandas' groupby, windows that close, late rows kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import zpandas as zp
+
+from .conftest import Streamers, wait_for
+
+STATS = ["count", "size", "sum", "mean", "min", "max", "first", "last"]
+
+
+def frame(n: int, seed: int = 0, start="2026-11-01") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "timestamp": pd.Timestamp(start, tz="UTC") + pd.to_timedelta(np.sort(rng.uniform(0, 3600, n)), unit="s"),
+        "host": rng.choice(["a", "b", "c"], n),
+        "metric": rng.choice(["cpu", "mem"], n),
+        "value": rng.normal(size=n),
+    })
+    df.loc[::7, "value"] = np.nan  # nulls: count != size, first/last skip them
+    return df
+
+
+def check_equal(result: pd.DataFrame, expected: pd.DataFrame, stats=STATS, col="value") -> None:
+    assert len(result) == len(expected)
+    for s in stats:
+        np.testing.assert_allclose(result[f"{col}_{s}"].astype(float).to_numpy(),
+                                   expected[s].astype(float).to_numpy(), rtol=1e-9, err_msg=s)
+
+
+def test_over_1m_rows_from_several_producers_equals_pandas(streamers):
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        plain = sub.aggregate(by="producer", values={"value": STATS, "id": ["min", "max"]})
+        windowed = sub.aggregate(by="producer", values={"value": ["count", "sum", "mean", "max"]},
+                                 window="10s", every="5s", on="ts", lateness="1h")
+        ps = [streamers.start(">" + sub.endpoints[0], "--rows", "20000", "--sends", "20",
+                              "--name", f"p{i}", "--wait-for", "1") for i in range(3)]
+        for p in ps:
+            assert Streamers.result(p)["rows"] == 400_000
+        df = sub.collect(producers=3, timeout=60)
+    assert len(df) == 1_200_000
+    got = plain.result()
+    want = df.groupby("producer")["value"].agg(STATS).reset_index()
+    assert got["producer"].tolist() == want["producer"].tolist()
+    check_equal(got, want)
+    assert (got["id_max"] == 399_999).all()
+
+    # hopping windows: every row in the two 10 s windows that contain it
+    hops = pd.concat([df.assign(window_start=df["ts"].dt.floor("5s") - pd.Timedelta(seconds=5 * k))
+                      for k in range(2)])
+    want = (hops.groupby(["window_start", "producer"])["value"].agg(["count", "sum", "mean", "max"])
+            .reset_index())
+    got = windowed.result()
+    assert got[["window_start", "producer"]].values.tolist() == want[["window_start", "producer"]].values.tolist()
+    check_equal(got, want, ["count", "sum", "mean", "max"])
+    assert windowed.stats()["late_rows"] == 0
+
+
+def test_tumbling_windows_equal_pandas_and_close_behind_the_watermark():
+    df = frame(100_000)
+    agg = zp.Aggregation(by=["host", "metric"], values={"value": STATS}, window="5min")
+    for i in range(0, len(df), 7_000):
+        agg.update(df.iloc[i:i + 7_000])
+    want = (df.groupby([pd.Grouper(key="timestamp", freq="5min"), "host", "metric"])["value"]
+            .agg(STATS).reset_index())
+    got = agg.result()
+    assert (got["window_start"].to_numpy() == want["timestamp"].to_numpy()).all()
+    check_equal(got, want)
+    # 12 windows: the last is still open (its end is after the latest event), the rest final
+    assert got.groupby("window_start")["final"].first().tolist() == [True] * 11 + [False]
+    assert agg.stats()["windows_open"] == 1 and agg.stats()["windows_closed"] == 11
+    assert (got["window_end"] - got["window_start"] == pd.Timedelta("5min")).all()
+
+
+def test_an_idle_streams_last_window_closes_by_the_wall_clock():
+    agg = zp.Aggregation(by="host", values={"value": "sum"}, window="1s", idle=0.2)
+    now = pd.Timestamp.now(tz="UTC")
+    agg.update(pd.DataFrame({"timestamp": [now, now], "host": ["a", "b"], "value": [1.0, 2.0]}))
+    assert agg.stats()["windows_open"] == 1
+    wait_for(lambda: agg.stats()["windows_open"] == 0, timeout=10, what="the idle window to close")
+    got = agg.result()
+    assert got["final"].all() and got["value_sum"].tolist() == [1.0, 2.0]
+
+
+def test_late_rows_are_kept_aside_and_counted_never_merged():
+    agg = zp.Aggregation(by="host", values={"value": ["sum", "count"]}, window="1min", lateness="30s")
+    t = pd.Timestamp("2026-11-01T10:00:00Z")
+    agg.update(pd.DataFrame({"timestamp": [t, t + pd.Timedelta("3min")], "host": "a", "value": [1.0, 2.0]}))
+    # 10:00 closed (watermark 10:02:30); 10:02:10 is within lateness: it still counts
+    late = pd.DataFrame({"timestamp": [t + pd.Timedelta("10s"), t + pd.Timedelta("130s")],
+                         "host": "a", "value": [100.0, 5.0]})
+    agg.update(late)
+    got = agg.result()
+    assert agg.stats()["late_rows"] == 1
+    assert agg.late()["value"].tolist() == [100.0]
+    assert got.set_index("window_start")["value_sum"].to_dict() == {
+        t: 1.0, t + pd.Timedelta("2min"): 5.0, t + pd.Timedelta("3min"): 2.0}
+
+
+def test_a_bad_batch_is_rejected_with_its_reason_and_the_aggregation_goes_on():
+    agg = zp.Aggregation(by="host", values={"value": "sum"})
+    agg.update(pd.DataFrame({"host": ["a"], "value": [1.0]}))
+    agg.update(pd.DataFrame({"hostname": ["a"], "value": [1.0]}))      # no 'host'
+    agg.update(pd.DataFrame({"host": ["a"], "value": [2.0]}))
+    stats = agg.stats()
+    assert stats["rejected_batches"] == 1 and "host" in stats["errors"][0]
+    assert agg.result()["value_sum"].tolist() == [3.0]
+
+
+def test_memory_follows_groups_times_windows_not_rows():
+    agg = zp.Aggregation(by="host", values={"value": ["mean", "max"]}, window="1h", lateness="2h")
+    for seed in range(5):
+        agg.update(frame(50_000, seed))  # 250k rows, the same hour, 3 hosts
+    assert len(agg._state) == 3 and agg.stats()["rows"] == 250_000
+
+
+def test_bad_parameters_are_clear():
+    with pytest.raises(ValueError, match="unknown reduction"):
+        zp.Aggregation(values={"v": "median"})
+    with pytest.raises(ValueError, match="divide"):
+        zp.Aggregation(values={"v": "sum"}, window="10s", every="3s")
+    with pytest.raises(ValueError, match="at least one"):
+        zp.Aggregation(values={})

@@ -1,0 +1,251 @@
+"""LivePlot: a live-updating ipywidgets + matplotlib view of an Aggregation or a Subscriber.
+
+The only module that touches ipywidgets and matplotlib. Everything it draws is drawn on
+the kernel's own thread: refreshes are scheduled on the kernel's asyncio event loop
+(``loop.call_later``), which runs them between and during cells that await, so the
+notebook stays usable while the plot moves. The figure is rendered with matplotlib's Agg
+backend to a PNG shown in an ``ipywidgets.Image``: no browser-side plotting extension is
+needed, and the same code renders headless (:meth:`LivePlot.to_png`) for tests and
+pictures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+import time
+
+import pandas as pd
+
+__all__ = ["LivePlot"]
+
+
+def _widgets():
+    try:
+        import ipywidgets
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ImportError("LivePlot needs ipywidgets: pip install ipywidgets") from e
+    return ipywidgets
+
+
+class LivePlot:
+    """A line per group over time, the latest values, and a stats line; refreshed live.
+
+    Parameters
+    ----------
+    source : Aggregation or Subscriber
+        With an :class:`~zpandas.Aggregation` (windows): x is ``window_start``, one line
+        per group. With a :class:`~zpandas.Subscriber`: its retained rows, x is ``x``.
+    y : str, optional
+        Column to plot. Default: the aggregation's first result column; required for a
+        Subscriber.
+    x : str, default "timestamp"
+        The time column of a Subscriber's rows (ignored for an aggregation).
+    by : str or list of str, optional
+        Grouping of a Subscriber's rows into lines (an aggregation's ``by`` is used as is).
+    interval : float, default 1.0
+        Seconds between refreshes.
+    backlog : int, default 60
+        Windows (aggregation) or thousands of rows (Subscriber) shown; a slider changes it.
+    subscriber : Subscriber, optional
+        Where the stats line comes from (default: the source, or the subscriber an
+        aggregation was made by).
+    title : str, optional
+    start : bool, default True
+        Start refreshing at once if an event loop is running (in Jupyter it is).
+
+    Examples
+    --------
+    >>> agg = sub.aggregate(by="host", values={"value": "mean"}, window="10s")  # doctest: +SKIP
+    >>> zpandas.LivePlot(agg)                                                 # doctest: +SKIP
+    """
+
+    def __init__(self, source, *, y: str | None = None, x: str = "timestamp", by=None,
+                 interval: float = 1.0, backlog: int = 60, subscriber=None,
+                 title: str | None = None, start: bool = True) -> None:
+        from .aggregate import Aggregation
+        from .subscriber import Subscriber
+
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.source = source
+        self._is_agg = isinstance(source, Aggregation)
+        if not self._is_agg and not isinstance(source, Subscriber):
+            raise TypeError("LivePlot shows an Aggregation or a Subscriber, "
+                            f"not {type(source).__name__}")
+        if self._is_agg:
+            if source.window is None:
+                raise ValueError("LivePlot needs an aggregation over windows (window=...)")
+            self.by = source.by
+            self.y = y or next(f"{c}_{s}" for c, stats in source.values.items() for s in stats)
+            self.x = "window_start"
+        else:
+            if y is None:
+                raise ValueError("LivePlot of a Subscriber needs y= (the column to plot)")
+            self.by = [by] if isinstance(by, str) else list(by or [])
+            self.y, self.x = y, x
+        self.subscriber = subscriber or (source if not self._is_agg else getattr(source, "subscriber", None))
+        self.interval = interval
+        self.title = title or (f"{self.y} by {', '.join(self.by)}" if self.by else self.y)
+        self.refreshes = 0
+        self.last_error: str | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._last = (time.monotonic(), self._rows_now())
+
+        w = _widgets()
+        self.pause = w.ToggleButton(value=False, description="pause", icon="pause",
+                                    tooltip="stop refreshing (data keeps arriving)")
+        unit = "windows" if self._is_agg else "k rows"
+        self.backlog = w.IntSlider(value=backlog, min=1, max=max(10 * backlog, 100),
+                                   description=unit, continuous_update=False)
+        self.status = w.HTML(value="")
+        self.image = w.Image(format="png")
+        self.table = w.HTML(value="")
+        self.widget = w.VBox([w.HBox([self.pause, self.backlog]), self.status,
+                              w.HBox([self.image, self.table])])
+        self.backlog.observe(lambda change: self.refresh(), names="value")
+        self.pause.observe(self._on_pause, names="value")
+        self.refresh()
+        if start:
+            self.start()
+
+    # -- public API -------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Refresh every ``interval`` seconds on the running event loop.
+
+        Returns False (and does nothing) when no event loop is running, e.g. in a plain
+        script: call :meth:`refresh` yourself there.
+        """
+        try:
+            loop = asyncio.get_running_loop()  # in a Jupyter cell, the kernel's loop
+        except RuntimeError:
+            return False
+        self.stop()
+        self._handle = loop.call_later(self.interval, self._tick)
+        return True
+
+    def stop(self) -> None:
+        """Stop refreshing."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def refresh(self) -> None:
+        """Redraw now (also while paused). Errors are shown in the stats line, not raised."""
+        try:
+            data = self._data()
+            self.image.value = self._png(data)
+            self.table.value = self._latest_html(data)
+            self.status.value = self._status_html()
+            self.last_error = None
+        except Exception as e:  # a live view must survive a bad moment
+            self.last_error = f"{type(e).__name__}: {e}"
+            self.status.value = f"<span style='color:#b00'>refresh failed: {html.escape(self.last_error)}</span>"
+        self.refreshes += 1
+
+    def to_png(self, path=None) -> bytes:
+        """Render the current state headless; write it to ``path`` if given."""
+        png = self._png(self._data())
+        if path is not None:
+            with open(path, "wb") as f:
+                f.write(png)
+        return png
+
+    @property
+    def png(self) -> bytes:
+        """The image shown now."""
+        return bytes(self.image.value)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<zpandas.LivePlot {self.title!r} every {self.interval} s>"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._handle = None
+        if not self.pause.value:
+            self.refresh()
+        self.start()
+
+    def _on_pause(self, change) -> None:
+        self.pause.description = "resume" if change["new"] else "pause"
+        self.pause.icon = "play" if change["new"] else "pause"
+
+    def _data(self) -> pd.DataFrame:
+        if self._is_agg:
+            df = self.source.result()
+            if len(df):
+                starts = df["window_start"].drop_duplicates().nlargest(self.backlog.value)
+                df = df[df["window_start"].isin(starts)]
+            return df
+        df = self.source.frame(last=self.backlog.value * 1000)
+        if len(df) and not pd.api.types.is_datetime64_any_dtype(df[self.x]):
+            df[self.x] = pd.to_datetime(df[self.x], utc=True, format="ISO8601")
+        return df
+
+    def _png(self, df: pd.DataFrame) -> bytes:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 3.6), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        if len(df):
+            groups = df.groupby(self.by, sort=True) if self.by else [(self.y, df)]
+            for key, g in groups:
+                g = g.sort_values(self.x)
+                label = ", ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+                ax.plot(g[self.x], g[self.y], label=label, linewidth=1.5)
+            if self.by:
+                ax.legend(loc="upper left", fontsize="small", ncols=min(4, df.groupby(self.by).ngroups))
+        else:
+            ax.text(0.5, 0.5, "waiting for rows...", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(self.title)
+        ax.set_ylabel(self.y)
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def _latest_html(self, df: pd.DataFrame) -> str:
+        if not len(df):
+            return ""
+        latest = df.sort_values(self.x).groupby(self.by, sort=True).tail(1) if self.by else df.tail(1)
+        cols = [*self.by, self.x, self.y]
+        return "<b>latest</b>" + latest[cols].to_html(index=False, float_format=lambda v: f"{v:,.3g}")
+
+    def _rows_now(self) -> int:
+        sub = self.subscriber
+        return sub.stats()["rows"] if sub is not None and not sub.closed else 0
+
+    def _status_html(self) -> str:
+        parts = []
+        sub = self.subscriber
+        if sub is not None and not sub.closed:
+            st = sub.stats()
+            now = time.monotonic()
+            then, rows_then = self._last
+            rate = (st["rows"] - rows_then) / max(now - then, 1e-6)
+            self._last = (now, st["rows"])
+            prod = st["producers"]
+            alive = int(prod.groupby("producer")["alive"].any().sum()) if len(prod) else 0
+            parts += [f"{st['rows']:,} rows", f"{rate:,.0f} rows/s",
+                      f"{alive} of {prod['producer'].nunique()} producers alive",
+                      f"{st['missed_rows']:,} rows lost", f"{sum(st['bad_frames'].values())} bad frames"]
+        if self._is_agg:
+            a = self.source.stats()
+            parts += [f"{a['late_rows']:,} late rows", f"{a['rejected_batches']} rejected batches",
+                      f"{a['windows_open']} windows open"]
+        state = "paused" if self.pause.value else f"every {self.interval:g} s"
+        return " · ".join(parts + [state])
