@@ -112,11 +112,8 @@ def procs():
     ps.cleanup()
 
 
-class Streamers:
+class Streamers(Procs):
     """Start ``tests/streamer.py`` processes; kill and reap any left at the end."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
 
     def start(self, endpoint: str, *args: str) -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, STREAMER, "--endpoint", endpoint, *args], cwd=ROOT,
@@ -137,12 +134,6 @@ class Streamers:
         out, _ = p.communicate(timeout=timeout)
         assert p.returncode == 0, out
         return json.loads(out.strip().splitlines()[-1])
-
-    def cleanup(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.communicate()
 
 
 @pytest.fixture

@@ -126,7 +126,8 @@ def test_a_restarted_subscriber_carries_on_and_reports_what_it_missed(streamers)
         df = second.collect(producers=1, timeout=30)
         stats, gaps = second.stats(), second.gaps()
     skipped = stats["skipped_rows"]
-    assert skipped > seen_first  # the rows sent while no subscriber listened are known
+    # what it never saw is known: the first subscriber's rows, and any sent in between
+    assert skipped >= seen_first
     assert gaps["kind"].tolist() == ["joined late"] and gaps["rows"].tolist() == [skipped]
     # carries on exactly where it joined: every row from there on, once
     np.testing.assert_array_equal(df["id"].to_numpy(), np.arange(skipped, result["rows"]))
