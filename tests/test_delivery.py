@@ -240,6 +240,8 @@ def test_proxy_counts_what_it_forwards_and_reports_setup_errors():
         with pytest.raises(zp.EndpointError, match="cannot bind"):
             zp.Proxy(taken, LOCAL)
     assert proxy.closed
+    with pytest.raises(zp.ClosedError):
+        proxy.stats()
     with pytest.raises(ValueError, match="policy"):
         zp.Proxy(LOCAL, LOCAL, policy="sometimes")
 

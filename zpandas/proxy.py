@@ -25,6 +25,7 @@ import zmq
 from zmq.devices import ThreadProxySteerable
 
 from .endpoints import EndpointsLike, attach, parse_endpoints
+from .errors import ClosedError
 
 __all__ = ["Proxy"]
 
@@ -110,13 +111,15 @@ class Proxy:
 
         Raises
         ------
+        ClosedError
+            After :meth:`close`.
         TimeoutError
             If the proxy thread does not answer (it is waiting for a slow subscriber
             under ``policy="block"``).
         """
         with self._lock:
             if self._closed:
-                raise zmq.ZMQError(zmq.ENOTSOCK, "this Proxy is closed")
+                raise ClosedError("this Proxy is closed")
             self._control.send(b"STATISTICS")
             if not self._control.poll(int(timeout * 1000)):
                 raise TimeoutError(f"the proxy did not answer within {timeout} s")
