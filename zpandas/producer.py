@@ -166,7 +166,9 @@ class Producer:
         self._closing = False
         self._error: BaseException | None = None
         self._subscriptions: dict[bytes, int] = {}
-        self._sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0}
+        self._sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0,
+                      "rejects": 0}
+        self._handed: dict[str, int] = {}  # source -> end offset handed to the socket
         self._monitor: Monitor | None = None
 
         self._ctx = zmq.Context()
@@ -249,6 +251,47 @@ class Producer:
             for job in jobs:
                 self._encode_and_push(sock, *job)
 
+    def send_rejects(self, rejects, *, topic: str | None = None, source: str = "",
+                     offsets: tuple[int, int] = (-1, -1)) -> None:
+        """Send lines that could not be parsed, so subscribers can count and show them.
+
+        Parameters
+        ----------
+        rejects : DataFrame or Table
+            One row per reject: ``file``, ``line``, ``offset``, ``reason``, ``text``.
+        source, offsets
+            As for :meth:`send`: the range of the source the rejects were found in.
+        """
+        table = to_table(rejects)
+        if not table.num_rows:
+            return
+        tkey = _topic_bytes(self.topic if topic is None else topic)
+        header = wire.Header(kind=wire.Kind.REJECTS, producer=self.id, name=self.name,
+                             source=source, start=offsets[0], end=offsets[1])
+        frames = wire.encode(table, topic=tkey, header=header)
+        jobs = []
+        with self._lock:
+            self._check()
+            self._topics.setdefault(tkey, [0, 0])
+            if tkey in self._pending:  # rows accepted before these rejects leave first
+                jobs.append(self._take(tkey))
+            ticket = self._tickets
+            self._tickets += 1
+            self._sent["rejects"] += table.num_rows
+        sock = self._push_socket()
+        for job in jobs:
+            self._encode_and_push(sock, *job)
+        self._push(sock, [b"D", ticket.to_bytes(8, "little"), *frames])
+
+    def sent_offsets(self) -> dict[str, int]:
+        """For each ``source``: the end offset of the last rows handed to the socket.
+
+        What a checkpoint may safely record: rows up to there have left this process's
+        queues for ZeroMQ's.
+        """
+        with self._lock:
+            return dict(self._handed)
+
     def flush(self) -> None:
         """Send rows still being coalesced now, without waiting for ``flush_interval``."""
         with self._lock:
@@ -298,6 +341,7 @@ class Producer:
             ``messages``, ``rows``, ``bytes``: data sent. ``blocked_s`` and ``waits``:
             time spent, and times, waiting for a slow subscriber (``policy="block"``).
             ``subscriptions``: subscriptions present now. ``peers``: connections now.
+            ``rejects``: unparsable lines sent with :meth:`send_rejects`.
         """
         with self._lock:
             out = dict(self._sent)
@@ -585,6 +629,9 @@ class Producer:
                     self._sent["messages"] += 1
                     self._sent["rows"] += m.rows
                     self._sent["bytes"] += len(topic) + len(m.header) + len(m.body)
+            if m.kind in wire.WITH_BODY and m.source and m.end >= 0:
+                with self._lock:
+                    self._handed[m.source] = m.end
 
     def _control(self, kind: wire.Kind) -> list[_Outgoing]:
         """End-of-stream or heartbeat messages, one per topic; numbered when sent."""
@@ -595,7 +642,7 @@ class Producer:
 class _Outgoing:
     """One message on its way out of the owner thread."""
 
-    __slots__ = ("topic", "header", "body", "kind", "rows", "sent")
+    __slots__ = ("topic", "header", "body", "kind", "rows", "source", "end", "sent")
 
     def __init__(self, topic, header, body) -> None:
         self.topic = topic
@@ -604,6 +651,8 @@ class _Outgoing:
         h = wire.Header.unpack(self.header)
         self.kind = h.kind
         self.rows = h.rows
+        self.source = h.source
+        self.end = h.end
         self.sent = 0                     # frames already accepted by the socket
 
 
@@ -658,62 +707,207 @@ def expand_paths(paths_or_globs) -> list[str]:
     return list(dict.fromkeys(out))  # a file named twice is sent once
 
 
-def publish_files(paths, endpoint, *, topic: str = "", schema=None, delimiter: str = ",",
-                  block_size: int = 4 << 20, progress: bool = False, **producer_options) -> dict:
-    """Publish the rows of CSV files, streaming, in blocks of about ``block_size`` bytes.
+def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", schema=None,
+                  delimiter: str = ",", follow: bool = False, checkpoint=None, multiline=None,
+                  multiline_timeout: float = 2.0, max_line_bytes: int = 1 << 20,
+                  poll_interval: float = 0.25, stop: threading.Event | None = None,
+                  duration: float | None = None, block_size: int = 4 << 20,
+                  progress: bool = False, **producer_options) -> dict:
+    """Publish the rows of files: whole, or following them as they grow and rotate.
 
     Parameters
     ----------
     paths : str, path or list of them
-        Files and glob patterns (``"logs/*.csv"``, ``"data/**/*.csv"``).
+        Files and glob patterns (``"logs/*.csv"``, ``"data/**/*.csv"``). When following,
+        the globs are watched for new files; match the rotated copies too
+        (``"app.log*"``) so that copytruncate rotation loses nothing.
     endpoint : str, list of str, or Producer
         Where to publish (see :class:`Producer`); an open Producer is used as is and
         left open.
     topic : str
         Topic of the rows (ignored when ``endpoint`` is a Producer: its topic applies).
+    format : str or LineFormat, default "csv"
+        ``"csv"``, ``"jsonl"``, a preset (``"combined"``/``"nginx"``/``"apache"``,
+        ``"syslog"`` (RFC 3164), ``"syslog5424"``), or ``"regex:<pattern>"`` with named
+        groups. Lines that do not parse are sent as rejects (``Subscriber.rejects()``).
     schema : pyarrow.Schema or dict of column name to type, optional
-        Column types; columns not given are inferred from the first block of the first
-        file, then fixed for all files.
+        CSV column types; the rest are inferred from the first block, then fixed.
     delimiter : str, default ","
+    follow : bool, default False
+        Keep reading as the files grow, rotate or appear, until ``stop`` is set or
+        ``duration`` has passed (inotify through watchdog, with polling as fallback).
+    checkpoint : str or path, optional
+        A SQLite file remembering how far each file was read. A restarted producer
+        (even after ``kill -9``) resumes there, and rows carry keys that let
+        subscribers drop any it sends twice: every row arrives exactly once.
+    multiline : str, optional
+        A regex matching the first line of a record (e.g. ``r"\\d{4}-\\d\\d-\\d\\d "``): other
+        lines (tracebacks, stack traces) continue the record before them.
+    multiline_timeout : float, default 2.0
+        Seconds after which the last record of a quiet file is sent.
+    max_line_bytes : int, default 1 MiB
+        Longer records are rejects.
+    poll_interval : float, default 0.25
+        Seconds between checks for new data when no file event arrives.
     block_size : int, default 4 MiB
-        Bytes per block; each block becomes one frame tagged with its file and byte range.
+        Bytes per block for whole CSV files.
     progress : bool, default False
-        Show a tqdm progress bar in bytes.
+        Show a tqdm progress bar in bytes (whole files only).
     **producer_options
-        Passed to :class:`Producer` (``wait_for_subscribers``, ``name``, ...).
+        Passed to :class:`Producer` (``wait_for_subscribers``, ``name``, ``policy``, ...).
 
     Returns
     -------
     dict
-        ``files``, ``rows`` and ``bytes`` published.
+        ``files``, ``rows``, ``bytes`` published, and ``rejects``.
 
     Raises
     ------
     SchemaMismatchError
-        A file's columns differ from the first file's; the message names the file.
+        Whole CSV files: a file's columns differ from the first file's.
     SourceError
-        A value does not fit its column's type; the message names the file and bytes.
+        Whole CSV files: a value does not fit its column's type.
     """
-    from .sources.csv import CsvReader
-
-    files = expand_paths(paths)
-    reader = CsvReader(schema=schema, delimiter=delimiter, block_size=block_size)
     own = not isinstance(endpoint, Producer)
+    lines = format != "csv" or follow or checkpoint is not None or multiline is not None
+    files = [] if follow else expand_paths(paths)
     producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
-    total = sum(os.path.getsize(f) for f in files)
-    rows = 0
     try:
-        with _progress(total, progress) as bar:
-            for path in files:
-                source = os.path.abspath(path)
-                done = 0
-                for block in reader.read(path):
-                    producer.send(block.table, source=source, offsets=(block.start, block.end))
-                    rows += block.table.num_rows
-                    bar.update(block.end - done)
-                    done = block.end
-                bar.update(os.path.getsize(path) - done)
+        if lines:
+            return _publish_lines(paths, producer, format=format, delimiter=delimiter,
+                                  follow=follow, checkpoint=checkpoint, multiline=multiline,
+                                  multiline_timeout=multiline_timeout,
+                                  max_line_bytes=max_line_bytes, poll_interval=poll_interval,
+                                  stop=stop, duration=duration, own=own)
+        return _publish_csv(files, producer, schema=schema, delimiter=delimiter,
+                            block_size=block_size, progress=progress)
     finally:
         if own:
             producer.close()
-    return {"files": len(files), "rows": rows, "bytes": total}
+
+
+def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str,
+                 block_size: int, progress: bool) -> dict:
+    from .sources.csv import CsvReader
+
+    reader = CsvReader(schema=schema, delimiter=delimiter, block_size=block_size)
+    total = sum(os.path.getsize(f) for f in files)
+    rows = 0
+    with _progress(total, progress) as bar:
+        for path in files:
+            source = os.path.abspath(path)
+            done = 0
+            for block in reader.read(path):
+                producer.send(block.table, source=source, offsets=(block.start, block.end))
+                rows += block.table.num_rows
+                bar.update(block.end - done)
+                done = block.end
+            bar.update(os.path.getsize(path) - done)
+    return {"files": len(files), "rows": rows, "bytes": total, "rejects": 0}
+
+
+def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow: bool,
+                   checkpoint, multiline, multiline_timeout: float, max_line_bytes: int,
+                   poll_interval: float, stop, duration, own: bool) -> dict:
+    """Records of files (followed or not) -> rows and rejects, with checkpoints."""
+    from .sources.checkpoint import Checkpoint
+    from .sources.follow import Follower
+    from .sources.lines import get_format
+
+    fmt = get_format(format, delimiter=delimiter, max_line_bytes=max_line_bytes)
+    patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
+    source_id = ckpt.source_id if ckpt else uuid.uuid4().hex[:12]
+    follower = Follower(patterns, quoted=fmt.quoted, multiline=multiline,
+                        multiline_timeout=multiline_timeout, resume=ckpt.load() if ckpt else None)
+    wake = threading.Event()
+    watcher = _watch(patterns, wake) if follow else None
+    ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
+    lagged: dict[str, int] = {}              # offsets handed one checkpoint tick ago
+    deadline = None if duration is None else time.monotonic() + duration
+    next_save = time.monotonic() + 1.0
+    seen, out = set(), {"rows": 0, "bytes": 0, "rejects": 0}
+
+    def save(handed: dict[str, int]) -> None:
+        entries = []
+        for src, end in handed.items():
+            by_end = ends.get(src, {})
+            if end in by_end:
+                entries.append(by_end[end])
+                for e in [e for e in by_end if e <= end]:
+                    del by_end[e]
+        if ckpt:
+            ckpt.save(entries)
+
+    try:
+        while True:
+            for ch in follower.poll(final=not follow):
+                source = f"{source_id}/{ch.key}"
+                seen.add(ch.key)
+                table, rejects = fmt.parse(ch.records, ch.path)
+                if rejects.num_rows:
+                    producer.send_rejects(rejects, source=source, offsets=(ch.start, ch.end))
+                    out["rejects"] += rejects.num_rows
+                if table is not None:
+                    producer.send(table, source=source, offsets=(ch.start, ch.end))
+                    out["rows"] += table.num_rows
+                out["bytes"] += ch.end - ch.start
+                ends.setdefault(source, {})[ch.end] = (ch.key, ch.path, ch.dev, ch.ino, ch.head,
+                                                       ch.end, ch.line)
+            now = time.monotonic()
+            if now >= next_save:
+                # Only offsets handed to the socket a whole tick ago: by then ZeroMQ has
+                # passed them to the kernel, which delivers them even if we are killed.
+                save(lagged)
+                lagged = producer.sent_offsets()
+                next_save = now + 1.0
+            if not follow and not follower.active:
+                break
+            if (stop is not None and stop.is_set()) or (deadline is not None and now >= deadline):
+                break
+            if follow:
+                wake.wait(poll_interval)
+                wake.clear()
+        producer.flush()
+        if own:
+            producer.close()
+        save(producer.sent_offsets())
+    finally:
+        if watcher is not None:
+            watcher.stop()
+            watcher.join()
+        follower.close()
+        if ckpt:
+            ckpt.close()
+    out["files"] = len(seen)
+    out["lost_truncations"] = follower.lost_truncations
+    return out
+
+
+def _watch(patterns: list[str], wake: threading.Event):
+    """Set ``wake`` on any change in the folders of ``patterns`` (None: polling only)."""
+    try:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+    except ImportError:
+        return None
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:
+            wake.set()
+
+    folders = set()
+    for p in patterns:
+        base = p.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        folder = base if os.path.isdir(base) else os.path.dirname(base) or "."
+        if os.path.isdir(folder):
+            folders.add((os.path.abspath(folder), "**" in p))
+    observer = Observer()
+    observer.daemon = True
+    try:
+        for folder, recursive in sorted(folders):
+            observer.schedule(Handler(), folder, recursive=recursive)
+        observer.start()
+    except OSError:  # e.g. out of inotify watches: polling still works
+        return None
+    return observer

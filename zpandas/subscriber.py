@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import zmq
@@ -30,6 +31,7 @@ from . import wire
 from ._batcher import MicroBatcher
 from ._monitor import Monitor
 from .aggregate import Aggregation
+from .sources.lines import REJECT_SCHEMA, Record, get_format
 from .endpoints import EndpointsLike, attach, parse_endpoints
 from .errors import ClosedError, DataLossWarning, SubscriberBrokenError, WireError
 
@@ -114,6 +116,11 @@ class Subscriber:
         (producers send a heartbeat every second by default).
     max_message_bytes : int, default 256 MiB
         Larger messages are counted as bad (reason ``"oversize"``) and skipped.
+    text_format : str, optional
+        Also take plain text messages from existing ZeroMQ programs: single-frame
+        ``"topic payload"`` strings (``send_string``), the payload parsed with this line
+        format (``"jsonl"``, ``"csv:col1,col2"``, ``"regex:<pattern>"``, a preset such as
+        ``"syslog"``). Lines that do not parse are rejects.
 
     Examples
     --------
@@ -125,7 +132,8 @@ class Subscriber:
                  topics: str | tuple[str, ...] | list[str] = (),
                  policy: Policy = "block", buffer_bytes: int = 256 << 20,
                  batch_rows: int = 100_000, latency: float = 0.1, retain: int | None = None,
-                 dead_after: float = 5.0, max_message_bytes: int = 256 << 20) -> None:
+                 dead_after: float = 5.0, max_message_bytes: int = 256 << 20,
+                 text_format=None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if buffer_bytes < 1:
@@ -143,6 +151,7 @@ class Subscriber:
         self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
         self._dead_after = dead_after
         self._max_bytes = max_message_bytes
+        self._text_format = None if text_format is None else get_format(text_format)
 
         self._cond = threading.Condition()
         self._queue: collections.deque[pa.Table] = collections.deque()
@@ -157,6 +166,9 @@ class Subscriber:
         self._bad = collections.Counter()
         self._monitor: Monitor | None = None
         self._aggregations: list[Aggregation] = []
+        self._dedup: dict[str, int] = {}          # source -> end offset of rows received
+        self._rejects: collections.deque[pa.Table] = collections.deque()
+        self._rejects_kept = 0
         self._error: BaseException | None = None
         self._closed = False
         self._stop = threading.Event()
@@ -319,7 +331,9 @@ class Subscriber:
         Returns
         -------
         dict
-            ``messages``, ``rows``, ``bytes``: data received. ``missed`` and
+            ``messages``, ``rows``, ``bytes``: data received. ``duplicate_rows``: rows
+            a restarted producer sent again, dropped. ``rejects``: lines producers
+            could not parse (see :meth:`rejects`). ``missed`` and
             ``missed_rows``: data messages and rows lost on the way (sequence gaps).
             ``skipped_rows``: rows producers had sent before this subscriber joined.
             ``dropped_batches`` and ``dropped_rows``: micro-batches :meth:`get` never
@@ -333,8 +347,9 @@ class Subscriber:
         now = time.time()
         with self._cond:
             self._check_error()
-            out = {k: self._counts[k] for k in ("messages", "rows", "bytes", "dropped_batches",
-                                                  "dropped_rows", "evicted_rows")}
+            out = {k: self._counts[k] for k in ("messages", "rows", "bytes", "duplicate_rows",
+                                                  "rejects", "dropped_batches", "dropped_rows",
+                                                  "evicted_rows")}
             out["missed"] = sum(s.missed for s in self._streams.values())
             out["missed_rows"] = self._missed_rows()
             out["skipped_rows"] = sum(s.skipped_rows for s in self._streams.values())
@@ -353,6 +368,18 @@ class Subscriber:
                     for (p, t), s in self._streams.items()]
         out["producers"] = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         return out
+
+    def rejects(self) -> pd.DataFrame:
+        """Lines the producers could not parse: who, topic, file, line, offset, reason, text.
+
+        The last 100,000 are kept; ``stats()["rejects"]`` counts them all.
+        """
+        with self._cond:
+            self._check_error()
+            tables = list(self._rejects)
+        if not tables:
+            return pd.DataFrame(columns=["producer", "topic", *REJECT_SCHEMA.names])
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def gaps(self) -> pd.DataFrame:
         """Every loss seen, one row each: when, from whom, how many messages and rows.
@@ -487,6 +514,8 @@ class Subscriber:
     def _receive(self, frames) -> pa.Table | None:
         """Decode one message and account for it; return its rows, if any."""
         now = time.time()
+        if len(frames) == 1 and self._text_format is not None:
+            return self._receive_text(frames[0], now)
         try:
             msg = wire.decode(frames, max_bytes=self._max_bytes)
         except WireError as e:
@@ -522,8 +551,12 @@ class Subscriber:
                 s.finished = True
                 self._cond.notify_all()
                 return None
+            if h.kind is wire.Kind.REJECTS:
+                self._keep_rejects(s.name, msg.topic, msg.table)
+                return None
             if h.kind is not wire.Kind.DATA:
                 return None
+            table = self._deduplicate(h, msg.table)
             s.messages += 1
             s.rows += h.rows
             if h.source:
@@ -532,14 +565,71 @@ class Subscriber:
             s.bytes += msg.nbytes
             s.recent.append((now, h.rows))
             self._counts["messages"] += 1
-            self._counts["rows"] += h.rows
+            self._counts["rows"] += table.num_rows
             self._counts["bytes"] += msg.nbytes
-            if h.rows:
-                self._retain_table(h.producer, msg.table)
-            aggregations = list(self._aggregations)
-        for agg in aggregations:
-            agg.update(msg.table)  # never raises: a bad batch is counted in agg.stats()
-        return msg.table if h.rows else None
+            return self._accept(h.producer, table)
+
+    def _accept(self, producer: bytes, table: pa.Table) -> pa.Table | None:
+        """Retain rows and feed the aggregations (caller holds ``_cond``, released here)."""
+        if table.num_rows:
+            self._retain_table(producer, table)
+        aggregations = list(self._aggregations)
+        self._cond.release()
+        try:
+            for agg in aggregations:
+                agg.update(table)  # never raises: a bad batch is counted in agg.stats()
+        finally:
+            self._cond.acquire()
+        return table if table.num_rows else None
+
+    def _deduplicate(self, h: wire.Header, table: pa.Table) -> pa.Table:
+        """Drop rows of a source already received (a restarted producer resending)."""
+        if not h.source or "_offset" not in table.column_names:
+            return table
+        done = self._dedup.get(h.source, -1)
+        self._dedup[h.source] = max(done, h.end)
+        if done < 0 or not table.num_rows:
+            return table
+        offsets = table.column("_offset").to_numpy()
+        first_new = int(np.searchsorted(offsets, done))  # offsets ascend within a message
+        if first_new:
+            self._counts["duplicate_rows"] += first_new
+            table = table.slice(first_new)
+        return table
+
+    def _keep_rejects(self, name: str, topic: bytes, table: pa.Table) -> None:
+        n = table.num_rows
+        self._counts["rejects"] += n
+        table = table.add_column(0, "topic", pa.array([topic.decode("utf-8", "replace")] * n, pa.string()))
+        self._rejects.append(table.add_column(0, "producer", pa.array([name] * n, pa.string())))
+        self._rejects_kept += n
+        while self._rejects_kept - self._rejects[0].num_rows >= _REJECTS_KEPT:
+            self._rejects_kept -= self._rejects.popleft().num_rows
+
+    def _receive_text(self, frame, now: float) -> pa.Table | None:
+        """A plain ``"topic payload"`` string from an existing ZeroMQ program."""
+        topic, _, payload = bytes(frame).partition(b" ")
+        key = (_LEGACY, topic)
+        with self._cond:
+            s = self._streams.get(key)
+            if s is None:
+                s = self._streams[key] = _Stream("text", first_seen=now)
+            s.last_seen = now
+            s.messages += 1
+            table, rejects = self._text_format.parse([Record(payload, s.messages, -1)],
+                                                     topic.decode("utf-8", "replace"))
+            if rejects.num_rows:
+                self._keep_rejects(s.name, topic, rejects)
+            if table is None:
+                return None
+            table = table.drop_columns(["_offset"])
+            s.rows += table.num_rows
+            s.bytes += len(payload)
+            s.recent.append((now, table.num_rows))
+            self._counts["messages"] += 1
+            self._counts["rows"] += table.num_rows
+            self._counts["bytes"] += len(payload)
+            return self._accept(_LEGACY, table)
 
     def _record_gap(self, now: float, key: tuple[bytes, bytes], s: _Stream, kind: str,
                     messages: int, rows: int) -> None:
@@ -587,6 +677,9 @@ class Subscriber:
             self._queued_bytes += table.nbytes
             self._cond.notify_all()
 
+
+_LEGACY = b"text".ljust(16, b"\0")   # the "producer" of plain text messages
+_REJECTS_KEPT = 100_000
 
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",

@@ -60,6 +60,11 @@ class Kind(enum.IntEnum):
     DATA = 0
     END_OF_STREAM = 1
     HEARTBEAT = 2
+    REJECTS = 3       # lines a source could not parse, as rows (not counted in seq/total)
+
+
+#: Kinds whose body is an Arrow IPC stream.
+WITH_BODY = (Kind.DATA, Kind.REJECTS)
 
 
 @dataclass(frozen=True)
@@ -191,9 +196,9 @@ def encode(data: pa.Table | pa.RecordBatch | None, *, topic: bytes | str = b"",
     """
     if isinstance(topic, str):
         topic = topic.encode("utf-8")
-    if header.kind is Kind.DATA:
+    if header.kind in WITH_BODY:
         if data is None:
-            raise ValueError("a data message needs a table or record batch")
+            raise ValueError(f"a {header.kind.name} message needs a table or record batch")
         header = replace(header, rows=data.num_rows, fingerprint=fingerprint(data.schema))
         body = encode_body(data)
     else:
@@ -242,7 +247,7 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
     topic = bytes(views[0])
     header = Header.unpack(views[1])
     body = views[2]
-    if header.kind is not Kind.DATA:
+    if header.kind not in WITH_BODY:
         if body.nbytes:
             raise WireError("body", f"a {header.kind.name} message must have an empty body")
         return Message(topic, header, None, nbytes)

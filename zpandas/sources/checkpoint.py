@@ -1,0 +1,89 @@
+"""Checkpoints: where each file incarnation was read up to, kept in SQLite (WAL mode).
+
+The registry also holds this producer's *source id*, made once and kept, so the keys of
+the rows it sends (source id, file incarnation, byte offset) are the same after a restart
+and a subscriber can drop what a restarted producer sends again. Offsets are advanced
+only for rows already handed to the socket; after ``kill -9`` the producer resumes from
+there, resending at most what was in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+
+__all__ = ["Checkpoint"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    key TEXT PRIMARY KEY,          -- the incarnation's id
+    path TEXT NOT NULL,            -- last path seen (for people; identity is dev, ino, head)
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    head BLOB NOT NULL,            -- first bytes (up to 1 KiB) when last seen
+    offset INTEGER NOT NULL,       -- rows before this byte were handed to the socket
+    line INTEGER NOT NULL,         -- line number at offset
+    updated REAL NOT NULL
+);
+"""
+
+
+class Checkpoint:
+    """A producer's registry of file incarnation -> offset, in one SQLite file.
+
+    Parameters
+    ----------
+    path : str or path
+        The database file; created with its folder if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # One connection, used under a lock from whichever thread commits.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE name='source_id'").fetchone()
+            if row is None:
+                self.source_id = uuid.uuid4().hex[:12]
+                self._db.execute("INSERT INTO meta VALUES ('source_id', ?)", (self.source_id,))
+            else:
+                self.source_id = row[0]
+
+    def load(self) -> dict[str, tuple[int, int, bytes, int, int]]:
+        """``{key: (dev, ino, head, offset, line)}`` for every incarnation recorded."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, dev, ino, head, offset, line FROM files").fetchall()
+        return {k: (dev, ino, bytes(head), off, line) for k, dev, ino, head, off, line in rows}
+
+    def save(self, entries: list[tuple[str, str, int, int, bytes, int, int]]) -> None:
+        """Record ``(key, path, dev, ino, head, offset, line)`` for each, in one transaction."""
+        if not entries:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "path=excluded.path, dev=excluded.dev, ino=excluded.ino, head=excluded.head, "
+                "offset=MAX(offset, excluded.offset), line=excluded.line, updated=excluded.updated",
+                [(k, p, d, i, h, o, ln, now) for k, p, d, i, h, o, ln in entries])
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,322 @@
+"""Follow files that grow, rotate and restart: complete records, each exactly where it is.
+
+A :class:`Follower` keeps one cursor per file *incarnation*. An incarnation is a file's
+inode plus the first bytes it was seen with (up to 1 KiB), so a renamed file is still
+the same one and a reused inode is not. Each :meth:`Follower.poll` reads what was
+appended, up to the last complete record (a partial last line waits for its newline),
+and returns it as records with their line numbers and byte offsets.
+
+Rotation:
+
+* **rename** (logrotate's default, with ``create``): the renamed file is read to its end
+  through the open handle, and closed once it has stopped growing for ``release_after``
+  seconds; the new file at the path is a new incarnation, read from its start.
+* **copytruncate**: the file is copied and then truncated in place. When a truncation
+  is seen, the copy (matched by its first bytes and the bytes just before our offset)
+  is read from where we were, and the truncated file starts a new incarnation. Follow
+  a glob that matches the copies (``app.log*``) for this; a truncation whose copy is
+  not found is counted in ``lost_bytes`` and logged.
+* deleted files are read to their end and released (no open handle is kept).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .csv import last_record_end
+from .lines import Record, group_multiline, join_records
+
+__all__ = ["Follower", "Chunk", "HEAD_BYTES"]
+
+log = logging.getLogger("zpandas")
+
+HEAD_BYTES = 1024
+_TAIL_BYTES = 64
+_READ = 4 << 20
+
+
+@dataclass
+class _Cursor:
+    key: str
+    path: str
+    dev: int
+    ino: int
+    head: bytes
+    offset: int = 0            # next byte to read
+    line: int = 1              # line number at ``offset``
+    f: BinaryIO | None = None
+    tail: bytes = b""          # the bytes just before ``offset``
+    pending: list = field(default_factory=list)  # lines of a record that may still grow
+    grew: float = field(default_factory=time.monotonic)
+    detached: bool = False     # the path no longer names this file
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Complete records of one file incarnation, covering bytes ``[start, end)``."""
+
+    key: str
+    path: str
+    records: list[Record]
+    start: int
+    end: int
+    line: int                  # line number at ``end`` (for a checkpoint)
+    head: bytes
+    dev: int
+    ino: int
+
+
+class Follower:
+    """Read complete records from files matching ``patterns``, now and as they grow.
+
+    Parameters
+    ----------
+    patterns : list of str
+        Paths and globs; re-expanded on every poll, so new files are picked up.
+    quoted : bool
+        Records are CSV records (a newline inside quotes does not end one).
+    multiline : str or re.Pattern, optional
+        A line matching this starts a record; other lines continue the one before.
+    multiline_timeout : float
+        A record that has not grown for this long is complete (the last of a quiet file).
+    release_after : float
+        A renamed or deleted file at its end is closed after this long without growth.
+    resume : dict, optional
+        From a checkpoint: ``{key: (dev, ino, head, offset, line)}``.
+    """
+
+    def __init__(self, patterns: list[str], *, quoted: bool = False, multiline=None,
+                 multiline_timeout: float = 2.0, release_after: float = 2.0,
+                 resume: dict | None = None) -> None:
+        self.patterns = list(patterns)
+        self.quoted = quoted
+        self.multiline = re.compile(multiline) if isinstance(multiline, str) else multiline
+        self.multiline_timeout = multiline_timeout
+        self.release_after = release_after
+        self._resume = dict(resume or {})
+        self._cursors: list[_Cursor] = []
+        # Incarnations read to their end and released: a rotated file that still matches
+        # the globs is recognized and not read again. (dev, ino) -> (head, offset)
+        self._finished: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.lost_truncations = 0
+
+    @property
+    def open_files(self) -> int:
+        return sum(c.f is not None for c in self._cursors)
+
+    def poll(self, *, final: bool = False) -> list[Chunk]:
+        """Read what is new. ``final``: treat every file as finished (flush all records)."""
+        self._discover()
+        chunks = []
+        for c in self._cursors:
+            if not c.done:
+                chunk = self._read(c, final)
+                if chunk is not None:
+                    chunks.append(chunk)
+        for c in self._cursors:
+            if c.done:
+                self._finished[(c.dev, c.ino)] = (c.head, c.offset)
+        self._cursors = [c for c in self._cursors if not c.done]
+        return chunks
+
+    @property
+    def active(self) -> bool:
+        """Files are still being read (in a one-pass read: not every file is finished)."""
+        return bool(self._cursors)
+
+    def close(self) -> None:
+        for c in self._cursors:
+            if c.f is not None:
+                c.f.close()
+                c.f = None
+        self._cursors.clear()
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _paths(self) -> list[str]:
+        out = []
+        for p in self.patterns:
+            out += glob.glob(p, recursive=True) if glob.has_magic(p) else [p]
+        return sorted({os.path.abspath(p) for p in out if os.path.isfile(p)})
+
+    def _discover(self) -> None:
+        named = set()
+        for path in self._paths():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            c = self._match(path, st)
+            if c is not None:
+                named.add(id(c))
+        for c in self._cursors:
+            if id(c) not in named and not c.detached:
+                c.detached = True
+                c.grew = time.monotonic()
+
+    def _match(self, path: str, st: os.stat_result) -> _Cursor | None:
+        """The cursor ``path`` belongs to, creating one for a new file (None for a copy)."""
+        for c in self._cursors:
+            if (c.dev, c.ino) != (st.st_dev, st.st_ino):
+                continue
+            if st.st_size < c.offset or _head(path, len(c.head)) != c.head:
+                self._truncated(c, path)
+                break  # the path now holds a new incarnation
+            c.path, c.detached = path, False
+            return c
+        else:
+            if self._is_copy(path, st):
+                return None
+            done = self._finished.get((st.st_dev, st.st_ino))
+            if done is not None and _head(path, len(done[0])) == done[0] and st.st_size <= done[1]:
+                return None  # read to its end before (rotated away, still matched)
+        head = _head(path, HEAD_BYTES)
+        c = _Cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
+        for key, (dev, ino, h, offset, line) in list(self._resume.items()):
+            if (dev, ino) == (st.st_dev, st.st_ino) and head[:len(h)] == h and st.st_size >= offset:
+                c.key, c.offset, c.line, c.head = key, offset, line, head if len(head) > len(h) else h
+                c.tail = _read_at(path, max(0, offset - _TAIL_BYTES), offset)
+                del self._resume[key]
+                break
+        self._cursors.append(c)
+        return c
+
+    def _is_copy(self, path: str, st: os.stat_result) -> bool:
+        """A rotated copy of a file we follow (same first 1 KiB): its original has the data."""
+        head = _head(path, HEAD_BYTES)
+        return len(head) == HEAD_BYTES and any(c.head == head for c in self._cursors)
+
+    def _truncated(self, c: _Cursor, path: str) -> None:
+        """``c``'s file was truncated in place (copytruncate): finish it from its copy."""
+        copy = None
+        if len(c.head) == HEAD_BYTES:
+            for p in self._paths():
+                if p == c.path:
+                    continue
+                try:
+                    size = os.path.getsize(p)
+                except OSError:
+                    continue
+                if (size >= c.offset and _head(p, HEAD_BYTES) == c.head
+                        and _read_at(p, c.offset - len(c.tail), c.offset) == c.tail):
+                    copy = p
+                    break
+        if c.f is not None:
+            c.f.close()
+            c.f = None
+        if copy is not None:
+            st = os.stat(copy)
+            c.path, c.dev, c.ino, c.detached = copy, st.st_dev, st.st_ino, True
+            c.grew = time.monotonic()
+        else:
+            log.warning("%s was truncated and no copy of it was found: what was written after "
+                        "offset %d and not read yet is lost (follow a glob that matches rotated "
+                        "copies, e.g. 'app.log*')", c.path, c.offset)
+            self.lost_truncations += 1
+            c.done = True
+            c.ino = -1  # not the file now at the path, which is a new incarnation
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _read(self, c: _Cursor, final: bool) -> Chunk | None:
+        if c.f is None:
+            try:
+                c.f = open(c.path, "rb")  # noqa: SIM115 - kept open across polls
+            except FileNotFoundError:
+                c.done = True
+                return None
+            st = os.fstat(c.f.fileno())
+            if (st.st_dev, st.st_ino) != (c.dev, c.ino):
+                c.f.close()
+                c.f = None
+                return None  # replaced between discovery and open: next poll
+        c.f.seek(c.offset)
+        data = c.f.read(_READ)
+        now = time.monotonic()
+        if data:
+            c.grew = now
+            if len(c.head) < HEAD_BYTES and c.offset == len(c.head):
+                c.head = (c.head + data)[:HEAD_BYTES]
+        eof = len(data) < _READ
+        records, used = self._records(c, data, eof_ends_record=final and eof)
+        start = c.offset
+        if used:
+            c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
+            c.offset += used
+        quiet = now - c.grew
+        at_end = eof and used == len(data)
+        finished = at_end and (final or (quiet >= self.release_after and
+                                         (c.detached or os.fstat(c.f.fileno()).st_nlink == 0)))
+        if self.multiline is not None:
+            complete, c.pending = group_multiline(c.pending + records, self.multiline)
+            if c.pending and (finished or quiet >= self.multiline_timeout):
+                complete.append(join_records(c.pending))
+                c.pending = []
+            records = complete
+            end = c.pending[0].offset if c.pending else c.offset
+            line = c.pending[0].line if c.pending else c.line
+        else:
+            end, line = c.offset, c.line
+        if finished:
+            c.f.close()
+            c.f = None
+            c.done = True
+        if not records:
+            return None
+        return Chunk(c.key, c.path, records, records[0].offset if records else start, end, line,
+                     c.head, c.dev, c.ino)
+
+    def _records(self, c: _Cursor, data: bytes, *, eof_ends_record: bool) -> tuple[list[Record], int]:
+        """Split ``data`` (read at ``c.offset``) into complete records; return them and bytes used.
+
+        A last line without a newline is complete only at the end of a one-pass read;
+        a followed file's partial line waits for its newline.
+        """
+        if eof_ends_record and data and not data.endswith(b"\n"):
+            data += b"\n"
+            trimmed = 1
+        else:
+            trimmed = 0
+        used = last_record_end(data) if self.quoted else data.rfind(b"\n") + 1
+        records = []
+        pos, line = 0, c.line
+        quote_open = False
+        start = 0
+        while pos < used:
+            nl = data.find(b"\n", pos, used)
+            if self.quoted:
+                quote_open ^= data.count(b'"', pos, nl) % 2 == 1
+                if quote_open:  # a newline inside a quoted field: the record goes on
+                    pos = nl + 1
+                    continue
+            raw = data[start:nl]
+            records.append(Record(raw, line, c.offset + start))
+            line += data.count(b"\n", start, nl) + 1
+            pos = start = nl + 1
+        c.line = line
+        return records, used - trimmed if used == len(data) else used
+
+
+def _head(path: str, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _read_at(path: str, start: int, end: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, start))
+            return f.read(max(0, end - max(0, start)))
+    except OSError:
+        return b""
