@@ -59,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-bytes", type=int, default=4 << 20, metavar="BYTES",
                    help="rows are coalesced into frames of about this size (default 4 MiB)")
     p.add_argument("--delimiter", default=",")
+    p.add_argument("-f", "--format", default="csv",
+                   help="csv (default), jsonl, combined/nginx/apache, syslog, syslog5424, "
+                        "or 'regex:<pattern with named groups>'")
+    p.add_argument("--follow", action="store_true",
+                   help="keep reading as files grow, rotate and appear, until Ctrl-C or SIGTERM")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="SQLite file of read offsets: a restart resumes, rows arrive exactly once")
+    p.add_argument("--multiline", metavar="REGEX",
+                   help="a line matching REGEX starts a record; others continue it (tracebacks)")
+    p.add_argument("--multiline-timeout", type=float, default=2.0, metavar="S",
+                   help="send the last record of a quiet file after S seconds (default 2)")
     _policy_options(p, "producer")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -112,17 +123,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _publish(args) -> int:
+    import threading
+
     from .producer import publish_files
 
     endpoints = args.endpoint or [">" + DEFAULT_ENDPOINT]
+    stop = threading.Event()
+    if args.follow:
+        # Following ends cleanly on Ctrl-C or SIGTERM: what was sent is checkpointed.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
-                           wait_for_subscribers=args.wait_for, wait_timeout=args.wait_timeout,
-                           block_size=args.block_size, frame_bytes=args.frame_bytes,
-                           delimiter=args.delimiter, policy=args.policy,
-                           buffer_bytes=args.buffer_bytes, progress=not args.quiet)
+                           format=args.format, follow=args.follow, checkpoint=args.checkpoint,
+                           multiline=args.multiline, multiline_timeout=args.multiline_timeout,
+                           stop=stop, wait_for_subscribers=args.wait_for,
+                           wait_timeout=args.wait_timeout, block_size=args.block_size,
+                           frame_bytes=args.frame_bytes, delimiter=args.delimiter,
+                           policy=args.policy, buffer_bytes=args.buffer_bytes,
+                           progress=not args.quiet and not args.follow)
     if not args.quiet:
+        rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         print(f"published {result['rows']:,} rows from {result['files']} files "
-              f"({result['bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+              f"({result['bytes'] / 1e6:.1f} MB){rejects}", file=sys.stderr)
     return 0
 
 

@@ -841,7 +841,11 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
 
     try:
         while True:
-            for ch in follower.poll(final=not follow):
+            chunks = follower.poll(final=not follow)
+            if ckpt and follower.discovered:
+                ckpt.save([(c.key, c.path, c.dev, c.ino, c.head, 0, 1) for c in follower.discovered])
+            follower.discovered.clear()
+            for ch in chunks:
                 source = f"{source_id}/{ch.key}"
                 seen.add(ch.key)
                 table, rejects = fmt.parse(ch.records, ch.path)

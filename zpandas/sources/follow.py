@@ -107,6 +107,9 @@ class Follower:
         # the globs is recognized and not read again. (dev, ino) -> (head, offset)
         self._finished: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.lost_truncations = 0
+        #: Incarnations seen for the first time (not resumed), for the checkpoint to
+        #: register before any of their rows leave: their keys must survive a crash.
+        self.discovered: list[Chunk] = []
 
     @property
     def open_files(self) -> int:
@@ -186,6 +189,8 @@ class Follower:
                 c.tail = _read_at(path, max(0, offset - _TAIL_BYTES), offset)
                 del self._resume[key]
                 break
+        else:
+            self.discovered.append(Chunk(c.key, c.path, [], 0, 0, 1, c.head, c.dev, c.ino))
         self._cursors.append(c)
         return c
 
