@@ -8,11 +8,11 @@ import zpandas
 
 def test_all_is_pinned():
     assert sorted(zpandas.__all__) == sorted([
-        "Producer", "Subscriber", "Proxy", "Aggregation", "LivePlot", "to_parquet", "ParquetSink",
-        "publish_files",
+        "Producer", "Subscriber", "Proxy", "Curve", "Aggregation", "LivePlot", "to_parquet",
+        "ParquetSink", "publish_files",
         "ZpandasError", "EndpointError", "ClosedError", "WireError", "SchemaMismatchError",
         "SourceError", "SubscriberBrokenError", "ProducerBrokenError", "DataLossWarning",
-        "__version__",
+        "SecurityWarning", "__version__",
     ])
     for name in zpandas.__all__:
         assert getattr(zpandas, name) is not None
@@ -26,6 +26,7 @@ def test_import_has_no_side_effects():
 
 
 def test_public_names_have_docstrings():
-    for name in ("Producer", "Subscriber", "Proxy", "publish_files"):
+    for name in ("Producer", "Subscriber", "Proxy", "Curve", "Aggregation", "LivePlot",
+                 "to_parquet", "ParquetSink", "publish_files"):
         obj = getattr(zpandas, name)
         assert obj.__doc__ and "Parameters" in obj.__doc__, name

@@ -1,6 +1,7 @@
 """Endpoint parsing: the CZMQ @/> convention, lists, and clear errors."""
 
 import pytest
+import zmq
 
 from zpandas import EndpointError
 from zpandas.endpoints import Endpoint, parse_endpoints
@@ -29,7 +30,6 @@ BAD = [
     ("localhost:5556", "no transport"),
     ("udp://1.2.3.4:5", "unknown transport 'udp'"),
     ("inproc://x", "inproc"),
-    ("epgm://eth0;239.192.1.1:5555", "multicast"),
     ("tcp://host", "tcp://HOST:PORT"),
     ("tcp://host:99999", "out of range"),
     (">tcp://*:5556", "wildcard"),
@@ -51,3 +51,21 @@ def test_errors_name_the_endpoint(spec, words):
 def test_endpoint_error_is_a_value_error():
     with pytest.raises(ValueError):
         parse_endpoints("nope", default="bind")
+
+
+def test_multicast_endpoints_when_libzmq_has_pgm(monkeypatch):
+    monkeypatch.setattr(zmq, "has", lambda what: True)
+    for spec in ("epgm://eth0;239.192.1.1:5555", "@epgm://10.0.0.5;239.192.1.1:5555",
+                 ">pgm://10.0.0.5;239.1.2.3:7000"):
+        (ep,) = parse_endpoints(spec, default="bind")
+        assert ep.action == "connect" and ep.multicast  # both sides join the group
+    with pytest.raises(EndpointError, match="not a multicast group"):
+        parse_endpoints("epgm://eth0;10.1.2.3:5555", default="connect")
+    with pytest.raises(EndpointError, match="interface-or-ip>;<group>:<port>"):
+        parse_endpoints("epgm://eth0:5555", default="connect")
+
+
+def test_multicast_without_pgm_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(zmq, "has", lambda what: what != "pgm")
+    with pytest.raises(EndpointError, match="make multicast"):
+        parse_endpoints("epgm://eth0;239.192.1.1:5555", default="connect")

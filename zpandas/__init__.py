@@ -7,6 +7,7 @@ a background thread into micro-batched pandas DataFrames.
 from .errors import (
     ClosedError,
     DataLossWarning,
+    SecurityWarning,
     EndpointError,
     ProducerBrokenError,
     SchemaMismatchError,
@@ -16,6 +17,7 @@ from .errors import (
     ZpandasError,
 )
 from .aggregate import Aggregation
+from .endpoints import Curve
 from .parquet import ParquetSink, to_parquet
 from .plot import LivePlot
 from .producer import Producer, publish_files
@@ -28,6 +30,7 @@ __all__ = [
     "Producer",
     "Subscriber",
     "Proxy",
+    "Curve",
     "Aggregation",
     "LivePlot",
     "to_parquet",
@@ -42,5 +45,6 @@ __all__ = [
     "SubscriberBrokenError",
     "ProducerBrokenError",
     "DataLossWarning",
+    "SecurityWarning",
     "__version__",
 ]

@@ -39,6 +39,11 @@ class Monitor:
         self.peers = 0
         self.events: collections.Counter[str] = collections.Counter()
 
+    @property
+    def auth_failures(self) -> int:
+        """Handshakes refused: wrong or unknown key, or a plaintext peer at a CURVE socket."""
+        return sum(n for what, n in self.events.items() if what.startswith("handshake failed"))
+
     def drain(self) -> None:
         """Read and log every event waiting; never blocks."""
         while True:

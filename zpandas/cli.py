@@ -1,4 +1,4 @@
-"""The ``zpandas`` command: publish, subscribe, proxy, demo.
+"""The ``zpandas`` command: publish, subscribe, proxy, keygen, demo.
 
 The only module that prints, configures logging or exits.
 """
@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the proxy's counters every S seconds (default 10; 0: never)")
     _policy_options(x, "proxy")
 
+    k = sub.add_parser("keygen", help="make CURVE certificates (public NAME.key, secret NAME.key_secret)",
+                       description="Make CURVE key pairs for Producer, Subscriber and Proxy "
+                                   "(curve=zpandas.Curve(...)). Secret files are readable by "
+                                   "their owner only.")
+    k.add_argument("folder")
+    k.add_argument("--name", action="append", help="one pair per name (default: zpandas); repeatable")
+
     d = sub.add_parser("demo", help="4 local producers -> 1 subscriber -> aggregate, Parquet, PNG")
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--data", default=None, help="folder with node*/ CSV files (default: bundled)")
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, systemd, docker stop) ends a command cleanly, like Ctrl-C, but as
     # the normal way to stop a service: exit code 0.
     signal.signal(signal.SIGTERM, _terminate)
-    commands = {"publish": _publish, "subscribe": _subscribe, "proxy": _proxy, "demo": _demo}
+    commands = {"publish": _publish, "subscribe": _subscribe, "proxy": _proxy, "keygen": _keygen,
+                "demo": _demo}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -216,6 +224,17 @@ def _proxy(args) -> int:
                       f"({st['frontend']['bytes_received'] / 1e6:.1f} MB) in, "
                       f"{st['backend']['frames_sent'] // 3:,} out "
                       f"({st['backend']['bytes_sent'] / 1e6:.1f} MB)", flush=True)
+
+
+def _keygen(args) -> int:
+    from zmq.auth import create_certificates
+
+    os.makedirs(args.folder, exist_ok=True)
+    for name in args.name or ["zpandas"]:
+        public, secret = create_certificates(args.folder, name)
+        os.chmod(secret, 0o600)
+        print(f"wrote {public} (public: give it to peers) and {secret} (secret: keep it here)")
+    return 0
 
 
 def _policy_options(parser: argparse.ArgumentParser, who: str) -> None:

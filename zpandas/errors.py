@@ -21,6 +21,7 @@ __all__ = [
     "SubscriberBrokenError",
     "ProducerBrokenError",
     "DataLossWarning",
+    "SecurityWarning",
 ]
 
 
@@ -70,3 +71,7 @@ class ProducerBrokenError(ZpandasError, RuntimeError):
 
 class DataLossWarning(UserWarning):
     """Messages were lost on the way (sequence gaps) or evicted before they were read."""
+
+
+class SecurityWarning(UserWarning):
+    """A setting that leaves data unprotected (e.g. CURVE asked for on multicast)."""

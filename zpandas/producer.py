@@ -29,7 +29,7 @@ import pyarrow as pa
 import zmq
 
 from . import wire
-from .endpoints import EndpointsLike, attach, parse_endpoints
+from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
 from ._monitor import Monitor
 from .errors import ClosedError, ProducerBrokenError
 
@@ -129,6 +129,11 @@ class Producer:
     buffer_bytes : int, default 256 MiB
         Memory the socket may queue per subscriber, translated to ZeroMQ's high-water
         mark in messages of ``frame_bytes``.
+    curve : Curve, optional
+        CURVE security: authenticated, encrypted connections (see :class:`Curve`).
+    multicast : dict, optional
+        Options for ``epgm://``/``pgm://`` endpoints, over ``MULTICAST_DEFAULTS``
+        (``rate_kbps``, ``recovery_ms``, ``buffer_bytes``, ``hops``).
 
     Examples
     --------
@@ -140,7 +145,8 @@ class Producer:
                  frame_bytes: int = 4 << 20, flush_interval: float = 0.05,
                  wait_for_subscribers: int = 0, wait_timeout: float = 30.0,
                  linger: float = 10.0, heartbeat: float = 1.0, policy: Policy = "block",
-                 buffer_bytes: int = 256 << 20) -> None:
+                 buffer_bytes: int = 256 << 20, curve: Curve | None = None,
+                 multicast: dict | None = None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if frame_bytes < 1:
@@ -148,6 +154,12 @@ class Producer:
         if wait_for_subscribers < 0:
             raise ValueError("wait_for_subscribers must be >= 0")
         self._endpoints = parse_endpoints(endpoint, default="connect")
+        if wait_for_subscribers and all(ep.multicast for ep in self._endpoints):
+            raise ValueError("wait_for_subscribers needs a tcp:// or ipc:// endpoint: multicast "
+                             "carries no subscriptions back to the publisher")
+        self._curve = curve
+        self._multicast = multicast
+        self._auth = None
         self.topic = topic
         self.id = uuid.uuid4().bytes
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
@@ -342,11 +354,13 @@ class Producer:
             time spent, and times, waiting for a slow subscriber (``policy="block"``).
             ``subscriptions``: subscriptions present now. ``peers``: connections now.
             ``rejects``: unparsable lines sent with :meth:`send_rejects`.
+            ``auth_failures``: CURVE handshakes refused.
         """
         with self._lock:
             out = dict(self._sent)
             out["subscriptions"] = sum(self._subscriptions.values())
             out["peers"] = self._monitor.peers if self._monitor else 0
+            out["auth_failures"] = self._monitor.auth_failures if self._monitor else 0
             return out
 
     def close(self, timeout: float | None = None) -> None:
@@ -477,6 +491,7 @@ class Producer:
         try:
             xpub.linger = int(self._linger * 1000)
             xpub.sndhwm = self._hwm
+            xpub.maxmsgsize = 64 << 10  # it receives only subscriptions
             # Every subscribe and unsubscribe reaches us, so subscribers can be counted.
             xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
             if self.policy == "block":
@@ -488,11 +503,14 @@ class Producer:
             pull.linger = 0
             pull.bind(self._inproc)
             monitor = self._monitor = Monitor(xpub, threading.current_thread().name)
-            self._resolved = attach(xpub, self._endpoints)
+            self._auth = secure(xpub, self._ctx, self._curve, self._endpoints)
+            self._resolved = attach(xpub, self._endpoints, multicast=self._multicast)
         except Exception as e:
             self._error = e
             if monitor is not None:
                 monitor.close()
+            if self._auth is not None:
+                self._auth.stop()
             xpub.close(linger=0)
             pull.close()
             self._started.set()
@@ -508,6 +526,8 @@ class Producer:
             monitor.close()
             xpub.close()
             pull.close()
+            if self._auth is not None:
+                self._auth.stop()
 
     def _loop(self, xpub: zmq.Socket, pull: zmq.Socket, monitor: Monitor) -> None:
         poller = zmq.Poller()

@@ -24,7 +24,7 @@ from typing import Literal
 import zmq
 from zmq.devices import ThreadProxySteerable
 
-from .endpoints import EndpointsLike, attach, parse_endpoints
+from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
 from .errors import ClosedError
 
 __all__ = ["Proxy"]
@@ -51,6 +51,11 @@ class Proxy:
         carry on.
     buffer_bytes : int, default 256 MiB
         Memory each side may queue per peer, as a high-water mark in ~4 MiB messages.
+    curve : Curve, optional
+        CURVE on both sides: the proxy is the server; ``allowed`` holds the public
+        certificates of the producers and subscribers it admits.
+    max_message_bytes : int, default 256 MiB
+        A producer sending a larger frame is disconnected (``MAXMSGSIZE``).
 
     Examples
     --------
@@ -61,7 +66,8 @@ class Proxy:
     def __init__(self, frontend: EndpointsLike = "@tcp://*:5559",
                  backend: EndpointsLike = "@tcp://*:5560", *,
                  policy: Literal["block", "drop"] = "block",
-                 buffer_bytes: int = 256 << 20) -> None:
+                 buffer_bytes: int = 256 << 20, curve: Curve | None = None,
+                 max_message_bytes: int = 256 << 20) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         self.policy = policy
@@ -71,13 +77,15 @@ class Proxy:
                                parse_endpoints(frontend, default="bind"),
                                parse_endpoints(backend, default="bind"),
                                hwm=max(16, buffer_bytes // _TYPICAL_FRAME),
-                               nodrop=policy == "block", name=f"zpandas-proxy-{next(_ids)}")
+                               nodrop=policy == "block", name=f"zpandas-proxy-{next(_ids)}",
+                               curve=curve, max_message_bytes=max_message_bytes)
         self._lock = threading.Lock()
         self._closed = False
         self._device.start()
         self._device.started.wait()
         if self._device.error is not None:
             self._device.join()
+            self._device.stop_auth()
             self._ctx.term()
             self._closed = True
             raise self._device.error
@@ -137,6 +145,7 @@ class Proxy:
             self._control.send(b"TERMINATE")
             self._control.close()
         self._device.join(timeout)
+        self._device.stop_auth()
         # A proxy stuck sending to a slow subscriber never reads TERMINATE; terminating
         # the context wakes it (ETERM), and zmq.devices then closes its sockets.
         self._ctx.term()
@@ -157,7 +166,7 @@ class _Device(ThreadProxySteerable):
     """pyzmq's steerable proxy thread, with our endpoints and a start-up handshake."""
 
     def __init__(self, ctx: zmq.Context, control: str, frontend, backend, *, hwm: int,
-                 nodrop: bool, name: str) -> None:
+                 nodrop: bool, name: str, curve: Curve | None, max_message_bytes: int) -> None:
         super().__init__(zmq.XSUB, zmq.XPUB, ctrl_type=zmq.PAIR)
         self.name = name
         self._ctx = ctx
@@ -168,6 +177,14 @@ class _Device(ThreadProxySteerable):
         self.resolved: dict[str, list[str]] = {"frontend": [], "backend": []}
         self.started = threading.Event()
         self.error: BaseException | None = None
+        self._curve = curve
+        self._max_bytes = max_message_bytes
+        self._auth = None
+
+    def stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def start(self) -> None:
         # As BackgroundDevice.start, with a thread name that says whose it is.
@@ -188,11 +205,15 @@ class _Device(ThreadProxySteerable):
         for s in (front, back, control):
             s.linger = 0
         front.rcvhwm = back.sndhwm = self._hwm
+        front.maxmsgsize = self._max_bytes
+        back.maxmsgsize = 64 << 10  # it receives only subscriptions
         # Pass every subscription upstream, so producers can count subscribers.
         back.setsockopt(zmq.XPUB_VERBOSER, 1)
         if self._nodrop:
             back.setsockopt(zmq.XPUB_NODROP, 1)
         control.bind(self._control_address)
+        self._auth = secure(front, ctx, self._curve, self._endpoints["frontend"])
+        secure(back, ctx, self._curve, self._endpoints["backend"], auth=self._auth)
         self.resolved["frontend"] = attach(front, self._endpoints["frontend"])
         self.resolved["backend"] = attach(back, self._endpoints["backend"])
         return front, back, None, control

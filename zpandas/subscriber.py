@@ -32,7 +32,7 @@ from ._batcher import MicroBatcher
 from ._monitor import Monitor
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, Record, get_format
-from .endpoints import EndpointsLike, attach, parse_endpoints
+from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
 from .errors import ClosedError, DataLossWarning, SubscriberBrokenError, WireError
 
 __all__ = ["Subscriber"]
@@ -115,7 +115,13 @@ class Subscriber:
         A producer not heard from for this many seconds is shown as not alive
         (producers send a heartbeat every second by default).
     max_message_bytes : int, default 256 MiB
-        Larger messages are counted as bad (reason ``"oversize"``) and skipped.
+        No peer can make this subscriber hold more: a larger frame makes ZeroMQ drop the
+        connection (``MAXMSGSIZE``; logged), a larger multipart message is counted as bad
+        (reason ``"oversize"``) and skipped.
+    curve : Curve, optional
+        CURVE security: authenticated, encrypted connections (see :class:`Curve`).
+    multicast : dict, optional
+        Options for ``epgm://``/``pgm://`` endpoints, over ``MULTICAST_DEFAULTS``.
     text_format : str, optional
         Also take plain text messages from existing ZeroMQ programs: single-frame
         ``"topic payload"`` strings (``send_string``), the payload parsed with this line
@@ -133,7 +139,8 @@ class Subscriber:
                  policy: Policy = "block", buffer_bytes: int = 256 << 20,
                  batch_rows: int = 100_000, latency: float = 0.1, retain: int | None = None,
                  dead_after: float = 5.0, max_message_bytes: int = 256 << 20,
-                 text_format=None) -> None:
+                 text_format=None, curve: Curve | None = None,
+                 multicast: dict | None = None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if buffer_bytes < 1:
@@ -152,6 +159,9 @@ class Subscriber:
         self._dead_after = dead_after
         self._max_bytes = max_message_bytes
         self._text_format = None if text_format is None else get_format(text_format)
+        self._curve = curve
+        self._multicast = multicast
+        self._auth = None
 
         self._cond = threading.Condition()
         self._queue: collections.deque[pa.Table] = collections.deque()
@@ -339,7 +349,8 @@ class Subscriber:
             ``dropped_batches`` and ``dropped_rows``: micro-batches :meth:`get` never
             saw (``policy="drop"``). ``evicted_rows``: rows past ``retain``.
             ``bad_frames``: count by reason. ``queued``: micro-batches waiting for
-            :meth:`get`. ``peers``: connections now. ``producers``: a DataFrame with one
+            :meth:`get`. ``peers``: connections now. ``auth_failures``: CURVE handshakes
+            refused (or failed). ``producers``: a DataFrame with one
             row per (producer, topic): counts, gaps, ``rows_per_s`` (last 5 s),
             ``lag_s`` (send to receive), ``last_seen``, ``alive`` and ``sources``
             (file -> byte range of the rows received from it).
@@ -356,6 +367,7 @@ class Subscriber:
             out["bad_frames"] = dict(self._bad)
             out["queued"] = len(self._queue)
             out["peers"] = self._monitor.peers if self._monitor else 0
+            out["auth_failures"] = self._monitor.auth_failures if self._monitor else 0
             rows = [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
                      "messages": s.messages, "rows": s.rows, "bytes": s.bytes,
                      "missed": s.missed, "missed_rows": s.missed_rows,
@@ -462,14 +474,18 @@ class Subscriber:
         try:
             sock.linger = 0
             sock.rcvhwm = max(16, self._buffer_bytes // _TYPICAL_FRAME)
+            sock.maxmsgsize = self._max_bytes
             for t in self.topics:
                 sock.subscribe(t)
             self._monitor = Monitor(sock, threading.current_thread().name)
-            self._resolved = attach(sock, self._endpoints)
+            self._auth = secure(sock, self._ctx, self._curve, self._endpoints)
+            self._resolved = attach(sock, self._endpoints, multicast=self._multicast)
         except Exception as e:
             self._error = e
             if self._monitor is not None:
                 self._monitor.close()
+            if self._auth is not None:
+                self._auth.stop()
             sock.close()
             self._started.set()
             return
@@ -483,6 +499,8 @@ class Subscriber:
         finally:
             self._monitor.close()
             sock.close()
+            if self._auth is not None:
+                self._auth.stop()
 
     def _loop(self, sock: zmq.Socket, monitor: Monitor) -> None:
         batcher = self._batcher
