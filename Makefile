@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench multicast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Multicast (epgm/pgm) needs a libzmq built with OpenPGM, which PyPI's pyzmq wheels lack:
+# install Debian's libzmq and rebuild pyzmq against it (root, Debian/Ubuntu).
+multicast: $(VENV)/.multicast
+$(VENV)/.multicast: $(STAMP)
+	@command -v apt-get >/dev/null || { echo "make multicast: needs apt-get (Debian/Ubuntu)"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q libzmq3-dev
+	PYZMQ_NO_BUNDLE=1 $(PY) -m pip install --quiet --force-reinstall --no-deps --no-binary pyzmq --no-cache-dir pyzmq
+	$(PY) -c "import zmq, sys; sys.exit(0 if zmq.has('pgm') else 'pyzmq still has no pgm')"
+	touch $@
 
 bench: $(STAMP)
 	$(PY) bench/bench_pipeline.py

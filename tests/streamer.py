@@ -40,21 +40,29 @@ def main() -> None:
     ap.add_argument("--wait-for", type=int, default=0)
     ap.add_argument("--go", action="store_true", help="wait for 'go' on stdin before sending")
     ap.add_argument("--hold", action="store_true", help="after --sends, idle until 'stop'")
+    ap.add_argument("--progress", action="store_true", help="print 'sent N waits W' as it goes")
+    ap.add_argument("--multicast", default=None, help="JSON of multicast options")
     args = ap.parse_args()
 
     stop = threading.Event()
     producer = zp.Producer(args.endpoint, topic=args.topic, name=args.name, policy=args.policy,
                            buffer_bytes=args.buffer_bytes, frame_bytes=args.frame_bytes,
-                           heartbeat=args.heartbeat, wait_for_subscribers=args.wait_for)
+                           heartbeat=args.heartbeat, wait_for_subscribers=args.wait_for,
+                           multicast=json.loads(args.multicast) if args.multicast else None)
     print("ready", " ".join(producer.endpoints), flush=True)
     if args.go:
         sys.stdin.readline()
     if not args.sends or args.hold:
         threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
 
+    sent = 0
+    if args.progress:  # from a thread of its own: a send() blocked by backpressure is seen too
+        def report() -> None:
+            while not stop.wait(0.1):
+                print(f"sent {sent} waits {producer.stats()['waits']}", flush=True)
+        threading.Thread(target=report, daemon=True).start()
     text = pa.array(["x" * args.text_bytes] * args.rows)
     name = pa.array([producer.name] * args.rows)
-    sent = 0
     while not stop.is_set() and (not args.sends or sent < args.sends * args.rows):
         ids = np.arange(sent, sent + args.rows)
         producer.send(pa.table({"id": ids, "value": ids * 0.5, "text": text, "producer": name,
@@ -64,6 +72,7 @@ def main() -> None:
             stop.wait(args.pause)
     if args.hold:
         stop.wait()
+    stop.set()
     producer.close()
     print(json.dumps({"rows": sent, "stats": producer.stats()}), flush=True)
     sys.stdout.flush()

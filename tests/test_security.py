@@ -112,6 +112,16 @@ def test_curve_configuration_errors_are_clear(keys):
         zp.Subscriber([LOCAL, ">tcp://127.0.0.1:5"], curve=curve(folder, "server", allowed=allowed))
 
 
+@pytest.mark.skipif(not zmq.has("pgm"), reason="this pyzmq's libzmq has no pgm: run `make multicast`")
+def test_curve_on_multicast_warns_that_libzmq_ignores_it(keys):
+    folder, allowed = keys
+    with pytest.warns(zp.SecurityWarning, match="does not apply CURVE to multicast"):
+        try:
+            zp.Subscriber("epgm://127.0.0.1;239.192.1.1:5555", curve=curve(folder, "server", allowed=allowed)).close()
+        except zp.EndpointError:
+            pass  # loopback may not take multicast; the warning came first
+
+
 def test_proxy_with_curve_admits_only_known_producers_and_subscribers(keys):
     folder, allowed = keys
     server = curve(folder, "server", allowed=allowed)

@@ -220,9 +220,9 @@ def _proxy(args) -> int:
             time.sleep(args.interval or 3600)
             if args.interval:
                 st = proxy.stats()
-                print(f"proxy: {st['frontend']['frames_received'] // 3:,} messages "
+                print(f"proxy: {st['frontend']['messages_received']:,} messages "
                       f"({st['frontend']['bytes_received'] / 1e6:.1f} MB) in, "
-                      f"{st['backend']['frames_sent'] // 3:,} out "
+                      f"{st['backend']['messages_sent']:,} out "
                       f"({st['backend']['bytes_sent'] / 1e6:.1f} MB)", flush=True)
 
 

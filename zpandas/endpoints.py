@@ -216,6 +216,8 @@ def secure(socket: zmq.Socket, ctx: zmq.Context, curve: Curve | None,
         warnings.warn("libzmq does not apply CURVE to multicast (pgm/epgm): those endpoints are "
                       "neither authenticated nor encrypted. Use multicast only on a segment no "
                       "unauthorized party can join.", SecurityWarning, stacklevel=3)
+    if not unicast:
+        return None
     actions = {ep.action for ep in unicast}
     if len(actions) > 1:
         raise ValueError("with CURVE a socket is a server (binds) or a client (connects), not both")

@@ -29,7 +29,7 @@ import pyarrow as pa
 import zmq
 
 from . import wire
-from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
+from .endpoints import MULTICAST_DEFAULTS, Curve, EndpointsLike, attach, parse_endpoints, secure
 from ._monitor import Monitor
 from .errors import ClosedError, ProducerBrokenError
 
@@ -160,6 +160,7 @@ class Producer:
         self._curve = curve
         self._multicast = multicast
         self._auth = None
+        self._first_send: float | None = None
         self.topic = topic
         self.id = uuid.uuid4().bytes
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
@@ -598,7 +599,28 @@ class Producer:
                     out.extend(self._control(wire.Kind.END_OF_STREAM))
                     while out:  # close(timeout) ends this with ETERM if it takes too long
                         self._send_out(xpub, out)
+                    self._drain_multicast(xpub)
                     return
+
+    def _drain_multicast(self, xpub: zmq.Socket) -> None:
+        """Stay until PGM's rate limiter has sent what was queued, then a bit for repairs.
+
+        libzmq drops what a pgm/epgm socket still holds when it closes, whatever the
+        linger; and it sends at most ``rate_kbps``. So the owner waits for the bytes sent
+        so far to have left at that rate, sending heartbeats that let receivers ask for
+        any lost packets, within ``linger``.
+        """
+        if self._first_send is None or not any(ep.multicast for ep in self._endpoints):
+            return
+        rate = {**MULTICAST_DEFAULTS, **(self._multicast or {})}["rate_kbps"] * 1000 / 8
+        with self._lock:
+            sent = self._sent["bytes"]
+        left = sent / rate - (time.monotonic() - self._first_send) + 0.5
+        end = time.monotonic() + min(max(left, 0.5), self._linger)
+        while time.monotonic() < end:
+            for m in self._control(wire.Kind.HEARTBEAT):
+                self._send_out(xpub, collections.deque([m]))
+            time.sleep(0.1)  # pacing heartbeats while the socket drains; nothing to wait on
 
     def _read_subscriptions(self, xpub: zmq.Socket) -> None:
         while True:
@@ -643,6 +665,8 @@ class Producer:
                 m.sent += 1
             out.popleft()
             if m.kind is wire.Kind.DATA:
+                if self._first_send is None:
+                    self._first_send = time.monotonic()
                 counters[0] += 1
                 counters[1] += m.rows
                 with self._lock:

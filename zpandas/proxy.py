@@ -32,7 +32,7 @@ __all__ = ["Proxy"]
 _ids = itertools.count(1)
 _TYPICAL_FRAME = 4 << 20
 _SIDES = ("frontend", "backend")
-_COUNTERS = ("frames_received", "bytes_received", "frames_sent", "bytes_sent")
+_COUNTERS = ("messages_received", "bytes_received", "messages_sent", "bytes_sent")
 
 
 class Proxy:
@@ -113,9 +113,10 @@ class Proxy:
         Returns
         -------
         dict
-            ``{"frontend": {...}, "backend": {...}}``, each with ``frames_received``,
-            ``bytes_received``, ``frames_sent`` and ``bytes_sent`` (a zpandas message
-            is three frames). Data flows frontend -> backend, subscriptions back.
+            ``{"frontend": {...}, "backend": {...}}``, each with ``messages_received``,
+            ``bytes_received``, ``messages_sent`` and ``bytes_sent``, as libzmq counts
+            them (libzmq 4.3.5 counts each of a zpandas message's three parts, 4.3.4 the
+            whole message). Data flows frontend -> backend, subscriptions back.
 
         Raises
         ------
