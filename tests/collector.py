@@ -14,12 +14,15 @@ import json
 import os
 import time
 
+import logging
+
 import numpy as np
 
 import zpandas as zp
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", action="append", required=True)
     ap.add_argument("--producers", type=int, default=1)

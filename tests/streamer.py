@@ -25,6 +25,8 @@ import zpandas as zp
 
 
 def main() -> None:
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s P %(message)s")
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--topic", default="")

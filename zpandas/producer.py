@@ -596,6 +596,11 @@ class Producer:
                 with self._lock:
                     done = next_ticket == self._tickets
                 if done:
+                    if self.policy == "drop":
+                        # End-of-stream is what collect() waits for: never dropped, even
+                        # under "drop" (waiting at most until close's deadline).
+                        xpub.setsockopt(zmq.XPUB_NODROP, 1)
+                        xpub.sndtimeo = 100
                     out.extend(self._control(wire.Kind.END_OF_STREAM))
                     while out:  # close(timeout) ends this with ETERM if it takes too long
                         self._send_out(xpub, out)

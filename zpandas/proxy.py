@@ -203,8 +203,9 @@ class _Device(ThreadProxySteerable):
         self._sockets.append(back)
         control = ctx.socket(zmq.PAIR)
         self._sockets.append(control)
-        for s in (front, back, control):
+        for s in (back, control):
             s.linger = 0
+        front.linger = 1000  # keep what a departing producer sent (see Subscriber._run)
         front.rcvhwm = back.sndhwm = self._hwm
         front.maxmsgsize = self._max_bytes
         back.maxmsgsize = 64 << 10  # it receives only subscriptions

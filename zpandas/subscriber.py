@@ -472,7 +472,10 @@ class Subscriber:
             self._started.set()
             return
         try:
-            sock.linger = 0
+            # Not 0: on a peer's disconnect libzmq drops the messages still queued for us
+            # unless the socket lingers (session_base_t: pipe terminate(delay=linger != 0)),
+            # and a fast producer's last messages - end-of-stream - would go with them.
+            sock.linger = 1000
             sock.rcvhwm = max(16, self._buffer_bytes // _TYPICAL_FRAME)
             sock.maxmsgsize = self._max_bytes
             for t in self.topics:
