@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import zmq
@@ -18,6 +19,7 @@ import zpandas as zp
 from zpandas import wire
 
 from .conftest import ROOT, wait_for
+from .test_cli import free_port
 
 LOCAL = "@tcp://127.0.0.1:*"
 
@@ -159,3 +161,18 @@ def test_max_message_bytes_is_enforced_by_libzmq_per_frame_and_by_us_per_message
         finally:
             pub.close()
             ctx.term()
+
+
+def test_the_cli_speaks_curve_too(keys, procs, tmp_path):
+    folder, allowed = keys
+    port = free_port()
+    out = tmp_path / "rows"
+    sub = procs.start("subscribe", "-e", f"@tcp://127.0.0.1:{port}", "--producers", "1",
+                      "--parquet", str(out), "--certificate", str(folder / "server.key_secret"),
+                      "--allowed", str(allowed))
+    assert sub.stdout.readline().startswith("listening on")
+    data = os.path.join(ROOT, "data", "node1", "metrics-1.csv")
+    procs.start("publish", data, "-e", f">tcp://127.0.0.1:{port}", "-q",
+                "--certificate", str(folder / "good.key_secret"), "--server-key", str(folder / "server.key"))
+    assert [code for code, _ in procs.wait_all(timeout=60)] == [0, 0]
+    assert len(pd.read_parquet(out)) == 5000

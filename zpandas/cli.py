@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multiline-timeout", type=float, default=2.0, metavar="S",
                    help="send the last record of a quiet file after S seconds (default 2)")
     _policy_options(p, "producer")
+    _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("subscribe", help="receive rows and print a live summary",
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--roll-seconds", type=float, default=60, metavar="S",
                    help="start a new Parquet file after this long (default 60)")
     _policy_options(s, "subscriber")
+    _curve_options(s)
 
     x = sub.add_parser("proxy", help="forward producers to subscribers (XSUB/XPUB)",
                        description="Producers connect to the frontend, subscribers to the "
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--interval", type=float, default=10.0, metavar="S",
                    help="print the proxy's counters every S seconds (default 10; 0: never)")
     _policy_options(x, "proxy")
+    _curve_options(x)
 
     k = sub.add_parser("keygen", help="make CURVE certificates (public NAME.key, secret NAME.key_secret)",
                        description="Make CURVE key pairs for Producer, Subscriber and Proxy "
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _Terminated:
         return 0
-    except (ZpandasError, OSError, TimeoutError) as e:
+    except (ZpandasError, OSError, TimeoutError, ValueError) as e:
         print(f"zpandas {args.command}: error: {e}", file=sys.stderr)
         return 1
 
@@ -148,7 +151,7 @@ def _publish(args) -> int:
                            wait_timeout=args.wait_timeout, block_size=args.block_size,
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,
                            policy=args.policy, buffer_bytes=args.buffer_bytes,
-                           progress=not args.quiet and not args.follow)
+                           curve=_curve(args), progress=not args.quiet and not args.follow)
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         print(f"published {result['rows']:,} rows from {result['files']} files "
@@ -162,7 +165,7 @@ def _subscribe(args) -> int:
 
     endpoints = args.endpoint or ["@" + DEFAULT_ENDPOINT]
     with Subscriber(endpoints, topics=args.topic, policy=args.policy,
-                    buffer_bytes=args.buffer_bytes, retain=0) as sub:
+                    buffer_bytes=args.buffer_bytes, retain=0, curve=_curve(args)) as sub:
         print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'}", flush=True)
         sink = None
         if args.parquet:
@@ -212,7 +215,7 @@ def _proxy(args) -> int:
     from .proxy import Proxy
 
     with Proxy(args.frontend or "@tcp://*:5559", args.backend or "@tcp://*:5560",
-               policy=args.policy, buffer_bytes=args.buffer_bytes) as proxy:
+               policy=args.policy, buffer_bytes=args.buffer_bytes, curve=_curve(args)) as proxy:
         print(f"proxy: producers connect to {', '.join(proxy.frontend)}, "
               f"subscribers to {', '.join(proxy.backend)}", flush=True)
         while True:
@@ -224,6 +227,25 @@ def _proxy(args) -> int:
                       f"({st['frontend']['bytes_received'] / 1e6:.1f} MB) in, "
                       f"{st['backend']['messages_sent']:,} out "
                       f"({st['backend']['bytes_sent'] / 1e6:.1f} MB)", flush=True)
+
+
+def _curve_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("CURVE security (make keys with 'zpandas keygen')")
+    g.add_argument("--certificate", metavar="FILE", help="this side's secret certificate (NAME.key_secret)")
+    g.add_argument("--server-key", metavar="FILE",
+                   help="when connecting: the server's public certificate (NAME.key)")
+    g.add_argument("--allowed", metavar="DIR",
+                   help="when binding: folder of the public certificates of admitted clients")
+
+
+def _curve(args):
+    from .endpoints import Curve
+
+    if not args.certificate:
+        if args.server_key or args.allowed:
+            raise ValueError("--server-key and --allowed need --certificate (this side's secret key)")
+        return None
+    return Curve(args.certificate, server_key=args.server_key, allowed=args.allowed)
 
 
 def _keygen(args) -> int:
