@@ -3,7 +3,7 @@
     python tests/collector.py --endpoint @tcp://10.77.0.4:5556 --producers 3 [--policy drop]
 
 Prints ``ready`` once listening, ``seen`` once a producer has been heard from (its
-heartbeats), ``rows N`` as rows arrive, and at the end one JSON line: per producer name
+heartbeats), ``rows N missed M`` as rows arrive or are found lost, and at the end one JSON line: per producer name
 the rows, whether their ids are exactly 0..n-1, and the losses it reported.
 """
 
@@ -36,7 +36,7 @@ def main() -> None:
         print("ready", flush=True)
         deadline = time.monotonic() + args.timeout
         seen = False
-        last = -1
+        last = None
         while True:
             try:
                 df = sub.collect(producers=args.producers, timeout=0.05)
@@ -48,9 +48,9 @@ def main() -> None:
             if not seen and len(st["producers"]):
                 seen = True
                 print("seen", flush=True)
-            if st["rows"] != last:
-                last = st["rows"]
-                print(f"rows {last}", flush=True)
+            if (st["rows"], st["missed_rows"]) != last:
+                last = (st["rows"], st["missed_rows"])
+                print(f"rows {last[0]} missed {last[1]}", flush=True)
         stats = sub.stats()
     report = {}
     for name, s in stats["producers"].groupby("name"):

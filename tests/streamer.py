@@ -6,7 +6,8 @@ Prints ``ready <endpoints>`` once its socket is set up (and ``--wait-for`` subsc
 listen); with ``--go`` it then waits for a ``go`` line on stdin. It sends ``--sends``
 batches of ``--rows`` rows (ids 0, 1, 2, ... in order; event time ``ts`` = id ms), or sends until a ``stop`` line
 arrives on stdin when ``--sends`` is 0
-(``--hold``: sends ``--sends`` batches, then idles until ``stop``). At the end it closes the producer and prints one
+(``--hold``: sends ``--sends`` batches, then idles until ``stop``). ``pause`` stops
+sending rows but keeps the producer open (heartbeats go on). At the end it closes the producer and prints one
 JSON line: ``{"rows": <rows sent>, "stats": <Producer.stats()>}``.
 """
 
@@ -54,8 +55,15 @@ def main() -> None:
     print("ready", " ".join(producer.endpoints), flush=True)
     if args.go:
         sys.stdin.readline()
+    pause = threading.Event()
     if not args.sends or args.hold:
-        threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+        def commands() -> None:
+            for line in sys.stdin:  # "pause": stop sending rows, stay connected; "stop": close
+                (pause if line.strip() == "pause" else stop).set()
+                if stop.is_set():
+                    return
+            stop.set()
+        threading.Thread(target=commands, daemon=True).start()
 
     sent = 0
     if args.progress:  # from a thread of its own: a send() blocked by backpressure is seen too
@@ -65,7 +73,14 @@ def main() -> None:
         threading.Thread(target=report, daemon=True).start()
     text = pa.array(["x" * args.text_bytes] * args.rows)
     name = pa.array([producer.name] * args.rows)
+    paused = False
     while not stop.is_set() and (not args.sends or sent < args.sends * args.rows):
+        if pause.is_set():
+            if not paused:
+                paused = True
+                print(f"paused {sent}", flush=True)
+            stop.wait(0.05)
+            continue
         ids = np.arange(sent, sent + args.rows)
         producer.send(pa.table({"id": ids, "value": ids * 0.5, "text": text, "producer": name,
                                 "ts": pa.array(ids * 1_000_000, pa.timestamp("ns", "UTC"))}))

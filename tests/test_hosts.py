@@ -61,13 +61,13 @@ class Watched:
                 return line
 
     def latest(self, word: str, timeout: float = 60) -> str:
-        """The newest line starting with ``word`` (waiting for one if none is pending)."""
-        found = None
+        """The newest line so far starting with ``word`` (waiting for one if there is none)."""
         while not self.lines.empty():
-            line = self.lines.get()
+            self.lines.get()
+        for line in reversed(self.seen):
             if line.startswith(word):
-                found = line
-        return found or self.expect(word, timeout)
+                return line
+        return self.expect(word, timeout)
 
     def number(self, word: str, index: int = 1) -> int:
         return int(self.latest(word).split()[index])
@@ -146,8 +146,19 @@ def test_link_down_and_up_mid_stream(hosts, policy):
     at = sub.number("rows")
     while sub.number("rows") < at + 20_000:  # rows flow again (after TCP's retransmission)
         sub.expect("rows")
+    # Let the subscriber catch up before closing: every row sent is then received or
+    # reported missed (heartbeats carry the count sent), and end-of-stream goes out to an
+    # idle subscriber.
+    p.send("pause")
+    sent = int(p.expect("paused").split()[1])
+    while True:
+        _, rows, _, missed = sub.latest("rows").split()
+        if int(rows) + int(missed) >= sent:
+            break
+        sub.expect("rows")
     p.send("stop")
     result = p.report()
+    assert result["rows"] == sent
     got = sub.report()["producers"]["far"]
     if policy == "block":
         assert got["rows"] == result["rows"] and got["exact"] and got["missed_rows"] == 0, got
