@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = ["Record", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS", "get_format",
-           "group_multiline", "REJECT_SCHEMA"]
+           "group_multiline", "join_records", "REJECT_SCHEMA"]
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("line", pa.int64()), ("offset", pa.int64()),
                            ("reason", pa.string()), ("text", pa.string())])
@@ -325,17 +325,14 @@ def group_multiline(records: list[Record], start: re.Pattern) -> tuple[list[Reco
     current: list[Record] = []
     for r in records:
         if current and start.match(r.raw.decode("utf-8", "replace")):
-            out.append(_join(current))
+            out.append(join_records(current))
             current = []
         current.append(r)
     return out, current
 
 
 def join_records(lines: list[Record]) -> Record:
-    return _join(lines)
-
-
-def _join(lines: list[Record]) -> Record:
+    """One record of several lines: their bytes joined by newlines, the first's position."""
     return Record(b"\n".join(r.raw for r in lines), lines[0].line, lines[0].offset)
 
 
