@@ -35,9 +35,10 @@ def to_parquet(data: pd.DataFrame | pa.Table, path: str | os.PathLike, *,
     ----------
     data : pandas.DataFrame or pyarrow.Table
     path : str or path
-        A file, or with ``partition_by`` a folder, replaced whole if it exists: a
-        reader sees the old or the new version, or (listing the folder at the very
-        moment of the swap) a ``FileNotFoundError`` to retry on, never a mix.
+        A file, or with ``partition_by`` a folder, replaced whole if it exists. Every
+        file is complete the moment it is visible. A file is replaced atomically; a
+        folder by two renames, so a reader listing it at that very moment may get a
+        ``FileNotFoundError`` (retry) or files of both versions (each complete).
     partition_by : str or list of str, optional
         Columns to partition by, Hive style (``host=node1/part-0.parquet``). ``"date"``,
         when there is no such column, is the date of the first datetime column.
@@ -70,7 +71,7 @@ def to_parquet(data: pd.DataFrame | pa.Table, path: str | os.PathLike, *,
     tmp = tempfile.mkdtemp(prefix=".zpandas-", suffix=".tmp", dir=folder)
     try:
         # File names unique to this write: a reader that listed the old folder and
-        # opens a file after the swap gets "not found", never a mix of two versions.
+        # opens a file after the swap gets "not found" rather than another version.
         pq.write_to_dataset(table, tmp, partition_cols=cols,
                             basename_template=f"part-{uuid.uuid4().hex[:12]}-{{i}}.parquet")
         _fsync_tree(tmp)
