@@ -892,7 +892,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
         while True:
             chunks = follower.poll(final=not follow)
             if ckpt and follower.discovered:
-                ckpt.save([(c.key, c.path, c.dev, c.ino, c.head, 0, 1) for c in follower.discovered])
+                ckpt.save(follower.discovered)
             follower.discovered.clear()
             for ch in chunks:
                 source = f"{source_id}/{ch.key}"

@@ -107,9 +107,10 @@ class Follower:
         # the globs is recognized and not read again. (dev, ino) -> (head, offset)
         self._finished: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.lost_truncations = 0
-        #: Incarnations seen for the first time (not resumed), for the checkpoint to
-        #: register before any of their rows leave: their keys must survive a crash.
-        self.discovered: list[Chunk] = []
+        #: Incarnations seen for the first time (not resumed), as checkpoint entries
+        #: ``(key, path, dev, ino, head, offset, line)``, to register before any of
+        #: their rows leave: their keys must survive a crash.
+        self.discovered: list[tuple] = []
 
     @property
     def open_files(self) -> int:
@@ -190,7 +191,7 @@ class Follower:
                 del self._resume[key]
                 break
         else:
-            self.discovered.append(Chunk(c.key, c.path, [], 0, 0, 1, c.head, c.dev, c.ino))
+            self.discovered.append((c.key, c.path, c.dev, c.ino, c.head, 0, 1))
         self._cursors.append(c)
         return c
 
