@@ -178,13 +178,21 @@ def fingerprint(schema: pa.Schema) -> bytes:
 
 def encode_body(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
     """Serialize a table or batch as a complete Arrow IPC stream."""
-    sink = pa.BufferOutputStream()
+    # Written twice: first to count the bytes (no copying), then into a buffer of
+    # exactly that size - a growing buffer would copy the body again as it doubles.
+    size = pa.MockOutputStream()
+    _write_stream(size, data)
+    body = pa.allocate_buffer(size.size())
+    _write_stream(pa.FixedSizeBufferWriter(body), data)
+    return body
+
+
+def _write_stream(sink, data: pa.Table | pa.RecordBatch) -> None:
     with ipc.new_stream(sink, data.schema) as writer:
         if isinstance(data, pa.RecordBatch):
             writer.write_batch(data)
         else:
             writer.write_table(data)
-    return sink.getvalue()
 
 
 def encode(data: pa.Table | pa.RecordBatch | None, *, topic: bytes | str = b"",
