@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--buffer-bytes", type=int, default=256 << 20)
     ap.add_argument("--frame-bytes", type=int, default=4 << 20)
     ap.add_argument("--heartbeat", type=float, default=1.0)
+    ap.add_argument("--linger", type=float, default=10.0)
     ap.add_argument("--wait-for", type=int, default=0)
     ap.add_argument("--go", action="store_true", help="wait for 'go' on stdin before sending")
     ap.add_argument("--hold", action="store_true", help="after --sends, idle until 'stop'")
@@ -50,7 +52,8 @@ def main() -> None:
     stop = threading.Event()
     producer = zp.Producer(args.endpoint, topic=args.topic, name=args.name, policy=args.policy,
                            buffer_bytes=args.buffer_bytes, frame_bytes=args.frame_bytes,
-                           heartbeat=args.heartbeat, wait_for_subscribers=args.wait_for,
+                           heartbeat=args.heartbeat, linger=args.linger,
+                           wait_for_subscribers=args.wait_for,
                            multicast=json.loads(args.multicast) if args.multicast else None)
     print("ready", " ".join(producer.endpoints), flush=True)
     if args.go:
@@ -90,8 +93,11 @@ def main() -> None:
     if args.hold:
         stop.wait()
     stop.set()
+    print("closing", flush=True)
+    t0 = time.monotonic()
     producer.close()
-    print(json.dumps({"rows": sent, "stats": producer.stats()}), flush=True)
+    print(json.dumps({"rows": sent, "stats": producer.stats(), "close_s": time.monotonic() - t0}),
+          flush=True)
     sys.stdout.flush()
     os._exit(0)  # past Arrow's exit-time abort (see zpandas.cli.run)
 

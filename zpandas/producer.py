@@ -124,6 +124,8 @@ class Producer:
         * ``"drop"`` never slows this node: messages for that subscriber are dropped
           (others still get them), and the subscriber reports exactly how many
           messages and rows it missed (``Subscriber.gaps()``). For live monitoring.
+          End-of-stream is the exception: after drops, ``close()`` offers it again
+          until the subscriber acknowledges it, for up to ``linger`` seconds.
 
         A message sent while no subscriber is connected is dropped under both.
     buffer_bytes : int, default 256 MiB
@@ -182,6 +184,9 @@ class Producer:
         self._sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0,
                       "rejects": 0}
         self._handed: dict[str, int] = {}  # source -> end offset handed to the socket
+        self._deadline: float | None = None  # close()'s, for the owner's last messages
+        self._dropped = False  # "drop" had a full subscriber: its pipe may be parked
+        self._eos_acks = 0     # receivers that acknowledged our end-of-stream
         self._monitor: Monitor | None = None
 
         self._ctx = zmq.Context()
@@ -352,7 +357,8 @@ class Producer:
         -------
         dict
             ``messages``, ``rows``, ``bytes``: data sent. ``blocked_s`` and ``waits``:
-            time spent, and times, waiting for a slow subscriber (``policy="block"``).
+            time spent, and times, waiting for a slow subscriber (``policy="block"``,
+            and end-of-stream under either policy).
             ``subscriptions``: subscriptions present now. ``peers``: connections now.
             ``rejects``: unparsable lines sent with :meth:`send_rejects`.
             ``auth_failures``: CURVE handshakes refused.
@@ -376,6 +382,7 @@ class Producer:
             self._closing = True
             jobs = [self._take(t) for t in list(self._pending)]
         deadline = time.monotonic() + (self._linger if timeout is None else timeout)
+        self._deadline = deadline
         try:
             sock = self._push_socket()
             for job in jobs:
@@ -495,12 +502,12 @@ class Producer:
             xpub.maxmsgsize = 64 << 10  # it receives only subscriptions
             # Every subscribe and unsubscribe reaches us, so subscribers can be counted.
             xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
-            if self.policy == "block":
-                # A full subscriber makes send() wait (up to SNDTIMEO, then EAGAIN and we
-                # retry) instead of dropping. Polling for POLLOUT cannot tell: an XPUB is
-                # always writable (libzmq#1597).
-                xpub.setsockopt(zmq.XPUB_NODROP, 1)
-                xpub.sndtimeo = 100
+            # A full subscriber makes send() fail with EAGAIN (a blocking send waits up to
+            # SNDTIMEO) instead of libzmq dropping silently; _send_out then waits
+            # ("block") or drops for that subscriber only ("drop"). Polling for POLLOUT
+            # cannot tell: an XPUB is always writable (libzmq#1597).
+            xpub.setsockopt(zmq.XPUB_NODROP, 1)
+            xpub.sndtimeo = 100
             pull.linger = 0
             pull.bind(self._inproc)
             monitor = self._monitor = Monitor(xpub, threading.current_thread().name)
@@ -596,16 +603,45 @@ class Producer:
                 with self._lock:
                     done = next_ticket == self._tickets
                 if done:
-                    if self.policy == "drop":
-                        # End-of-stream is what collect() waits for: never dropped, even
-                        # under "drop" (waiting at most until close's deadline).
-                        xpub.setsockopt(zmq.XPUB_NODROP, 1)
-                        xpub.sndtimeo = 100
-                    out.extend(self._control(wire.Kind.END_OF_STREAM))
-                    while out:  # close(timeout) ends this with ETERM if it takes too long
-                        self._send_out(xpub, out)
+                    self._end_stream(xpub, poller, monitor)
                     self._drain_multicast(xpub)
                     return
+
+    def _end_stream(self, xpub: zmq.Socket, poller: zmq.Poller, monitor: Monitor) -> None:
+        """Send end-of-stream, never dropped: it is what ``collect()`` waits for.
+
+        It waits for room under either policy (at most until close's deadline, which
+        ends a wait with ETERM). But when libzmq drops a message for a full subscriber
+        ("drop") it parks that subscriber's pipe until its reader has caught up by half
+        the high-water mark, and anything sent meanwhile passes it by without a trace -
+        end-of-stream too, ``XPUB_NODROP`` or not. So after drops end-of-stream is
+        offered again, at growing intervals, until each peer has acknowledged one
+        (zpandas receivers do, upstream: docs/wire.md), or the only peer made a copy
+        wait for room (its pipe is active again and the copy queued behind its
+        backlog), or no peer is left, or close()'s deadline is near. Receivers take
+        repeated end-of-stream messages as one.
+        """
+        interval = 0.05
+        while True:
+            out = collections.deque(self._control(wire.Kind.END_OF_STREAM))
+            waited = False
+            while out:
+                waited |= self._send_out(xpub, out, final=True)
+            if not self._dropped or (waited and monitor.peers == 1):
+                return
+            end = (self._deadline or time.monotonic()) - 0.1
+            deadline = min(end, time.monotonic() + interval)
+            # Read acknowledgements until all peers have sent one, or the interval is over.
+            while (left := deadline - time.monotonic()) > 0 and self._eos_acks < monitor.peers:
+                events = dict(poller.poll(max(1, int(left * 1000))))
+                if xpub in events:
+                    self._read_subscriptions(xpub)
+                if monitor.socket in events:
+                    with self._lock:
+                        monitor.drain()
+            if monitor.peers == 0 or self._eos_acks >= monitor.peers or time.monotonic() >= end:
+                return
+            interval = min(interval * 2, 1.0)
 
     def _drain_multicast(self, xpub: zmq.Socket) -> None:
         """Stay until PGM's rate limiter has sent what was queued, then a bit for repairs.
@@ -635,13 +671,24 @@ class Producer:
                 return
             if not msg or msg[0] not in (0, 1):
                 continue  # not a subscription message
+            if msg[1:].startswith(wire.EOS_ACK_PREFIX):  # not a subscription either
+                if msg[0] == 1 and msg[1:] == wire.eos_ack_topic(self.id):
+                    self._eos_acks += 1
+                continue
             with self._lock:
                 n = self._subscriptions.get(msg[1:], 0) + (1 if msg[0] == 1 else -1)
                 self._subscriptions[msg[1:]] = max(0, n)
                 self._lock.notify_all()
 
-    def _send_out(self, xpub: zmq.Socket, out: collections.deque[_Outgoing]) -> None:
-        """Send queued messages in order until done or a subscriber is full ("block")."""
+    def _send_out(self, xpub: zmq.Socket, out: collections.deque[_Outgoing], *,
+                  final: bool = False) -> bool:
+        """Send queued messages in order, until done or a subscriber is full ("block").
+
+        Under "drop" a message meeting a full subscriber is dropped for that one only;
+        ``final`` messages (end-of-stream) wait for room under either policy. Returns
+        whether any send had to wait.
+        """
+        waited = False
         while out:
             m = out[0]
             topic = bytes(m.topic)
@@ -656,13 +703,27 @@ class Producer:
                 try:
                     xpub.send(f, flags | zmq.NOBLOCK, copy=copy)
                 except zmq.Again:
-                    # A subscriber is full (policy="block"): wait for it, at most SNDTIMEO
-                    # at a time so subscriptions and heartbeats are still served.
+                    if self.policy == "drop" and not final:
+                        # Lossy for this frame only: libzmq delivers it to every
+                        # subscriber with room and drops it for the full ones.
+                        self._dropped = True
+                        xpub.setsockopt(zmq.XPUB_NODROP, 0)
+                        try:
+                            xpub.send(f, flags | zmq.NOBLOCK, copy=copy)
+                        except zmq.Again:
+                            return waited  # not expected when lossy; retried next turn
+                        finally:
+                            xpub.setsockopt(zmq.XPUB_NODROP, 1)
+                        m.sent += 1
+                        continue
+                    # Wait for the full subscriber, at most SNDTIMEO at a time so that
+                    # subscriptions and heartbeats are still served.
+                    waited = True
                     t0 = time.perf_counter()
                     try:
                         xpub.send(f, flags, copy=copy)
                     except zmq.Again:
-                        return
+                        return waited
                     finally:
                         with self._lock:
                             self._sent["waits"] += 1
@@ -681,6 +742,7 @@ class Producer:
             if m.kind in wire.WITH_BODY and m.source and m.end >= 0:
                 with self._lock:
                     self._handed[m.source] = m.end
+        return waited
 
     def _control(self, kind: wire.Kind) -> list[_Outgoing]:
         """End-of-stream or heartbeat messages, one per topic; numbered when sent."""
