@@ -133,9 +133,16 @@ def test_proxy_with_curve_admits_only_known_producers_and_subscribers(keys):
             with zp.Producer(">" + proxy.frontend[0], curve=client, wait_for_subscribers=1,
                              wait_timeout=10) as p:
                 p.send(table(7))
+                # the proxy sees its peers too (its own socket monitor)
+                wait_for(lambda: proxy.stats()["frontend"]["peers"] == 1, what="the producer at the proxy")
+                assert proxy.stats()["backend"]["peers"] == 1
             assert len(sub.collect(producers=1, timeout=10)) == 7
+            wait_for(lambda: proxy.stats()["frontend"]["peers"] == 0, what="the producer gone")
         with zp.Subscriber(">" + proxy.backend[0], curve=curve(folder, "intruder", server_key=folder / "server.key")) as bad:
             wait_for(lambda: bad.stats()["auth_failures"] >= 1, what="the intruder refused by the proxy")
+            # ... and the refusal is counted where it happened
+            wait_for(lambda: proxy.stats()["backend"]["auth_failures"] >= 1, what="the refusal at the proxy")
+        assert proxy.stats()["frontend"]["auth_failures"] == 0
 
 
 def test_max_message_bytes_is_enforced_by_libzmq_per_frame_and_by_us_per_message(caplog):

@@ -1,7 +1,8 @@
 """Connection events of a socket (ZeroMQ's socket monitor), logged and counted.
 
 Used on the thread that owns the socket: the owner polls :attr:`Monitor.socket` with its
-own and calls :meth:`Monitor.drain` when it is readable. Events are logged on the
+own and calls :meth:`Monitor.drain` when it is readable. (The Proxy's sockets are owned
+by libzmq's proxy loop, so a thread of its own does the polling there.) Events are logged on the
 ``zpandas`` logger (INFO for connections, WARNING for failed handshakes), which the CLI
 shows and a notebook can turn on with ``logging.basicConfig(level="INFO")``.
 """
@@ -65,10 +66,15 @@ class Monitor:
             else:
                 log.warning("%s: %s on %s", self._owner, what, endpoint)
 
-    def close(self) -> None:
-        """Stop monitoring and close the event socket (before the owner closes ``sock``)."""
-        try:
-            self._sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
+    def close(self, disable: bool = True) -> None:
+        """Stop monitoring and close the event socket (before the owner closes ``sock``).
+
+        ``disable=False`` only closes the event socket: for a thread that does not own
+        ``sock`` (libzmq stops the monitor itself when ``sock`` closes).
+        """
+        if disable:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
         self.socket.close(linger=0)

@@ -223,10 +223,14 @@ def _proxy(args) -> int:
             time.sleep(args.interval or 3600)
             if args.interval:
                 st = proxy.stats()
+                refused = st['frontend']['auth_failures'] + st['backend']['auth_failures']
                 print(f"proxy: {st['frontend']['messages_received']:,} messages "
                       f"({st['frontend']['bytes_received'] / 1e6:.1f} MB) in, "
                       f"{st['backend']['messages_sent']:,} out "
-                      f"({st['backend']['bytes_sent'] / 1e6:.1f} MB)", flush=True)
+                      f"({st['backend']['bytes_sent'] / 1e6:.1f} MB); "
+                      f"{st['frontend']['peers']} producer and {st['backend']['peers']} "
+                      f"subscriber connections"
+                      + (f", {refused} refused" if refused else ""), flush=True)
 
 
 def _curve_options(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,9 @@ The forwarding is libzmq's own ``zmq_proxy_steerable``, run by pyzmq's
 ``zmq.devices.ThreadProxySteerable`` on a thread of its own (``zpandas-proxy-N``), which
 creates, uses and closes both sockets. :meth:`Proxy.stats` and :meth:`Proxy.close` talk to
 it over its control socket (``STATISTICS`` and ``TERMINATE``); the caller's end of that
-inproc pair is used only under a lock.
+inproc pair is used only under a lock. The sockets' connection events (ZeroMQ's socket
+monitor) are read, logged and counted by a second thread, ``zpandas-proxy-N-monitor``,
+which owns the two event sockets.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Literal
 import zmq
 from zmq.devices import ThreadProxySteerable
 
+from ._monitor import Monitor
 from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
 from .errors import ClosedError
 
@@ -92,6 +95,10 @@ class Proxy:
         self._control = self._ctx.socket(zmq.PAIR)
         self._control.linger = 0
         self._control.connect(self._control_address)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name=f"{self._device.name}-monitor",
+                                         daemon=True)
+        self._watcher.start()
 
     @property
     def frontend(self) -> list[str]:
@@ -116,7 +123,8 @@ class Proxy:
             ``{"frontend": {...}, "backend": {...}}``, each with ``messages_received``,
             ``bytes_received``, ``messages_sent`` and ``bytes_sent``, as libzmq counts
             them (libzmq 4.3.5 counts each of a zpandas message's three parts, 4.3.4 the
-            whole message). Data flows frontend -> backend, subscriptions back.
+            whole message); data flows frontend -> backend, subscriptions back. And
+            ``peers`` (connections now) and ``auth_failures`` (CURVE handshakes refused).
 
         Raises
         ------
@@ -134,8 +142,12 @@ class Proxy:
                 raise TimeoutError(f"the proxy did not answer within {timeout} s")
             reply = self._control.recv_multipart()
         values = [struct.unpack("=Q", v)[0] for v in reply]
-        return {side: dict(zip(_COUNTERS, values[4 * i:4 * i + 4], strict=True))
-                for i, side in enumerate(_SIDES)}
+        out = {side: dict(zip(_COUNTERS, values[4 * i:4 * i + 4], strict=True))
+               for i, side in enumerate(_SIDES)}
+        with self._lock:
+            for side, monitor in self._device.monitors.items():
+                out[side].update(peers=monitor.peers, auth_failures=monitor.auth_failures)
+        return out
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop forwarding and release both sockets. Idempotent."""
@@ -147,10 +159,29 @@ class Proxy:
             self._control.close()
         self._device.join(timeout)
         self._device.stop_auth()
+        self._stop.set()
+        self._watcher.join()
         # A proxy stuck sending to a slow subscriber never reads TERMINATE; terminating
         # the context wakes it (ETERM), and zmq.devices then closes its sockets.
         self._ctx.term()
         self._device.join()
+
+    def _watch(self) -> None:
+        """Log and count both sockets' connection events until close()."""
+        monitors = list(self._device.monitors.values())
+        poller = zmq.Poller()
+        for m in monitors:
+            poller.register(m.socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(100))
+                with self._lock:
+                    for m in monitors:
+                        if m.socket in ready:
+                            m.drain()
+        finally:
+            for m in monitors:
+                m.close(disable=False)  # the proxied sockets belong to the proxy thread
 
     def __enter__(self) -> Proxy:
         return self
@@ -181,6 +212,7 @@ class _Device(ThreadProxySteerable):
         self._curve = curve
         self._max_bytes = max_message_bytes
         self._auth = None
+        self.monitors: dict[str, Monitor] = {}
 
     def stop_auth(self) -> None:
         if self._auth is not None:
@@ -214,6 +246,8 @@ class _Device(ThreadProxySteerable):
         if self._nodrop:
             back.setsockopt(zmq.XPUB_NODROP, 1)
         control.bind(self._control_address)
+        self.monitors = {"frontend": Monitor(front, f"{self.name} frontend"),
+                         "backend": Monitor(back, f"{self.name} backend")}
         self._auth = secure(front, ctx, self._curve, self._endpoints["frontend"])
         secure(back, ctx, self._curve, self._endpoints["backend"], auth=self._auth)
         self.resolved["frontend"] = attach(front, self._endpoints["frontend"])
@@ -225,6 +259,8 @@ class _Device(ThreadProxySteerable):
             front, back, _, control = self._setup_sockets()
         except Exception as e:  # e.g. a port in use: re-raised by Proxy()
             self.error = e
+            for m in self.monitors.values():
+                m.close()
             self.started.set()
             return
         self.started.set()
