@@ -142,14 +142,47 @@ def test_same_columns_in_another_order_are_aligned(tmp_path):
     assert pa.concat_tables(tables).to_pydict() == {"x": [1, 2], "y": ["a", "b"]}
 
 
-def test_types_are_fixed_after_the_first_block_and_a_misfit_is_named(tmp_path):
+def test_a_later_value_that_does_not_fit_widens_its_column_as_pandas_would(tmp_path, caplog):
     path = tmp_path / "drift.csv"
-    path.write_text("n\n" + "1\n" * 50 + "oops\n")
+    # typed by the first block: n int64, f int64, t timestamp; later blocks do not fit
+    path.write_text("n,f,t\n" + "1,2,2026-01-01T00:00:00Z\n" * 50
+                    + "3,2.5,2026-01-01T00:00:00Z\n" + "oops,4,not a time\n" + "5,6,\n")
+    reader = CsvReader(block_size=40)
+    tables = [b.table for b in reader.read(path)]
+    assert sorted(reader.widened) == ["'f' int64 -> double", "'n' int64 -> string",
+                                      "'t' timestamp[s, tz=UTC] -> string"]
+    assert any("widened column" in r.getMessage() for r in caplog.records)
+    got = zp._tables.concat(tables).to_pandas()
+    want = pd.read_csv(path, dtype={"n": str, "t": str})
+    assert got["f"].tolist() == want["f"].tolist()  # 2.0 ... 2.5, 4.0, 6.0
+    assert got["n"].tolist() == want["n"].tolist()  # "1" ... "3", "oops", "5"
+    assert got["t"].iloc[-2] == "not a time" and pd.isna(got["t"].iloc[-1])
+    # a type given up front never changes: a misfit is named, with the way out
     with pytest.raises(zp.SourceError, match=r"drift\.csv: bytes \d+-\d+: .*oops"):
-        list(CsvReader(block_size=20).read(path))
-    # the same file with the type given up front
-    blocks = list(CsvReader(schema={"n": pa.string()}, block_size=20).read(path))
-    assert sum(b.table.num_rows for b in blocks) == 51
+        list(CsvReader(schema={"n": pa.int64()}, block_size=40).read(path))
+
+
+def test_concat_unifies_tables_as_pandas_concat_would():
+    from zpandas._tables import concat
+    a = pa.table({"n": [1, 2], "s": ["x", "y"], "only_a": [True, False]})
+    b = pa.table({"n": [2.5], "s": [3]})
+    c = pa.table({"n": [4], "s": pa.array([None], pa.string())})
+    got = concat([a, b, c])
+    assert got.schema.field("n").type == pa.float64()                 # promoted
+    assert got.column("s").to_pylist() == ["x", "y", "3", None]       # irreconcilable: text
+    assert got.column("only_a").to_pylist() == [True, False, None, None]  # missing: null
+    assert concat([a]) is a and concat([]).num_rows == 0
+
+
+def test_type_drift_arrives_whole_at_the_subscriber(tmp_path):
+    path = tmp_path / "drift.csv"
+    path.write_text("id,x\n" + "".join(f"{i},{i}\n" for i in range(2000)) + "2000,unknown\n")
+    with zp.Subscriber(LOCAL) as sub:
+        result = zp.publish_files(path, sub.endpoints, wait_for_subscribers=1, block_size=1000)
+        df = sub.collect(producers=1, timeout=30)
+    assert result["widened"] == ["'x' int64 -> string"]
+    assert df["id"].tolist() == list(range(2001))
+    assert df["x"].tolist() == [str(i) for i in range(2000)] + ["unknown"]
 
 
 def test_a_column_empty_in_the_first_block_accepts_later_values(tmp_path):

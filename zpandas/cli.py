@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
+
 from . import __version__
 from .errors import ZpandasError
 
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-bytes", type=int, default=4 << 20, metavar="BYTES",
                    help="rows are coalesced into frames of about this size (default 4 MiB)")
     p.add_argument("--delimiter", default=",")
+    p.add_argument("--schema", action="append", type=_column_type, metavar="NAME=TYPE",
+                   help="whole CSV files: a column's type (string, int64, float64, bool, "
+                        "timestamp[ms], ...); repeatable. Others are inferred")
     p.add_argument("-f", "--format", default="csv",
                    help="csv (default), jsonl, combined/nginx/apache, syslog, syslog5424, "
                         "or 'regex:<pattern with named groups>'")
@@ -151,12 +156,25 @@ def _publish(args) -> int:
                            wait_timeout=args.wait_timeout, block_size=args.block_size,
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,
                            policy=args.policy, buffer_bytes=args.buffer_bytes,
-                           curve=_curve(args), progress=not args.quiet and not args.follow)
+                           curve=_curve(args), progress=not args.quiet and not args.follow,
+                           schema=dict(args.schema) if args.schema else None)
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
+        widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""
         print(f"published {result['rows']:,} rows from {result['files']} files "
-              f"({result['bytes'] / 1e6:.1f} MB){rejects}", file=sys.stderr)
+              f"({result['bytes'] / 1e6:.1f} MB){rejects}{widened}", file=sys.stderr)
     return 0
+
+
+def _column_type(text: str) -> tuple[str, pa.DataType]:
+    name, sep, kind = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=TYPE, not {text!r}")
+    try:
+        return name, pa.type_for_alias(kind.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown type {kind!r} (string, int64, float64, "
+                                         f"bool, timestamp[ms], date32, ...)") from None
 
 
 def _subscribe(args) -> int:

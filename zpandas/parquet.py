@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._tables import concat
+
 __all__ = ["to_parquet", "ParquetSink", "provenance_of"]
 
 
@@ -141,7 +143,7 @@ class ParquetSink:
         """Write whatever is buffered to a new file now."""
         if not self._tables:
             return None
-        table = pa.concat_tables(self._tables, promote_options="permissive")
+        table = concat(self._tables)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         path = os.path.join(self.folder, f"part-{stamp}-{len(self.files):05d}.parquet")
         to_parquet(table, path, provenance=self._provenance() if self._provenance else None)

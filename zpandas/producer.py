@@ -842,7 +842,9 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         ``"syslog"`` (RFC 3164), ``"syslog5424"``), or ``"regex:<pattern>"`` with named
         groups. Lines that do not parse are sent as rejects (``Subscriber.rejects()``).
     schema : pyarrow.Schema or dict of column name to type, optional
-        CSV column types; the rest are inferred from the first block, then fixed.
+        Whole CSV files: column types. The rest are inferred from the first block; a
+        later value that does not fit widens its column (int64 to float64, or to
+        string), with a warning on the ``zpandas`` logger.
     delimiter : str, default ","
     follow : bool, default False
         Keep reading as the files grow, rotate or appear, until ``stop`` is set or
@@ -870,17 +872,22 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     Returns
     -------
     dict
-        ``files``, ``rows``, ``bytes`` published, and ``rejects``.
+        ``files``, ``rows``, ``bytes`` published, ``rejects``, and ``widened`` (whole CSV
+        files: the columns whose types were widened, e.g. ``["'x' int64 -> double"]``).
 
     Raises
     ------
     SchemaMismatchError
         Whole CSV files: a file's columns differ from the first file's.
     SourceError
-        Whole CSV files: a value does not fit its column's type.
+        Whole CSV files: a value does not fit a type given in ``schema``, or the file
+        cannot be parsed.
     """
     own = not isinstance(endpoint, Producer)
     lines = format != "csv" or follow or checkpoint is not None or multiline is not None
+    if lines and schema is not None:
+        raise ValueError("schema= applies to whole CSV files; following, checkpoints and line "
+                         "formats infer types from the first records")
     files = [] if follow else expand_paths(paths)
     producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
     try:
@@ -914,7 +921,8 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
                 bar.update(block.end - done)
                 done = block.end
             bar.update(os.path.getsize(path) - done)
-    return {"files": len(files), "rows": rows, "bytes": total, "rejects": 0}
+    return {"files": len(files), "rows": rows, "bytes": total, "rejects": 0,
+            "widened": reader.widened}
 
 
 def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow: bool,
@@ -996,6 +1004,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
             ckpt.close()
     out["files"] = len(seen)
     out["lost_truncations"] = follower.lost_truncations
+    out["widened"] = []  # line formats turn values that do not fit into rejects
     return out
 
 

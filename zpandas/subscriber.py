@@ -29,6 +29,7 @@ import zmq
 
 from . import wire
 from ._batcher import MicroBatcher
+from ._tables import concat
 from ._monitor import Monitor
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, Record, get_format
@@ -249,7 +250,7 @@ class Subscriber:
             self._check_error()
             tables = [t for _, t in self._retained]
         self._warn_new_losses()
-        table = _concat(tables)
+        table = concat(tables)
         if last is not None and table.num_rows > last:
             table = table.slice(table.num_rows - last)
         return table.to_pandas()
@@ -299,7 +300,7 @@ class Subscriber:
         if evicted:
             warnings.warn(f"{evicted} rows were evicted by retain={self._retain} and are "
                           "missing from the result", DataLossWarning, stacklevel=2)
-        return _concat(tables).to_pandas()
+        return concat(tables).to_pandas()
 
     def to_parquet(self, path, *, partition_by=None) -> str:
         """Write :meth:`frame` to Parquet atomically, with provenance in its metadata.
@@ -712,13 +713,3 @@ _REJECTS_KEPT = 100_000
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
                      "finished", "alive", "sources"]
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    if not tables:
-        return pa.table({})
-    if len(tables) == 1:
-        return tables[0]
-    # Tables from different files or producers may differ slightly (an int column that
-    # is float elsewhere, a missing column): unify like pandas.concat would.
-    return pa.concat_tables(tables, promote_options="permissive")

@@ -5,8 +5,10 @@ record only outside quotes), and each block is parsed by ``pyarrow.csv``. Knowin
 each block starts and ends in the file is what lets a header say which bytes a frame
 holds - and lets a follower resume at a record boundary.
 
-Column types are inferred from the first block and then fixed (or given by the caller),
-so every table of a stream has the same schema.
+Column types are inferred from the first block and then kept (or given by the caller),
+so tables of a stream share one schema - until a later value does not fit an inferred
+type: that column is then widened (int64 to float64, anything else to string) from that
+block on, as pandas would type the whole column, and receivers unify the two.
 
 Parsing is single-threaded on purpose: a producer runs beside the job that writes its
 files, and Arrow's threaded reader spends a third more CPU for its speed-up. Whole
@@ -16,6 +18,7 @@ unnecessary work, but it stays on: a record may still span Arrow's internal bloc
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ import pyarrow.csv as pacsv
 from ..errors import SchemaMismatchError, SourceError
 
 __all__ = ["CsvReader", "Block", "first_record_end", "last_record_end"]
+
+log = logging.getLogger("zpandas")
 
 _BOM = b"\xef\xbb\xbf"
 _BLANK = re.compile(rb"\s*")
@@ -106,6 +111,7 @@ class CsvReader:
         self.block_size = block_size
         self.schema: pa.Schema | None = None
         self._schema_from: str | None = None
+        self.widened: list[str] = []  # "'col' int64 -> double", as types were widened
 
     def read(self, path: str | os.PathLike) -> Iterator[Block]:
         """Yield the blocks of one file, in order; an empty file yields nothing.
@@ -180,12 +186,56 @@ class CsvReader:
             table = table.select(self.schema.names)  # same columns, another order
         return table
 
-    def _convert(self, path: str, chunk: bytes, offset: int,
-                 read: pacsv.ReadOptions) -> pa.Table:
-        types = self._given if self.schema is None else {f.name: f.type for f in self.schema}
+    def _convert(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> pa.Table:
+        while True:
+            types = self._given if self.schema is None else {f.name: f.type for f in self.schema}
+            try:
+                return self._parse_block(chunk, read, types)
+            except pa.ArrowInvalid as e:
+                error = e
+            # After widening, what is left is a malformed block or a misfit of a given type.
+            if self.schema is None or not self._widen(path, chunk, offset, read):
+                raise SourceError(f"{path}: bytes {offset}-{offset + len(chunk)}: {error}") from error
+
+    def _parse_block(self, chunk, read: pacsv.ReadOptions, types: Mapping) -> pa.Table:
         convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+        return pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
+                              parse_options=self._parse, convert_options=convert)
+
+    def _widen(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> bool:
+        """Widen the inferred types that this block's values do not fit; False if none.
+
+        A column typed int64 by the first block that later holds ``3.5`` becomes
+        float64, one that later holds ``n/a`` becomes string - as pandas would type the
+        whole column. Rows already sent keep their type; receivers unify the two (see
+        ``zpandas._tables.concat``). Types given by the caller never change.
+        """
         try:
-            return pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
-                                  parse_options=self._parse, convert_options=convert)
-        except pa.ArrowInvalid as e:
-            raise SourceError(f"{path}: bytes {offset}-{offset + len(chunk)}: {e}") from e
+            inferred = self._parse_block(chunk, read, self._given).schema
+        except pa.ArrowInvalid:
+            return False  # not a type drift: a malformed block, or a given type misfits
+        fields, changed = [], []
+        for f in self.schema:
+            new = f.type
+            if f.name not in self._given and f.name in inferred.names:
+                new = _supertype(f.type, inferred.field(f.name).type)
+            if new != f.type:
+                changed.append(f"{f.name!r} {f.type} -> {new}")
+            fields.append(pa.field(f.name, new))
+        if not changed:
+            return False
+        self.schema = pa.schema(fields)
+        self.widened += changed
+        log.warning("%s: bytes %d-%d: values that do not fit the types inferred from the first "
+                    "block; widened column %s", path, offset, offset + len(chunk), ", ".join(changed))
+        return True
+
+
+def _supertype(fixed: pa.DataType, seen: pa.DataType) -> pa.DataType:
+    """The narrowest type holding values of both: int64, float64, or else string."""
+    if fixed == seen or pa.types.is_null(seen):
+        return fixed
+    numbers = (pa.types.is_integer, pa.types.is_floating)
+    if all(any(t(x) for t in numbers) for x in (fixed, seen)):
+        return pa.int64() if all(pa.types.is_integer(x) for x in (fixed, seen)) else pa.float64()
+    return pa.string()

@@ -1,0 +1,44 @@
+"""Concatenating Arrow tables whose schemas drifted apart, as ``pandas.concat`` would."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate ``tables``, unifying their schemas.
+
+    Tables from different files or producers may differ: a column missing in some
+    (null there), int64 in one and float64 in another (float64), or types no promotion
+    reconciles, such as a CSV column that turned from numbers to text mid-file. Those
+    become text, as pandas would give them object dtype.
+    """
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    types: dict[str, set[pa.DataType]] = {}
+    for t in tables:
+        for f in t.schema:
+            types.setdefault(f.name, set()).add(f.type)
+    text = {name for name, ts in types.items() if len(ts) > 1 and not _promotable(ts)}
+    return pa.concat_tables([_as_text(t, text) for t in tables], promote_options="permissive")
+
+
+def _promotable(types: set[pa.DataType]) -> bool:
+    try:
+        pa.unify_schemas([pa.schema([("c", t)]) for t in types], promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return False
+    return True
+
+
+def _as_text(table: pa.Table, names: set[str]) -> pa.Table:
+    for i, f in enumerate(table.schema):
+        if f.name in names and not pa.types.is_string(f.type):
+            table = table.set_column(i, pa.field(f.name, pa.string()), table.column(i).cast(pa.string()))
+    return table
