@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import threading
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -94,10 +93,8 @@ def main() -> None:
         stop.wait()
     stop.set()
     print("closing", flush=True)
-    t0 = time.monotonic()
     producer.close()
-    print(json.dumps({"rows": sent, "stats": producer.stats(), "close_s": time.monotonic() - t0}),
-          flush=True)
+    print(json.dumps({"rows": sent, "stats": producer.stats()}), flush=True)
     sys.stdout.flush()
     os._exit(0)  # past Arrow's exit-time abort (see zpandas.cli.run)
 

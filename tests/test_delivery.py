@@ -112,14 +112,14 @@ def test_drop_an_overloaded_subscriber_stays_bounded_and_reports_every_dropped_r
 
 def test_drop_end_of_stream_reaches_a_subscriber_that_was_dropped_for(streamers):
     # libzmq parks the pipe of a subscriber it dropped for, and anything sent while it is
-    # parked passes it by - end-of-stream too. The producer re-sends end-of-stream until
-    # the subscriber acknowledges it, so collect() ends instead of waiting forever.
+    # parked passes it by - end-of-stream too. The producer offers end-of-stream again
+    # while closing, so collect() ends instead of waiting forever.
     with zp.Subscriber(LOCAL, policy="block", buffer_bytes=1 << 20, batch_rows=10_000) as sub:
         with pytest.raises(TimeoutError):
             sub.get(timeout=0)  # consuming: from now on a full queue stops the reading
         p = streamers.start(">" + sub.endpoints[0], "--rows", "20000", "--sends", "200",
                             "--frame-bytes", "100000", "--buffer-bytes", "1000000",
-                            "--policy", "drop", "--wait-for", "1", "--linger", "60")
+                            "--policy", "drop", "--wait-for", "1", "--linger", "5")
         # it sends everything (dropping for us: we read nothing) and starts closing
         assert p.stdout.readline().strip() == "closing"
         with warnings.catch_warnings():
@@ -132,8 +132,6 @@ def test_drop_end_of_stream_reaches_a_subscriber_that_was_dropped_for(streamers)
     assert stats["missed_rows"] > 0, "nothing was dropped: the scenario did not happen"
     assert stats["rows"] + stats["missed_rows"] == result["rows"] == 4_000_000
     assert len(df) == stats["rows"]
-    # it ended on the acknowledgement, not by running out its 60 s linger
-    assert result["close_s"] < 30, result
 
 
 # -- restarts and late joiners ---------------------------------------------------------

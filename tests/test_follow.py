@@ -102,6 +102,9 @@ def test_kill_9_three_times_and_restart_every_line_once(tmp_path, procs):
                 p = producer()
             assert writer.stdout.readline().strip() == "done"
             wait_for(lambda: len(ids(sub)) >= lines, timeout=60, what="every line")
+            # the last run may have had nothing left to send: wait until it is up (its
+            # heartbeats), so that SIGTERM meets its handler, not a process still starting
+            wait_for(lambda: len(sub.stats()["producers"]) == 4, timeout=30, what="the last run")
             p.send_signal(signal.SIGTERM)
             assert p.wait(30) == 0
         finally:

@@ -125,7 +125,7 @@ class Producer:
           (others still get them), and the subscriber reports exactly how many
           messages and rows it missed (``Subscriber.gaps()``). For live monitoring.
           End-of-stream is the exception: after drops, ``close()`` offers it again
-          until the subscriber acknowledges it, for up to ``linger`` seconds.
+          while the subscriber is connected, for up to ``linger`` seconds.
 
         A message sent while no subscriber is connected is dropped under both.
     buffer_bytes : int, default 256 MiB
@@ -186,7 +186,6 @@ class Producer:
         self._handed: dict[str, int] = {}  # source -> end offset handed to the socket
         self._deadline: float | None = None  # close()'s, for the owner's last messages
         self._dropped = False  # "drop" had a full subscriber: its pipe may be parked
-        self._eos_acks = 0     # receivers that acknowledged our end-of-stream
         self._monitor: Monitor | None = None
 
         self._ctx = zmq.Context()
@@ -614,12 +613,15 @@ class Producer:
         ends a wait with ETERM). But when libzmq drops a message for a full subscriber
         ("drop") it parks that subscriber's pipe until its reader has caught up by half
         the high-water mark, and anything sent meanwhile passes it by without a trace -
-        end-of-stream too, ``XPUB_NODROP`` or not. So after drops end-of-stream is
-        offered again, at growing intervals, until each peer has acknowledged one
-        (zpandas receivers do, upstream: docs/wire.md), or the only peer made a copy
-        wait for room (its pipe is active again and the copy queued behind its
-        backlog), or no peer is left, or close()'s deadline is near. Receivers take
-        repeated end-of-stream messages as one.
+        end-of-stream too, ``XPUB_NODROP`` or not - and nothing tells when the pipe is
+        back. So after drops end-of-stream is offered again, at growing intervals (up to
+        1 s), until the only peer made a copy wait for room (its pipe is active again
+        and the copy is queued behind its backlog), no peer is left, or close()'s
+        deadline is near. Receivers take repeated end-of-stream messages as one.
+
+        (Receivers acknowledging end-of-stream upstream would end this sooner, but any
+        message reaching a producer as it closes its TCP connection makes the kernel
+        reset that connection, and the reset discards what the producer sent last.)
         """
         interval = 0.05
         while True:
@@ -631,15 +633,14 @@ class Producer:
                 return
             end = (self._deadline or time.monotonic()) - 0.1
             deadline = min(end, time.monotonic() + interval)
-            # Read acknowledgements until all peers have sent one, or the interval is over.
-            while (left := deadline - time.monotonic()) > 0 and self._eos_acks < monitor.peers:
+            while (left := deadline - time.monotonic()) > 0 and monitor.peers:
                 events = dict(poller.poll(max(1, int(left * 1000))))
                 if xpub in events:
                     self._read_subscriptions(xpub)
                 if monitor.socket in events:
                     with self._lock:
                         monitor.drain()
-            if monitor.peers == 0 or self._eos_acks >= monitor.peers or time.monotonic() >= end:
+            if monitor.peers == 0 or time.monotonic() >= end:
                 return
             interval = min(interval * 2, 1.0)
 
@@ -671,10 +672,6 @@ class Producer:
                 return
             if not msg or msg[0] not in (0, 1):
                 continue  # not a subscription message
-            if msg[1:].startswith(wire.EOS_ACK_PREFIX):  # not a subscription either
-                if msg[0] == 1 and msg[1:] == wire.eos_ack_topic(self.id):
-                    self._eos_acks += 1
-                continue
             with self._lock:
                 n = self._subscriptions.get(msg[1:], 0) + (1 if msg[0] == 1 else -1)
                 self._subscriptions[msg[1:]] = max(0, n)

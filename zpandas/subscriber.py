@@ -178,7 +178,6 @@ class Subscriber:
         self._monitor: Monitor | None = None
         self._aggregations: list[Aggregation] = []
         self._dedup: dict[str, int] = {}          # source -> end offset of rows received
-        self._eos_seen: list[bytes] = []          # producers whose end-of-stream to acknowledge
         self._rejects: collections.deque[pa.Table] = collections.deque()
         self._rejects_kept = 0
         self._error: BaseException | None = None
@@ -531,10 +530,6 @@ class Subscriber:
                     if table is not None:
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
-                while self._eos_seen:  # upstream, to the producer (see docs/wire.md)
-                    ack = wire.eos_ack_topic(self._eos_seen.pop())
-                    sock.subscribe(ack)
-                    sock.unsubscribe(ack)
             for batch in batcher.due(time.monotonic()):
                 self._enqueue(batch)
 
@@ -575,8 +570,6 @@ class Subscriber:
                 s.next_seq = h.seq + is_data
                 s.next_total = h.total + (h.rows if is_data else 0)
             if h.kind is wire.Kind.END_OF_STREAM:
-                if not s.finished:
-                    self._eos_seen.append(h.producer)  # acknowledged by _loop
                 s.finished = True
                 self._cond.notify_all()
                 return None

@@ -66,15 +66,6 @@ class Kind(enum.IntEnum):
 #: Kinds whose body is an Arrow IPC stream.
 WITH_BODY = (Kind.DATA, Kind.REJECTS)
 
-# Upstream, a receiver acknowledges an end-of-stream by subscribing to (and at once
-# unsubscribing from) this prefix plus the producer's id in hex; see docs/wire.md.
-EOS_ACK_PREFIX = b"\xffzpandas-eos/"
-
-
-def eos_ack_topic(producer: bytes) -> bytes:
-    """The subscription with which a receiver acknowledges ``producer``'s end-of-stream."""
-    return EOS_ACK_PREFIX + producer.hex().encode()
-
 
 @dataclass(frozen=True)
 class Header:
