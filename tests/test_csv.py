@@ -134,6 +134,34 @@ def test_a_file_with_other_columns_is_named(tmp_path):
         list(reader.read(tmp_path / "b.csv"))
 
 
+def test_header_names_are_made_unique_as_pandas_does(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text('\n\na,a,,"b"\n1,2,3,4\n')  # empty lines before the header, too
+    blocks = list(CsvReader().read(path))
+    assert blocks[0].table.column_names == pd.read_csv(path).columns.tolist() \
+        == ["a", "a.1", "Unnamed: 2", "b"]
+    assert blocks[0].table.to_pylist() == [{"a": 1, "a.1": 2, "Unnamed: 2": 3, "b": 4}]
+    assert path.read_bytes()[blocks[0].start:blocks[0].end] == b"1,2,3,4\n"
+
+
+def test_line_mode_csv_makes_header_names_unique_too(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("a,a,,b\n1,2,3,4\n")
+    with zp.Subscriber(LOCAL) as sub:  # a checkpoint reads CSV record by record
+        zp.publish_files(path, sub.endpoints, checkpoint=tmp_path / "ck.db", wait_for_subscribers=1)
+        df = sub.collect(producers=1, timeout=10)
+    assert df.drop(columns="_offset").to_dict("records") == [{"a": 1, "a.1": 2, "Unnamed: 2": 3, "b": 4}]
+
+
+def test_a_header_only_file_with_other_columns_is_named_too(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "b.csv").write_text("x,z\n")
+    reader = CsvReader()
+    list(reader.read(tmp_path / "a.csv"))
+    with pytest.raises(zp.SchemaMismatchError, match=r"b\.csv: columns \['x', 'z'\]"):
+        list(reader.read(tmp_path / "b.csv"))
+
+
 def test_same_columns_in_another_order_are_aligned(tmp_path):
     (tmp_path / "a.csv").write_text("x,y\n1,a\n")
     (tmp_path / "b.csv").write_text("y,x\nb,2\n")

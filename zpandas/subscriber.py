@@ -29,8 +29,8 @@ import zmq
 
 from . import wire
 from ._batcher import MicroBatcher
-from ._tables import concat
 from ._monitor import Monitor
+from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, Record, get_format
 from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure

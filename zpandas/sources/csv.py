@@ -30,12 +30,13 @@ import pyarrow.csv as pacsv
 
 from ..errors import SchemaMismatchError, SourceError
 
-__all__ = ["CsvReader", "Block", "first_record_end", "last_record_end"]
+__all__ = ["CsvReader", "Block", "first_record_end", "last_record_end", "unique_names"]
 
 log = logging.getLogger("zpandas")
 
 _BOM = b"\xef\xbb\xbf"
 _BLANK = re.compile(rb"\s*")
+_EMPTY_LINES = re.compile(rb"[\r\n]*")
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,39 @@ def last_record_end(buf, quote: bytes | None = b'"', end: int | None = None) -> 
     return nl + 1
 
 
-def first_record_end(buf, quote: bytes | None = b'"', end: int | None = None) -> int:
-    """Offset just past the first newline of ``buf[:end]`` that ends a record, or 0 if none."""
+def first_record_end(buf, quote: bytes | None = b'"', end: int | None = None, *,
+                     start: int = 0) -> int:
+    """Offset just past the first newline of ``buf[start:end]`` that ends a record, or 0.
+
+    ``start`` must be at a record boundary; the offset returned is one of ``buf``.
+    """
     end = len(buf) if end is None else end
-    nl = buf.find(b"\n", 0, end)
-    quotes = 0 if quote is None else buf.count(quote, 0, max(nl, 0))
+    nl = buf.find(b"\n", start, end)
+    quotes = 0 if quote is None else buf.count(quote, start, max(nl, start))
     while nl >= 0 and quotes % 2:
         nxt = buf.find(b"\n", nl + 1, end)
         if nxt >= 0:
             quotes += buf.count(quote, nl, nxt)
         nl = nxt
     return nl + 1
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique as ``pandas.read_csv`` does: ``a, a`` -> ``a, a.1``.
+
+    An empty name becomes ``Unnamed: <position>``.
+    """
+    out: list[str] = []
+    taken = set()
+    for i, name in enumerate(names):
+        name = name or f"Unnamed: {i}"
+        new, n = name, 0
+        while new in taken:
+            n += 1
+            new = f"{name}.{n}"
+        out.append(new)
+        taken.add(new)
+    return out
 
 
 class CsvReader:
@@ -140,32 +163,45 @@ class CsvReader:
                     n = f.readinto(view[filled:filled + self.block_size])
                 eof = n == 0
                 filled += n
-                skip = len(_BOM) if offset == 0 and buf.startswith(_BOM) else 0
+                start = len(_BOM) if offset == 0 and buf.startswith(_BOM) else 0
                 cut = filled if eof else last_record_end(buf, self._quote, filled)
-                if cut <= skip:
+                if cut <= start:
                     continue  # no complete record yet: read on
-                chunk = memoryview(buf)[skip:cut]
-                try:
-                    if names is None:
-                        if _BLANK.fullmatch(chunk):
-                            return  # an empty file, or only blank lines
-                        table = self._convert(path, chunk, offset + skip,
-                                              pacsv.ReadOptions(use_threads=False))
-                        names = table.column_names
-                        header_end = first_record_end(buf, self._quote, cut) - skip
-                        start = offset + skip + (header_end if header_end > 0 else len(chunk))
-                    else:
-                        table = self._convert(path, chunk, offset + skip, pacsv.ReadOptions(
-                            column_names=names, use_threads=False))
-                        start = offset + skip
-                finally:
-                    chunk.release()  # lets buf grow again
-                table = self._conform(path, table)
-                if table.num_rows:
-                    yield Block(path, start, offset + cut, table)
+                if names is None:
+                    if _BLANK.fullmatch(buf, start, cut):
+                        return  # an empty file, or only blank lines
+                    lead = _EMPTY_LINES.match(buf, start, cut).end()  # skipped, as by Arrow
+                    start = first_record_end(buf, self._quote, cut, start=lead) or cut
+                    names = self._header(path, buf, lead, start, offset)
+                    self._check_names(path, names)
+                if not _EMPTY_LINES.fullmatch(buf, start, cut):
+                    table = self._conform(path, self._rows(path, buf, start, cut, offset, names))
+                    if table.num_rows:
+                        yield Block(path, offset + start, offset + cut, table)
                 buf[:filled - cut] = buf[cut:filled]  # the partial record moves to the front
                 filled -= cut
                 offset += cut
+
+    def _header(self, path: str, buf: bytearray, start: int, end: int, offset: int) -> list[str]:
+        """Column names from the header record in ``buf[start:end]``, made unique."""
+        header = memoryview(buf)[start:end]
+        try:
+            names = pacsv.read_csv(pa.py_buffer(header), parse_options=self._parse,
+                                   read_options=pacsv.ReadOptions(use_threads=False)).column_names
+        except pa.ArrowInvalid as e:
+            raise SourceError(f"{path}: header at bytes {offset + start}-{offset + end}: {e}") from e
+        finally:
+            header.release()  # lets buf grow again
+        return unique_names(names)
+
+    def _rows(self, path: str, buf: bytearray, start: int, end: int, offset: int,
+              names: list[str]) -> pa.Table:
+        chunk = memoryview(buf)[start:end]
+        try:
+            return self._convert(path, chunk, offset + start,
+                                 pacsv.ReadOptions(column_names=names, use_threads=False))
+        finally:
+            chunk.release()
 
     def _conform(self, path: str, table: pa.Table) -> pa.Table:
         """Check ``table`` against the fixed schema, or fix the schema from it."""
@@ -179,12 +215,14 @@ class CsvReader:
             self._schema_from = path
             return table.cast(self.schema)
         if table.column_names != self.schema.names:
-            if sorted(table.column_names) != sorted(self.schema.names):
-                raise SchemaMismatchError(
-                    f"{path}: columns {table.column_names} do not match {self.schema.names} "
-                    f"(fixed by {self._schema_from})")
+            self._check_names(path, table.column_names)
             table = table.select(self.schema.names)  # same columns, another order
         return table
+
+    def _check_names(self, path: str, names: list[str]) -> None:
+        if self.schema is not None and sorted(names) != sorted(self.schema.names):
+            raise SchemaMismatchError(f"{path}: columns {names} do not match {self.schema.names} "
+                                      f"(fixed by {self._schema_from})")
 
     def _convert(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> pa.Table:
         while True:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
+from .csv import unique_names
+
 __all__ = ["Record", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS", "get_format",
            "group_multiline", "join_records", "REJECT_SCHEMA"]
 
@@ -231,8 +233,8 @@ class CsvLines(LineFormat):
         names = self.names or self.header.get(file)
         if names is None and records:
             first, *records = records
-            names = self.header[file] = next(csv.reader([first.raw.decode("utf-8-sig", "replace")],
-                                                        delimiter=self.delimiter))
+            names = self.header[file] = unique_names(next(csv.reader(
+                [first.raw.decode("utf-8-sig", "replace")], delimiter=self.delimiter)))
         self._names = names
         return super().parse(records, file)
 
