@@ -36,6 +36,18 @@ def test_round_trip_one_file_with_provenance(tmp_path):
     assert os.listdir(tmp_path) == ["rows.parquet"]  # no temporary file left
 
 
+def test_files_get_the_usual_permissions_not_private_ones(tmp_path):
+    umask = os.umask(0o022)  # a known umask, restored below
+    try:
+        file = zp.to_parquet(frame(10), tmp_path / "rows.parquet")
+        folder = zp.to_parquet(frame(10), tmp_path / "parts", partition_by="host")
+    finally:
+        os.umask(umask)
+    # as pandas.to_parquet's would be: others may read what was exported
+    assert os.stat(file).st_mode & 0o777 == 0o644
+    assert os.stat(folder).st_mode & 0o777 == 0o755
+
+
 @pytest.mark.parametrize("by", [["host"], ["date"], ["host", "metric"]])
 def test_round_trip_partitioned(tmp_path, by):
     df = frame(10_000)

@@ -357,7 +357,7 @@ def _demo(args) -> int:
     ax.set_ylabel("cpu %")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = os.path.join(args.out, "cpu_by_host.png")
+    png = os.path.abspath(os.path.join(args.out, "cpu_by_host.png"))
     fig.savefig(png, dpi=110)
     plt.close(fig)
     print(f"\nwrote {parquet}\nwrote {rows}\nwrote {png}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 
@@ -58,7 +57,10 @@ def to_parquet(data: pd.DataFrame | pa.Table, path: str | os.PathLike, *,
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     if not partition_by:
-        fd, tmp = tempfile.mkstemp(prefix=".zpandas-", suffix=".parquet.tmp", dir=folder)
+        # Not mkstemp: its files are private (0600); this one gets the mode any new file
+        # would (0666 less the umask), like pandas' to_parquet.
+        tmp = os.path.join(folder, f".zpandas-{uuid.uuid4().hex}.parquet.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 pq.write_table(table, f)
@@ -70,7 +72,8 @@ def to_parquet(data: pd.DataFrame | pa.Table, path: str | os.PathLike, *,
             raise
         return path
     cols = [partition_by] if isinstance(partition_by, str) else list(partition_by)
-    tmp = tempfile.mkdtemp(prefix=".zpandas-", suffix=".tmp", dir=folder)
+    tmp = os.path.join(folder, f".zpandas-{uuid.uuid4().hex}.tmp")
+    os.mkdir(tmp)  # 0777 less the umask (mkdtemp's would be private)
     try:
         # File names unique to this write: a reader that listed the old folder and
         # opens a file after the swap gets "not found" rather than another version.
