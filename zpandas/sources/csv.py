@@ -113,8 +113,9 @@ class CsvReader:
     Parameters
     ----------
     schema : pyarrow.Schema or mapping of column name to type, optional
-        Types for some or all columns; the rest are inferred from the first block of
-        the first file and then fixed.
+        Types for some or all columns. The rest are inferred from the first block of
+        the first file and kept, unless a later value does not fit: then that column
+        is widened (listed in :attr:`widened`).
     delimiter : str, default ","
     quote_char : str or False, default '"'
     block_size : int, default 4 MiB
@@ -144,7 +145,7 @@ class CsvReader:
         SchemaMismatchError
             If the file's columns differ from the schema fixed by an earlier file.
         SourceError
-            If a value does not fit its column's type, or the file cannot be parsed.
+            If a value does not fit a given type, or the file cannot be parsed.
         """
         path = os.fspath(path)
         names: list[str] | None = None  # from this file's header line
@@ -207,7 +208,7 @@ class CsvReader:
         """Check ``table`` against the fixed schema, or fix the schema from it."""
         if self.schema is None:
             if not table.num_rows:
-                return table  # a header alone says nothing about types
+                return table  # no rows say nothing about types
             # A column empty in the first block would be typed null and then reject
             # every later value; string is the type that takes anything.
             self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type)
@@ -244,7 +245,7 @@ class CsvReader:
         """Widen the inferred types that this block's values do not fit; False if none.
 
         A column typed int64 by the first block that later holds ``3.5`` becomes
-        float64, one that later holds ``n/a`` becomes string - as pandas would type the
+        float64, one that later holds ``A7`` becomes string - as pandas would type the
         whole column. Rows already sent keep their type; receivers unify the two (see
         ``zpandas._tables.concat``). Types given by the caller never change.
         """
