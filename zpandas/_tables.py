@@ -25,16 +25,22 @@ def concat(tables: list[pa.Table]) -> pa.Table:
     for t in tables:
         for f in t.schema:
             types.setdefault(f.name, set()).add(f.type)
-    text = {name for name, ts in types.items() if len(ts) > 1 and not _promotable(ts)}
+    text = {name for name, ts in types.items() if common_type(ts) is None}
     return pa.concat_tables([_as_text(t, text) for t in tables], promote_options="permissive")
 
 
-def _promotable(types: set[pa.DataType]) -> bool:
+def common_type(types) -> pa.DataType | None:
+    """The type pyarrow's permissive promotion gives values of all ``types``, or None.
+
+    int64 and float64 give float64, a type and null give that type; int64 and string
+    have none.
+    """
     try:
-        pa.unify_schemas([pa.schema([("c", t)]) for t in types], promote_options="permissive")
+        unified = pa.unify_schemas([pa.schema([("c", t)]) for t in types],
+                                   promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid):
-        return False
-    return True
+        return None
+    return unified.field("c").type
 
 
 def _as_text(table: pa.Table, names: set[str]) -> pa.Table:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .._tables import common_type
 from ..errors import SchemaMismatchError, SourceError
 
 __all__ = ["CsvReader", "Block", "first_record_end", "last_record_end", "unique_names"]
@@ -246,7 +247,8 @@ class CsvReader:
 
         A column typed int64 by the first block that later holds ``3.5`` becomes
         float64, one that later holds ``A7`` becomes string - as pandas would type the
-        whole column. Rows already sent keep their type; receivers unify the two (see
+        whole column. (The wider type is pyarrow's permissive promotion of the two,
+        else string: the same rule receivers use to unify tables.) Rows already sent keep their type; receivers unify the two (see
         ``zpandas._tables.concat``). Types given by the caller never change.
         """
         try:
@@ -257,7 +259,8 @@ class CsvReader:
         for f in self.schema:
             new = f.type
             if f.name not in self._given and f.name in inferred.names:
-                new = _supertype(f.type, inferred.field(f.name).type)
+                # what receivers' concat would promote the two to; else text
+                new = common_type([f.type, inferred.field(f.name).type]) or pa.string()
             if new != f.type:
                 changed.append(f"{f.name!r} {f.type} -> {new}")
             fields.append(pa.field(f.name, new))
@@ -268,13 +271,3 @@ class CsvReader:
         log.warning("%s: bytes %d-%d: values that do not fit the types inferred from the first "
                     "block; widened column %s", path, offset, offset + len(chunk), ", ".join(changed))
         return True
-
-
-def _supertype(fixed: pa.DataType, seen: pa.DataType) -> pa.DataType:
-    """The narrowest type holding values of both: int64, float64, or else string."""
-    if fixed == seen or pa.types.is_null(seen):
-        return fixed
-    numbers = (pa.types.is_integer, pa.types.is_floating)
-    if all(any(t(x) for t in numbers) for x in (fixed, seen)):
-        return pa.int64() if all(pa.types.is_integer(x) for x in (fixed, seen)) else pa.float64()
-    return pa.string()
