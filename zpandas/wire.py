@@ -24,9 +24,12 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from ._validate import REASONS as VALIDATION_REASONS
+from ._validate import check_body_messages, check_table
 from .errors import WireError
 
 __all__ = [
+    "REASONS",
     "VERSION",
     "MAGIC",
     "HEADER_STRUCT",
@@ -48,6 +51,20 @@ HEADER_STRUCT = struct.Struct("<2sBB16sQqQ8sQqqHH")
 assert HEADER_STRUCT.size == 80
 _MAX_STR = 0xFFFF
 NO_FINGERPRINT = bytes(8)
+
+#: Every ``WireError.reason`` that :func:`decode` raises, with what it means.
+REASONS = {
+    "frames": "not exactly three frames [topic, header, body]",
+    "oversize": "the message is larger than the receiver's max_message_bytes",
+    "header": "the header is too short, its string lengths disagree with its size, or not UTF-8",
+    "magic": "the header does not start with b'ZP'",
+    "version": "an unsupported wire version",
+    "kind": "an unknown message kind",
+    "body": "the body is not an Arrow IPC stream (or a control message has a body)",
+    "fingerprint": "the body's schema does not match the header's fingerprint",
+    "rows": "the header's row count differs from the body's",
+    **VALIDATION_REASONS,
+}
 
 # Data may arrive at any address inside a ZeroMQ frame; Arrow copies only the buffers
 # whose alignment its kernels need, instead of all of them.
@@ -244,7 +261,10 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
     ------
     WireError
         With ``reason`` one of ``frames``, ``oversize``, ``header``, ``magic``,
-        ``version``, ``kind``, ``body``, ``fingerprint``, ``rows``.
+        ``version``, ``kind``, ``body``, ``fingerprint``, ``rows``, or of the full
+        validation of bodies (:mod:`zpandas._validate`): ``compressed``, ``type``,
+        ``invalid``, ``size``, ``value``, ``columns``. Nothing a peer sends raises
+        anything else.
     """
     if len(frames) != 3:
         raise WireError("frames", f"expected 3 frames [topic, header, body], got {len(frames)}")
@@ -259,8 +279,10 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
         if body.nbytes:
             raise WireError("body", f"a {header.kind.name} message must have an empty body")
         return Message(topic, header, None, nbytes)
+    buffer = pa.py_buffer(body)
+    check_body_messages(buffer)
     try:
-        reader = ipc.open_stream(pa.BufferReader(pa.py_buffer(body)), options=_READ_OPTIONS)
+        reader = ipc.open_stream(pa.BufferReader(buffer), options=_READ_OPTIONS)
         table = reader.read_all()
         table.validate()
     except (pa.ArrowException, ValueError, OSError) as e:
@@ -269,4 +291,6 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
         raise WireError("fingerprint", "the body's schema does not match the header's fingerprint")
     if table.num_rows != header.rows:
         raise WireError("rows", f"header says {header.rows} rows, body has {table.num_rows}")
+    table = check_table(table, header.fingerprint, body_bytes=body.nbytes,
+                        rejects=header.kind is Kind.REJECTS, start=header.start, end=header.end)
     return Message(topic, header, table, nbytes)

@@ -1,0 +1,205 @@
+"""Hostile bodies: every one is refused by ``wire.decode`` with a named reason, before it is accepted.
+
+Each case builds a body as an attacker would (raw buffers that Arrow's writer ships as
+they are) and checks the reason. The hypothesis tests then throw arbitrary bytes and
+byte flips at ``decode``: it either raises ``WireError`` or returns a table that
+converts to pandas - nothing else, ever.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zpandas import WireError, wire
+from zpandas.sources.lines import REJECT_SCHEMA
+
+PRODUCER = bytes(range(16))
+
+
+def frames_of(table: pa.Table, *, kind=wire.Kind.DATA, start=-1, end=-1, compression=None,
+              metadata=None) -> list[bytes]:
+    """Frames of a message carrying ``table`` exactly as given (no validation on the way)."""
+    if metadata is not None:
+        table = table.replace_schema_metadata(metadata)
+    sink = pa.BufferOutputStream()
+    options = ipc.IpcWriteOptions(compression=compression)
+    with ipc.new_stream(sink, table.schema, options=options) as w:
+        w.write_table(table)
+    header = wire.Header(kind=kind, producer=PRODUCER, name="mallory", source="s" if start >= 0 else "",
+                         rows=table.num_rows, fingerprint=wire.fingerprint(table.schema),
+                         start=start, end=end)
+    return [b"t", header.pack(), sink.getvalue().to_pybytes()]
+
+
+def string_array(offsets, data: bytes, typ=pa.string()) -> pa.Array:
+    width = np.int64 if typ == pa.large_string() else np.int32
+    return pa.Array.from_buffers(typ, len(offsets) - 1,
+                                 [None, pa.py_buffer(np.array(offsets, width).tobytes()),
+                                  pa.py_buffer(data)])
+
+
+def null_array(n: int) -> pa.Array:
+    return pa.Array.from_buffers(pa.null(), n, [None])  # pa.nulls() would allocate a bitmap
+
+
+def reason(frames) -> str:
+    with pytest.raises(WireError) as e:
+        wire.decode(frames)
+    return e.value.reason
+
+
+def table(**cols) -> pa.Table:
+    return pa.table(cols)
+
+
+CASES = {
+    # Arrow's cheap validate() checks only the first and last offsets: the middle ones
+    # are what an attacker sets, and to_pandas then reads out of bounds
+    "string offsets past the data": ("invalid", table(s=string_array([0, 4096, 4], b"abcd"))),
+    "string offsets descending": ("invalid", table(s=string_array([0, 3, 1], b"abcd"))),
+    "large_string offsets past the data": (
+        "invalid", table(s=string_array([0, 1 << 40, 4], b"abcd", pa.large_string()))),
+    "invalid UTF-8": ("invalid", table(s=string_array([0, 2, 4], b"ab\xff\xfe"))),
+    "UTF-8 cut inside a character": ("invalid", table(s=string_array([0, 1, 2], "é".encode()))),
+    "dictionary index out of range": ("invalid", table(d=pa.DictionaryArray.from_buffers(
+        pa.dictionary(pa.int8(), pa.string()), 2,
+        [None, pa.py_buffer(np.array([0, 9], np.int8).tobytes())], pa.array(["a"])))),
+    "list offsets past the child": ("invalid", table(l=pa.Array.from_buffers(
+        pa.list_(pa.int64()), 2, [None, pa.py_buffer(np.array([0, 50, 3], np.int32).tobytes())],
+        children=[pa.array([1, 2, 3])]))),
+    "a null column of 2^31 - 1 rows": ("size", pa.table({"n": null_array(2**31 - 1)})),
+    "list<null> with 2^31 - 1 elements": ("size", table(l=pa.Array.from_buffers(
+        pa.list_(pa.null()), 1, [None, pa.py_buffer(np.array([0, 2**31 - 1], np.int32).tobytes())],
+        children=[null_array(2**31 - 1)]))),
+    "string views": ("type", table(v=pa.array(["a", "b"], pa.string_view()))),
+    "run-end encoded": ("type", table(r=pa.RunEndEncodedArray.from_arrays([1 << 30], ["x"]))),
+    "union": ("type", table(u=pa.UnionArray.from_sparse(pa.array([0], pa.int8()), [pa.array([1])]))),
+    "interval": ("type", table(i=pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval()))),
+    "repeated column names": ("type", pa.table([pa.array([1]), pa.array([2])], names=["a", "a"])),
+    "unknown time zone": ("type", table(t=pa.array([0], pa.timestamp("ns", "Not/AZone")))),
+    "date beyond year 9999": ("value", table(d=pa.array([2**31 - 1], pa.int32()).view(pa.date32()))),
+    "date64 beyond year 9999": ("invalid", table(d=pa.array([2**62], pa.int64()).view(pa.date64()))),
+    "time of day past 24 h": ("invalid", table(t=pa.array([100_000], pa.int32()).view(pa.time32("s")))),
+    "time with nanoseconds": ("value", table(t=pa.array([1_000_000_001], pa.int64()).view(pa.time64("ns")))),
+    "nested date out of range": ("value", table(l=pa.array([[2**31 - 1]], pa.list_(pa.int32())).cast(
+        pa.list_(pa.int32())).view(pa.list_(pa.date32())))),
+    "decimal beyond its precision": ("invalid", table(d=pa.Array.from_buffers(
+        pa.decimal128(5, 0), 1, [None, pa.py_buffer((10**10).to_bytes(16, "little"))]))),
+    "_offset as text": ("columns", table(x=[1, 2], _offset=["10", "20"])),
+    "_offset descending": ("columns", table(x=[1, 2], _offset=pa.array([20, 10], pa.int64()))),
+    "_offset with nulls": ("columns", table(x=[1, 2], _offset=pa.array([10, None], pa.int64()))),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_body_is_refused_with_its_reason(name):
+    expected, t = CASES[name]
+    assert reason(frames_of(t)) == expected
+
+
+def test_compressed_body_is_refused_before_it_is_decompressed():
+    # 800 MB of zeros in about 3 KB: decompressing it would be the attack.
+    bomb = pa.table({"x": pa.array(np.zeros(100_000_000, np.int64))})
+    frames = frames_of(bomb, compression="zstd")
+    assert len(frames[2]) < 100_000
+    assert reason(frames) == "compressed"
+    # also inside a dictionary batch
+    d = pa.table({"d": pa.array(["x" * 1000] * 10).dictionary_encode()})
+    assert reason(frames_of(d, compression="lz4")) == "compressed"
+
+
+def test_offset_outside_the_header_range_is_refused():
+    t = table(x=[1, 2], _offset=pa.array([100, 200], pa.int64()))
+    assert wire.decode(frames_of(t, start=100, end=201)).table.num_rows == 2
+    assert reason(frames_of(t, start=101, end=300)) == "columns"
+    assert reason(frames_of(t, start=0, end=200)) == "columns"
+
+
+def test_rejects_message_must_have_the_reject_schema():
+    good = pa.Table.from_pylist([{"file": "f", "line": 1, "offset": 0, "reason": "r", "text": "t"}],
+                                schema=REJECT_SCHEMA)
+    assert wire.decode(frames_of(good, kind=wire.Kind.REJECTS)).table.num_rows == 1
+    bad = table(file=["f"], producer=["x"])
+    assert reason(frames_of(bad, kind=wire.Kind.REJECTS)) == "columns"
+
+
+def test_pandas_metadata_from_a_peer_is_dropped():
+    """A peer's b"pandas" metadata would steer to_pandas (index columns that do not exist)."""
+    meta = {b"pandas": b'{"index_columns": ["nope"], "columns": [], "pandas_version": "2"}'}
+    msg = wire.decode(frames_of(table(x=[1, 2]), metadata=meta))
+    assert msg.table.schema.metadata is None
+    assert msg.table.to_pandas()["x"].tolist() == [1, 2]
+
+
+def test_honest_tables_of_every_accepted_type_pass():
+    t = pa.table({
+        "b": [True, None], "i8": pa.array([1, -1], pa.int8()), "u64": pa.array([1, 2], pa.uint64()),
+        "f16": pa.array([1.5, None], pa.float16()), "dec": pa.array([1, 2], pa.decimal128(5, 0)),
+        "d": [datetime.date(1, 1, 1), datetime.date(9999, 12, 31)],
+        "t": pa.array([0, 86_399_999_999_000], pa.time64("ns")),
+        "ts": pa.array([0, None], pa.timestamp("s", "Europe/Paris")),
+        "dur": pa.array([1, 2], pa.duration("ms")), "s": ["a", "é"],
+        "ls": pa.array(["x", None], pa.large_string()), "bin": [b"\xff", b""],
+        "fsb": pa.array([b"ab", b"cd"], pa.binary(2)), "n": pa.nulls(2),
+        "dict": pa.array(["a", "b"]).dictionary_encode(),
+        "list": [[1, 2], None], "struct": [{"a": 1, "s": "x"}, None],
+        "map": pa.array([[("k", 1)], []], pa.map_(pa.string(), pa.int64())),
+        "_offset": pa.array([5, 9], pa.int64()),
+    })
+    msg = wire.decode(frames_of(t, start=5, end=10))
+    assert msg.table.equals(t)
+    assert len(msg.table.to_pandas()) == 2
+
+
+def test_a_null_only_table_of_honest_size_passes():
+    assert wire.decode(frames_of(pa.table({"n": pa.nulls(50_000)}))).table.num_rows == 50_000
+
+
+def _converts_or_refused(frames) -> None:
+    try:
+        msg = wire.decode(frames)
+    except WireError as e:
+        assert e.reason in wire.REASONS
+        return
+    if msg.table is not None:
+        msg.table.to_pandas()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), min_size=0, max_size=5))
+def test_arbitrary_frames_raise_only_wire_errors(frames):
+    _converts_or_refused(frames)
+
+
+_TEMPLATE = frames_of(pa.table({
+    "ts": pa.array([0, 10**18], pa.timestamp("ns", "UTC")), "s": ["abc", None],
+    "d": [datetime.date(2020, 1, 1), None], "dict": pa.array(["x", "y"]).dictionary_encode(),
+    "l": [[1, 2], [3]], "_offset": pa.array([0, 4], pa.int64())}), start=0, end=8)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2), st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)),
+                                   min_size=1, max_size=4))
+def test_byte_flips_raise_only_wire_errors(which, flips):
+    frames = [bytearray(f) for f in _TEMPLATE]
+    target = frames[which]
+    if not target:
+        return
+    for pos, xor in flips:
+        target[pos % len(target)] ^= xor
+    _converts_or_refused([bytes(f) for f in frames])
+
+
+def test_reasons_are_documented():
+    with open(wire.__file__.replace("zpandas/wire.py", "docs/wire.md")) as f:
+        doc = f.read()
+    for r in wire.REASONS:
+        assert f"`{r}`" in doc, r

@@ -1,0 +1,298 @@
+"""Full validation of untrusted Arrow IPC bodies: sans-IO, used by :func:`zpandas.wire.decode`.
+
+Anything a peer sends may be hostile or broken. Arrow's own reader checks that the
+flatbuffer metadata is well formed and that every buffer lies inside the body, and
+``validate()`` that buffers are large enough; neither looks at *values*. A string
+column whose offsets point past its data buffer passes both and is then read out of
+bounds by ``to_pandas``. So before a table is accepted this module checks:
+
+* **compression** - refused, *before* anything is decompressed: a few KiB of zstd
+  can claim gigabytes;
+* **types** - only those ``to_pandas`` converts without surprises (no views, run-end
+  encoding, unions, intervals or extension types; bounded nesting; unique names), and
+  a zero-row ``to_pandas`` of the schema must work (e.g. a known time zone);
+* **structure** - offsets, lengths, UTF-8 of strings and dictionary indices
+  (Arrow's full validation, with a vectorised path for plain string columns, which is
+  most of the cost);
+* **size** - no array may claim far more elements than its bytes can hold (a null
+  column or a ``list<null>`` of 2^40 elements costs a few bytes to send and terabytes
+  to convert);
+* **values** - dates and times that ``to_pandas`` can represent;
+* **zpandas' own columns** - ``_offset`` is int64, without nulls, ascending, and
+  inside the header's byte range; a rejects message has the reject schema.
+
+Each failure is a :class:`~zpandas.errors.WireError` with a stable ``reason``.
+Schema-level checks are cached by schema fingerprint, so a stream of messages with
+one schema pays them once.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from .errors import WireError
+
+__all__ = ["check_body_messages", "check_table", "REASONS"]
+
+#: Every ``reason`` this module raises, with what it means (documented in docs/wire.md).
+REASONS = {
+    "compressed": "the body uses IPC buffer compression, which zpandas does not accept",
+    "type": "a column's type is not accepted, names repeat, or the schema does not convert",
+    "invalid": "offsets, lengths, UTF-8 or dictionary indices are wrong",
+    "size": "an array claims far more elements than its bytes can hold",
+    "value": "a date or time that pandas cannot represent",
+    "columns": "a zpandas column (_offset, or a rejects message's columns) is malformed",
+}
+
+#: An array may hold at most this many elements per body byte, plus a fixed allowance:
+#: 8 is one bit per element (a non-null boolean column), the densest honest encoding.
+_ELEMENTS_PER_BYTE = 8
+_ELEMENTS_ALLOWANCE = 1 << 16
+_MAX_DEPTH = 32
+_MAX_COLUMNS = 10_000
+
+# Flatbuffer layout of Arrow's Message (format/Message.fbs): union field ``header``
+# takes slots 1 (type) and 2 (value); RecordBatch.compression is slot 3;
+# DictionaryBatch.data is slot 1.
+_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U16 = struct.Struct("<H")
+
+
+def _field_pos(buf: memoryview, table: int, slot: int) -> int:
+    """Position of a table's field ``slot``, or 0 if the field is absent."""
+    vtable = table - _I32.unpack_from(buf, table)[0]
+    vt_size = _U16.unpack_from(buf, vtable)[0]
+    at = 4 + 2 * slot
+    if at + 2 > vt_size:
+        return 0
+    off = _U16.unpack_from(buf, vtable + at)[0]
+    return table + off if off else 0
+
+
+def _child_table(buf: memoryview, pos: int) -> int:
+    return pos + _U32.unpack_from(buf, pos)[0]
+
+
+def _is_compressed(metadata: pa.Buffer) -> bool:
+    buf = memoryview(metadata)
+    root = _U32.unpack_from(buf, 0)[0]
+    type_pos = _field_pos(buf, root, 1)
+    header_pos = _field_pos(buf, root, 2)
+    if not type_pos or not header_pos:
+        return False
+    kind = buf[type_pos]
+    batch = _child_table(buf, header_pos)
+    if kind == _DICTIONARY_BATCH:
+        data_pos = _field_pos(buf, batch, 1)
+        if not data_pos:
+            return False
+        batch = _child_table(buf, data_pos)
+    elif kind != _RECORD_BATCH:
+        return False
+    return _field_pos(buf, batch, 3) != 0
+
+
+def check_body_messages(body: pa.Buffer) -> None:
+    """Refuse a body with compressed buffers before any of it is decompressed."""
+    try:
+        reader = ipc.MessageReader.open_stream(pa.BufferReader(body))
+        for message in reader:
+            if message.type in ("record batch", "dictionary") and _is_compressed(message.metadata):
+                raise WireError("compressed", REASONS["compressed"])
+    except WireError:
+        raise
+    except (pa.ArrowException, ValueError, OSError, struct.error, IndexError) as e:
+        raise WireError("body", f"body is not an Arrow IPC stream: {e}") from None
+
+
+# -- schema ------------------------------------------------------------------------------
+
+_schema_cache: dict[bytes, str | None] = {}
+_SCHEMA_CACHE_MAX = 1024
+
+
+def _type_problem(t: pa.DataType, depth: int = 0) -> str | None:
+    if depth > _MAX_DEPTH:
+        return f"nesting deeper than {_MAX_DEPTH}"
+    if isinstance(t, pa.ExtensionType):
+        return f"extension type {t.extension_name!r}"
+    if pa.types.is_dictionary(t):
+        if not pa.types.is_integer(t.index_type):
+            return f"dictionary index type {t.index_type}"
+        return _type_problem(t.value_type, depth + 1)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _type_problem(t.value_type, depth + 1)
+    if pa.types.is_map(t):
+        return _type_problem(t.key_type, depth + 1) or _type_problem(t.item_type, depth + 1)
+    if pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            problem = _type_problem(t.field(i).type, depth + 1)
+            if problem:
+                return problem
+        return None
+    plain = (pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t)
+             or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_date(t)
+             or pa.types.is_time(t) or pa.types.is_timestamp(t) or pa.types.is_duration(t)
+             or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+             or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
+    return None if plain else f"type {t}"
+
+
+def _schema_problem(schema: pa.Schema, rejects: bool) -> tuple[str, str] | None:
+    if len(schema) > _MAX_COLUMNS:
+        return "type", f"{len(schema)} columns, more than {_MAX_COLUMNS}"
+    names = schema.names
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        return "type", f"repeated column names {dup[:5]}"
+    for f in schema:
+        problem = _type_problem(f.type)
+        if problem:
+            return "type", f"column {f.name!r}: {problem} is not accepted"
+    if "_offset" in names and schema.field("_offset").type != pa.int64():
+        return "columns", f"_offset is {schema.field('_offset').type}, not int64"
+    if rejects:
+        from .sources.lines import REJECT_SCHEMA
+        if not schema.equals(REJECT_SCHEMA):
+            return "columns", f"a rejects message must have the columns {REJECT_SCHEMA}"
+    try:
+        schema.empty_table().to_pandas()
+    except Exception as e:  # noqa: BLE001 - whatever pandas or Arrow says, the schema is unusable
+        return "type", f"does not convert to pandas: {type(e).__name__}: {e}"
+    return None
+
+
+def _check_schema(schema: pa.Schema, fp: bytes, rejects: bool) -> None:
+    key = fp + (b"R" if rejects else b"D")
+    if key in _schema_cache:
+        problem = _schema_cache[key]
+    else:
+        problem = _schema_problem(schema, rejects)
+        if len(_schema_cache) >= _SCHEMA_CACHE_MAX:
+            _schema_cache.clear()  # a peer inventing schemas pays the checks again, no more
+        _schema_cache[key] = problem
+    if problem:
+        raise WireError(*problem)
+
+
+# -- values ------------------------------------------------------------------------------
+
+_DAY_MIN, _DAY_MAX = -719_162, 2_932_896      # 0001-01-01 and 9999-12-31, days since 1970
+_DAY_MS = 86_400_000
+_TIME_LIMIT = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def _arrays(arr: pa.Array):
+    """``arr`` and every array nested in it (children, dictionary values)."""
+    yield arr
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        yield from _arrays(arr.dictionary)
+    elif pa.types.is_map(t):
+        yield from _arrays(arr.keys)
+        yield from _arrays(arr.items)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        yield from _arrays(arr.values)
+    elif pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            yield from _arrays(arr.field(i))
+
+
+def _check_string(arr: pa.Array) -> bool:
+    """Validate a plain string array quickly; False if Arrow's full check must decide."""
+    offsets_buf, data_buf = arr.buffers()[1], arr.buffers()[2]
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    n = len(arr)
+    if n == 0:
+        return False
+    offsets = np.frombuffer(offsets_buf, dtype=width, count=n + 1, offset=arr.offset * width().itemsize)
+    size = 0 if data_buf is None else data_buf.size
+    if offsets[0] < 0 or offsets[-1] > size or (n and np.any(offsets[1:] < offsets[:-1])):
+        raise WireError("invalid", f"string offsets of a {arr.type} column are out of order or bounds")
+    if data_buf is None or offsets[-1] == offsets[0]:
+        return True
+    data = np.frombuffer(data_buf, dtype=np.uint8, count=int(offsets[-1] - offsets[0]),
+                         offset=int(offsets[0]))
+    return bool(data.max() < 0x80)  # ASCII is valid UTF-8 however it is cut
+
+
+def _check_values(arr: pa.Array) -> None:
+    t = arr.type
+    if pa.types.is_date(t) or pa.types.is_time(t):
+        if not len(arr) or arr.null_count == len(arr):
+            return
+        ints = arr.view(pa.int32() if t.bit_width == 32 else pa.int64())
+        lo, hi = (v.as_py() for v in pc.min_max(ints).values())
+        if pa.types.is_date32(t):
+            ok = _DAY_MIN <= lo and hi <= _DAY_MAX
+        elif pa.types.is_date64(t):
+            ok = _DAY_MIN * _DAY_MS <= lo and hi <= _DAY_MAX * _DAY_MS
+        else:
+            ok = 0 <= lo and hi < _TIME_LIMIT[t.unit]
+            if ok and t.unit == "ns":  # Python's time has microseconds: pandas refuses nanos
+                ok = not np.any(pc.fill_null(ints, 0).to_numpy() % 1000)
+        if not ok:
+            raise WireError("value", f"a {t} value is outside what pandas can represent")
+
+
+def check_table(table: pa.Table, fp: bytes, *, body_bytes: int, rejects: bool = False,
+                start: int = -1, end: int = -1) -> pa.Table:
+    """Raise :class:`WireError` unless ``table`` is safe to accept; return it without schema metadata.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        Read from a body that :func:`check_body_messages` accepted.
+    fp : bytes
+        The schema's fingerprint (the cache key).
+    body_bytes : int
+        Size of the body it came from: no array may claim more elements than that allows.
+    rejects : bool
+        The table is a rejects message's.
+    start, end : int
+        The header's byte range; ``_offset`` values must lie inside it when it is given.
+    """
+    # Schema metadata steers to_pandas (b"pandas": index columns, dtypes); ours carry
+    # none, and a peer's must not decide how the notebook builds its DataFrames.
+    if table.schema.metadata:
+        table = table.replace_schema_metadata(None)
+    _check_schema(table.schema, fp, rejects)
+    limit = _ELEMENTS_PER_BYTE * body_bytes + _ELEMENTS_ALLOWANCE
+    for column in table.columns:
+        for chunk in column.chunks:
+            for arr in _arrays(chunk):
+                if len(arr) > limit:
+                    raise WireError("size", f"an array of {len(arr)} elements in a body of "
+                                    f"{body_bytes} bytes")
+            try:
+                if (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)) \
+                        and _check_string(chunk):
+                    continue
+                chunk.validate(full=True)
+            except pa.ArrowInvalid as e:
+                raise WireError("invalid", str(e)) from None
+            for arr in _arrays(chunk):
+                _check_values(arr)
+    if "_offset" in table.column_names:
+        _check_offsets(table.column("_offset"), start, end)
+    return table
+
+
+def _check_offsets(column: pa.ChunkedArray, start: int, end: int) -> None:
+    if column.null_count:
+        raise WireError("columns", "_offset has nulls")
+    if not len(column):
+        return
+    offsets = column.to_numpy()
+    if np.any(offsets[1:] < offsets[:-1]):
+        raise WireError("columns", "_offset values are not ascending")
+    if start >= 0 and offsets[0] < start or end >= 0 and offsets[-1] >= end:
+        raise WireError("columns", f"_offset values [{offsets[0]}, {offsets[-1]}] lie outside "
+                        f"the header's byte range [{start}, {end})")
