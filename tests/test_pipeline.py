@@ -300,11 +300,12 @@ def test_wait_for_subscribers_times_out_clearly():
 
 
 def test_a_failing_worker_is_reported_on_the_next_call(monkeypatch):
-    def boom(self, frames):
-        raise RuntimeError("decoder exploded")
+    """zpandas' own failure (here the queue hand-off) ends the worker and is re-raised."""
+    def boom(self, table):
+        raise RuntimeError("hand-off exploded")
 
-    monkeypatch.setattr(zp.Subscriber, "_receive", boom)
-    with zp.Subscriber(LOCAL) as sub:
+    monkeypatch.setattr(zp.Subscriber, "_enqueue", boom)
+    with zp.Subscriber(LOCAL, latency=0) as sub:
         with zp.Producer(sub.endpoints, wait_for_subscribers=1) as p:
             p.send(pd.DataFrame({"a": [1]}))
         wait_for(lambda: not sub._thread.is_alive(), what="the worker to stop")
@@ -313,3 +314,30 @@ def test_a_failing_worker_is_reported_on_the_next_call(monkeypatch):
         assert isinstance(info.value.__cause__, RuntimeError)
         with pytest.raises(zp.SubscriberBrokenError):
             sub.get(timeout=1)
+
+
+def test_a_message_that_breaks_the_receive_path_is_counted_and_skipped(monkeypatch, caplog):
+    """Whatever one message makes the receive path raise, the next message still arrives."""
+    real = zp.Subscriber._receive
+    calls = []
+
+    def flaky(self, frames):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("this message broke something")
+        return real(self, frames)
+
+    monkeypatch.setattr(zp.Subscriber, "_receive", flaky)
+    with zp.Subscriber(LOCAL) as sub:
+        with zp.Producer(sub.endpoints, wait_for_subscribers=1, name="p1", heartbeat=0) as p:
+            p.send(pd.DataFrame({"a": [1]}))
+            p.flush()
+            wait_for(lambda: sub.stats()["bad_frames"].get("error") == 1, what="the refusal")
+            p.send(pd.DataFrame({"a": [2]}))
+        with pytest.warns(zp.DataLossWarning, match="1 rows in 1 messages from p1"):
+            df = sub.collect(timeout=10)  # the refused message is a loss, and says so
+        assert df["a"].tolist() == [2]
+        assert sub._thread.is_alive()
+        row = sub.stats()["producers"].iloc[0]
+        assert (row["name"], row["bad_frames"], row["missed"]) == ("p1", 1, 1)
+    assert "refused a message from p1" in caplog.text and "this message broke" in caplog.text

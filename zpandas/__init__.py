@@ -7,6 +7,7 @@ a background thread into micro-batched pandas DataFrames.
 from .errors import (
     ClosedError,
     DataLossWarning,
+    MemoryBudgetWarning,
     SecurityWarning,
     EndpointError,
     ProducerBrokenError,
@@ -45,6 +46,7 @@ __all__ = [
     "SubscriberBrokenError",
     "ProducerBrokenError",
     "DataLossWarning",
+    "MemoryBudgetWarning",
     "SecurityWarning",
     "__version__",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "SubscriberBrokenError",
     "ProducerBrokenError",
     "DataLossWarning",
+    "MemoryBudgetWarning",
     "SecurityWarning",
 ]
 
@@ -71,6 +72,10 @@ class ProducerBrokenError(ZpandasError, RuntimeError):
 
 class DataLossWarning(UserWarning):
     """Messages were lost on the way (sequence gaps) or evicted before they were read."""
+
+
+class MemoryBudgetWarning(UserWarning):
+    """Rows kept without a limit passed the memory budget (``Subscriber(memory_budget=...)``)."""
 
 
 class SecurityWarning(UserWarning):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 import warnings
@@ -34,7 +35,8 @@ from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, Record, get_format
 from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
-from .errors import ClosedError, DataLossWarning, SubscriberBrokenError, WireError
+from .errors import (ClosedError, DataLossWarning, MemoryBudgetWarning, SubscriberBrokenError,
+                     WireError)
 
 __all__ = ["Subscriber"]
 
@@ -50,6 +52,14 @@ LIVE_RETAIN = 1_000_000
 _TYPICAL_FRAME = 4 << 20
 #: Window over which rows/s is measured.
 _RATE_WINDOW = 5.0
+#: Bounds of the per-producer and per-source state (documented in the README): a peer
+#: that invents producer ids or sources makes the oldest entries be forgotten, never
+#: memory grow.
+MAX_STREAMS = 10_000            # (producer, topic) rows of stats()["producers"]
+MAX_SOURCES = 100_000           # sources remembered for deduplication
+SOURCES_PER_STREAM = 1_000      # byte ranges kept per producer in stats()["producers"].sources
+#: The bad-frame log line for one reason is written at most this often (seconds).
+_BAD_LOG_EVERY = 10.0
 
 
 @dataclass
@@ -70,14 +80,30 @@ class _Stream:
     last_seen: float = 0.0
     lag: float = 0.0         # receive time - send time of the last message, seconds
     finished: bool = False
+    received: int = 0        # messages of every kind accepted (heartbeats included)
+    bad_frames: int = 0      # messages whose header named this stream but were refused
     sources: dict = field(default_factory=dict)  # source -> [first byte, end byte] seen
-    recent: collections.deque = field(default_factory=collections.deque)  # (time, rows)
+    # rows per whole second, for the last _RATE_WINDOW seconds: [second, rows]
+    recent: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=int(_RATE_WINDOW) + 2))
+
+    def count_rows(self, now: float, rows: int) -> None:
+        second = int(now)
+        if self.recent and self.recent[-1][0] == second:
+            self.recent[-1][1] += rows
+        else:
+            self.recent.append([second, rows])
 
     def rate(self, now: float) -> float:
-        while self.recent and self.recent[0][0] < now - _RATE_WINDOW:
-            self.recent.popleft()
         span = min(_RATE_WINDOW, max(now - self.first_seen, 1e-3))
-        return sum(r for _, r in self.recent) / span
+        return sum(r for t, r in self.recent if t > now - _RATE_WINDOW - 1) / span
+
+    def add_source(self, source: str, start: int, end: int) -> None:
+        span = self.sources.pop(source, None) or [start, end]
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+        self.sources[source] = span  # re-inserted: the dict is oldest-first
+        if len(self.sources) > SOURCES_PER_STREAM:
+            del self.sources[next(iter(self.sources))]
 
 
 class Subscriber:
@@ -112,6 +138,10 @@ class Subscriber:
     retain : int, optional
         Keep only the last ``retain`` rows for :meth:`frame` and :meth:`collect`
         (default: everything under ``"block"``, 1,000,000 under ``"drop"``).
+    memory_budget : int, optional
+        With no ``retain`` limit, warn once (:class:`~zpandas.MemoryBudgetWarning`, and
+        on the ``zpandas`` logger) when the rows kept pass this many bytes. Default: a
+        quarter of this machine's memory.
     dead_after : float, default 5.0
         A producer not heard from for this many seconds is shown as not alive
         (producers send a heartbeat every second by default).
@@ -141,7 +171,7 @@ class Subscriber:
                  batch_rows: int = 100_000, latency: float = 0.1, retain: int | None = None,
                  dead_after: float = 5.0, max_message_bytes: int = 256 << 20,
                  text_format=None, curve: Curve | None = None,
-                 multicast: dict | None = None) -> None:
+                 multicast: dict | None = None, memory_budget: int | None = None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if buffer_bytes < 1:
@@ -157,6 +187,7 @@ class Subscriber:
         self._batcher = MicroBatcher(batch_rows, latency)
         self._buffer_bytes = buffer_bytes
         self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
+        self._memory_budget = _default_budget() if memory_budget is None else memory_budget
         self._dead_after = dead_after
         self._max_bytes = max_message_bytes
         self._text_format = None if text_format is None else get_format(text_format)
@@ -170,18 +201,27 @@ class Subscriber:
         self._consuming = False    # get() or iteration has been used
         self._retained: collections.deque[tuple[bytes, pa.Table]] = collections.deque()
         self._retained_rows = 0
-        self._streams: dict[tuple[bytes, bytes], _Stream] = {}
+        self._retained_bytes = 0
+        self._memory_warning: str | None = None   # to warn about on the caller's next call
+        self._memory_warned = False
+        # Least recently heard from first; at most MAX_STREAMS.
+        self._streams: collections.OrderedDict[tuple[bytes, bytes], _Stream] = \
+            collections.OrderedDict()
+        self._forgotten = collections.Counter()   # counts of streams dropped past MAX_STREAMS
         self._gaps: collections.deque[dict] = collections.deque(maxlen=10_000)
         self._warned_missed = 0    # missed rows already warned about
         self._counts = collections.Counter()
         self._bad = collections.Counter()
+        self._bad_logged: dict[str, float] = {}   # reason -> when last logged
         self._monitor: Monitor | None = None
         self._aggregations: list[Aggregation] = []
-        self._dedup: dict[str, int] = {}          # source -> end offset of rows received
+        # source -> end offset of rows received; least recently used first, MAX_SOURCES
+        self._dedup: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._rejects: collections.deque[pa.Table] = collections.deque()
         self._rejects_kept = 0
         self._error: BaseException | None = None
         self._closed = False
+        self._terminated = False
         self._stop = threading.Event()
 
         self._ctx = zmq.Context()
@@ -299,6 +339,7 @@ class Subscriber:
         if evicted:
             warnings.warn(f"{evicted} rows were evicted by retain={self._retain} and are "
                           "missing from the result", DataLossWarning, stacklevel=2)
+        self._warn_memory()
         return concat(tables).to_pandas()
 
     def to_parquet(self, path, *, partition_by=None) -> str:
@@ -349,12 +390,18 @@ class Subscriber:
             ``skipped_rows``: rows producers had sent before this subscriber joined.
             ``dropped_batches`` and ``dropped_rows``: micro-batches :meth:`get` never
             saw (``policy="drop"``). ``evicted_rows``: rows past ``retain``.
-            ``bad_frames``: count by reason. ``queued``: micro-batches waiting for
-            :meth:`get`. ``peers``: connections now. ``auth_failures``: CURVE handshakes
-            refused (or failed). ``producers``: a DataFrame with one
-            row per (producer, topic): counts, gaps, ``rows_per_s`` (last 5 s),
-            ``lag_s`` (send to receive), ``last_seen``, ``alive`` and ``sources``
-            (file -> byte range of the rows received from it).
+            ``bad_frames``: messages refused, by reason (the reasons of
+            :data:`zpandas.wire.REASONS`, ``"text"`` for plain text that could not be
+            parsed, ``"error"`` for anything else a message made the receive path
+            raise); each is skipped and logged, and the thread goes on. ``queued``:
+            micro-batches waiting for :meth:`get`. ``peers``: connections now.
+            ``auth_failures``: CURVE handshakes refused (or failed). ``producers``: a
+            DataFrame with one row per (producer, topic), the last ``MAX_STREAMS``
+            (10,000) heard from: counts, gaps, ``rows_per_s`` (last 5 s), ``lag_s`` (send
+            to receive), ``last_seen``, ``alive``, ``received`` (messages of every kind,
+            heartbeats included), ``bad_frames`` (refused messages whose header named
+            it) and ``sources`` (file -> byte range of the rows received from it, the
+            last 1,000 files).
         """
         now = time.time()
         with self._cond:
@@ -362,9 +409,9 @@ class Subscriber:
             out = {k: self._counts[k] for k in ("messages", "rows", "bytes", "duplicate_rows",
                                                   "rejects", "dropped_batches", "dropped_rows",
                                                   "evicted_rows")}
-            out["missed"] = sum(s.missed for s in self._streams.values())
+            out["missed"] = self._total("missed")
             out["missed_rows"] = self._missed_rows()
-            out["skipped_rows"] = sum(s.skipped_rows for s in self._streams.values())
+            out["skipped_rows"] = self._total("skipped_rows")
             out["bad_frames"] = dict(self._bad)
             out["queued"] = len(self._queue)
             out["peers"] = self._monitor.peers if self._monitor else 0
@@ -377,9 +424,11 @@ class Subscriber:
                      "last_seen": pd.Timestamp(s.last_seen, unit="s", tz="UTC"),
                      "finished": s.finished,
                      "alive": not s.finished and now - s.last_seen <= self._dead_after,
+                     "received": s.received, "bad_frames": s.bad_frames,
                      "sources": {k: tuple(v) for k, v in s.sources.items()}}
                     for (p, t), s in self._streams.items()]
         out["producers"] = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
+        self._warn_memory()
         return out
 
     def rejects(self) -> pd.DataFrame:
@@ -410,17 +459,23 @@ class Subscriber:
         return df
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Stop the worker thread and release the socket. Idempotent."""
+        """Stop the worker thread and release the socket. Idempotent.
+
+        Raises ``TimeoutError`` if the thread does not stop within ``timeout`` seconds;
+        calling ``close()`` again then finishes the job.
+        """
         with self._cond:
-            if self._closed:
-                return
             self._closed = True
             self._cond.notify_all()
+        if self._terminated:
+            return
         self._stop.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            raise TimeoutError(f"{self._thread.name} did not stop within {timeout} s")
-        self._ctx.term()
+            raise TimeoutError(f"{self._thread.name} did not stop within {timeout} s; "
+                               "call close() again to finish")
+        self._ctx.term()  # returns at once: the worker closed its socket with linger 0
+        self._terminated = True
 
     def __enter__(self) -> Subscriber:
         return self
@@ -446,8 +501,12 @@ class Subscriber:
     def _finished(self) -> set[bytes]:
         return {p for (p, _), s in self._streams.items() if s.finished}
 
+    def _total(self, counter: str) -> int:
+        """A per-stream counter summed, streams forgotten past MAX_STREAMS included."""
+        return sum(getattr(s, counter) for s in self._streams.values()) + self._forgotten[counter]
+
     def _missed_rows(self) -> int:
-        return sum(s.missed_rows for s in self._streams.values())
+        return self._total("missed_rows")
 
     def _pop(self) -> pa.Table:
         table = self._queue.popleft()
@@ -462,6 +521,15 @@ class Subscriber:
         if new > 0:
             warnings.warn(f"{new} rows were lost on the way since the last warning "
                           "(see gaps() and stats()['producers'])", DataLossWarning, stacklevel=3)
+        self._warn_memory()
+
+    def _warn_memory(self) -> None:
+        """Warn on the caller's thread (the worker only logs): a warning raised as an
+        error there (``-W error``) would end the worker instead of reaching the user."""
+        with self._cond:
+            message, self._memory_warning = self._memory_warning, None
+        if message:
+            warnings.warn(message, MemoryBudgetWarning, stacklevel=4)
 
     # -- worker thread ------------------------------------------------------------------
 
@@ -502,7 +570,7 @@ class Subscriber:
                 self._cond.notify_all()
         finally:
             self._monitor.close()
-            sock.close()
+            sock.close(linger=0)  # only subscriptions could be queued: close() must not wait
             if self._auth is not None:
                 self._auth.stop()
 
@@ -526,35 +594,79 @@ class Subscriber:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    table = self._receive(frames)
+                    table = self._isolated(frames)
                     if table is not None:
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
             for batch in batcher.due(time.monotonic()):
                 self._enqueue(batch)
 
+    def _isolated(self, frames) -> pa.Table | None:
+        """:meth:`_receive`, with whatever one message makes it raise counted and skipped.
+
+        A peer's message never ends this thread: only errors of the socket (in
+        :meth:`_loop`) and of the queue hand-off do.
+        """
+        try:
+            return self._receive(frames)
+        except WireError as e:
+            self._refuse(frames, e.reason, e.detail)
+        except Exception as e:  # noqa: BLE001 - per-message isolation, counted and logged
+            self._refuse(frames, "error", f"{type(e).__name__}: {e}", exc=e)
+        return None
+
+    def _refuse(self, frames, reason: str, detail: str, exc: BaseException | None = None) -> None:
+        """Count a refused message under ``reason`` and under its stream, if its header reads."""
+        now = time.time()
+        header = topic = None
+        if len(frames) == 3:
+            try:
+                header, topic = wire.Header.unpack(frames[1]), bytes(frames[0])
+            except WireError:
+                pass
+        with self._cond:
+            self._bad[reason] += 1
+            who = "an unknown peer"
+            if header is not None:
+                s = self._stream((header.producer, topic), header, now)
+                s.bad_frames += 1
+                who = f"{s.name} (topic {topic!r})"
+            last = self._bad_logged.get(reason)
+            if last is None or now - last >= _BAD_LOG_EVERY:
+                self._bad_logged[reason] = now
+                log.warning("%s: refused a message from %s: %s: %s (%d refused for this reason "
+                            "so far; stats()['bad_frames'])", self._thread.name, who, reason,
+                            detail[:300], self._bad[reason], exc_info=exc)
+
+    def _stream(self, key: tuple[bytes, bytes], h: wire.Header, now: float) -> _Stream:
+        """The stream of ``key``, created on its first message (caller holds ``_cond``)."""
+        s = self._streams.get(key)
+        if s is not None:
+            self._streams.move_to_end(key)
+            return s
+        s = self._streams[key] = _Stream(h.name, first_seen=now, last_seen=now,
+                                         next_seq=h.seq, next_total=h.total)
+        if h.seq:
+            s.skipped_rows = h.total
+            self._record_gap(now, key, s, "joined late", h.seq, h.total)
+        while len(self._streams) > MAX_STREAMS:
+            _, old = self._streams.popitem(last=False)  # heard from least recently
+            for counter in ("missed", "missed_rows", "skipped_rows"):
+                self._forgotten[counter] += getattr(old, counter)
+        return s
+
     def _receive(self, frames) -> pa.Table | None:
         """Decode one message and account for it; return its rows, if any."""
         now = time.time()
         if len(frames) == 1 and self._text_format is not None:
             return self._receive_text(frames[0], now)
-        try:
-            msg = wire.decode(frames, max_bytes=self._max_bytes)
-        except WireError as e:
-            with self._cond:
-                self._bad[e.reason] += 1
-            return None
+        msg = wire.decode(frames, max_bytes=self._max_bytes)
         h = msg.header
         key = (h.producer, msg.topic)
         with self._cond:
-            s = self._streams.get(key)
-            if s is None:
-                s = self._streams[key] = _Stream(h.name, first_seen=now,
-                                                 next_seq=h.seq, next_total=h.total)
-                if h.seq:
-                    s.skipped_rows = h.total
-                    self._record_gap(now, key, s, "joined late", h.seq, h.total)
+            s = self._stream(key, h, now)
             s.last_seen = now
+            s.received += 1
             s.lag = max(0.0, now - h.send_ns / 1e9)
             # Data messages are numbered 0, 1, 2...; control messages carry the count
             # sent so far, so a lost last message shows up too. ``total`` does the same
@@ -582,10 +694,9 @@ class Subscriber:
             s.messages += 1
             s.rows += h.rows
             if h.source:
-                span = s.sources.setdefault(h.source, [h.start, h.end])
-                span[0], span[1] = min(span[0], h.start), max(span[1], h.end)
+                s.add_source(h.source, h.start, h.end)
             s.bytes += msg.nbytes
-            s.recent.append((now, h.rows))
+            s.count_rows(now, h.rows)
             self._counts["messages"] += 1
             self._counts["rows"] += table.num_rows
             self._counts["bytes"] += msg.nbytes
@@ -608,12 +719,14 @@ class Subscriber:
         """Drop rows of a source already received (a restarted producer resending)."""
         if not h.source or "_offset" not in table.column_names:
             return table
-        done = self._dedup.get(h.source, -1)
-        self._dedup[h.source] = max(done, h.end)
+        done = self._dedup.pop(h.source, -1)
+        self._dedup[h.source] = max(done, h.end)  # re-inserted: most recently used last
+        if len(self._dedup) > MAX_SOURCES:
+            self._dedup.popitem(last=False)
         if done < 0 or not table.num_rows:
             return table
         offsets = table.column("_offset").to_numpy()
-        first_new = int(np.searchsorted(offsets, done))  # offsets ascend within a message
+        first_new = int(np.searchsorted(offsets, done))  # wire.decode checked they ascend
         if first_new:
             self._counts["duplicate_rows"] += first_new
             table = table.slice(first_new)
@@ -633,13 +746,15 @@ class Subscriber:
         topic, _, payload = bytes(frame).partition(b" ")
         key = (_LEGACY, topic)
         with self._cond:
-            s = self._streams.get(key)
-            if s is None:
-                s = self._streams[key] = _Stream("text", first_seen=now)
+            s = self._stream(key, wire.Header(name="text"), now)
             s.last_seen = now
+            s.received += 1
             s.messages += 1
-            table, rejects = self._text_format.parse([Record(payload, s.messages, -1)],
-                                                     topic.decode("utf-8", "replace"))
+            try:
+                table, rejects = self._text_format.parse([Record(payload, s.messages, -1)],
+                                                         topic.decode("utf-8", "replace"))
+            except Exception as e:  # noqa: BLE001 - a line that breaks the parser is refused
+                raise WireError("text", f"{type(e).__name__}: {e}") from None
             if rejects.num_rows:
                 self._keep_rejects(s.name, topic, rejects)
             if table is None:
@@ -647,7 +762,7 @@ class Subscriber:
             table = table.drop_columns(["_offset"])
             s.rows += table.num_rows
             s.bytes += len(payload)
-            s.recent.append((now, table.num_rows))
+            s.count_rows(now, table.num_rows)
             self._counts["messages"] += 1
             self._counts["rows"] += table.num_rows
             self._counts["bytes"] += len(payload)
@@ -667,16 +782,28 @@ class Subscriber:
             return
         self._retained.append((producer, table))
         self._retained_rows += table.num_rows
+        self._retained_bytes += table.nbytes
         if self._retain is None:
+            if self._retained_bytes > self._memory_budget and not self._memory_warned:
+                self._memory_warned = True
+                self._memory_warning = (
+                    f"rows kept for frame() and collect() passed memory_budget="
+                    f"{self._memory_budget} bytes ({self._retained_rows} rows, "
+                    f"{self._retained_bytes} bytes) and grow without bound: pass retain=N to "
+                    "keep only the last N rows, or take rows with get() and retain=0")
+                log.warning("%s: %s", self._thread.name, self._memory_warning)
             return
         while self._retained_rows - self._retained[0][1].num_rows >= self._retain:
             _, old = self._retained.popleft()
             self._retained_rows -= old.num_rows
+            self._retained_bytes -= old.nbytes
             self._counts["evicted_rows"] += old.num_rows
         excess = self._retained_rows - self._retain
         if excess > 0:
             p, first = self._retained[0]
+            self._retained_bytes -= first.nbytes
             self._retained[0] = (p, first.slice(excess))
+            self._retained_bytes += self._retained[0][1].nbytes
             self._retained_rows -= excess
             self._counts["evicted_rows"] += excess
 
@@ -705,4 +832,12 @@ _REJECTS_KEPT = 100_000
 
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
-                     "finished", "alive", "sources"]
+                     "finished", "alive", "received", "bad_frames", "sources"]
+
+
+def _default_budget() -> int:
+    """A quarter of this machine's physical memory (1 GiB if it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
