@@ -748,13 +748,13 @@ class Subscriber:
         with self._cond:
             s = self._stream(key, wire.Header(name="text"), now)
             s.last_seen = now
-            s.received += 1
             s.messages += 1
             try:
                 table, rejects = self._text_format.parse([Record(payload, s.messages, -1)],
                                                          topic.decode("utf-8", "replace"))
             except Exception as e:  # noqa: BLE001 - a line that breaks the parser is refused
                 raise WireError("text", f"{type(e).__name__}: {e}") from None
+            s.received += 1
             if rejects.num_rows:
                 self._keep_rejects(s.name, topic, rejects)
             if table is None:

@@ -71,6 +71,9 @@ class LineFormat:
             except ValueError as e:
                 rejects.append(_reject(file, r, str(e)))
                 continue
+            except RecursionError:  # e.g. JSON nested thousands deep
+                rejects.append(_reject(file, r, "nested too deeply to parse"))
+                continue
             if row is not None:
                 rows.append(row)
                 offsets.append(r.offset)
