@@ -39,6 +39,8 @@ _ids = itertools.count(1)
 Policy = Literal["block", "drop"]
 _TICKET = "<Q"
 ZERO_COPY_MIN = 64 * 1024  # below this a copy is cheaper than zero-copy bookkeeping
+_SEND_TIMEOUT_MS = 100     # longest a blocked send holds the owner away from its loop
+_OWNER_GRACE = 0.5         # close(): how long past its deadline the owner may take to notice
 
 
 def to_table(data) -> pa.Table:
@@ -186,6 +188,7 @@ class Producer:
         self._handed: dict[str, int] = {}  # source -> end offset handed to the socket
         self._deadline: float | None = None  # close()'s, for the owner's last messages
         self._dropped = False  # "drop" had a full subscriber: its pipe may be parked
+        self._abandoned = False  # the owner gave up at close()'s deadline
         self._monitor: Monitor | None = None
 
         self._ctx = zmq.Context()
@@ -391,8 +394,11 @@ class Producer:
         except TimeoutError:
             pass  # the owner is stuck behind a slow subscriber: reported below
         finally:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-            stuck = self._thread.is_alive()
+            # The owner notices the deadline itself within one send timeout (it checks
+            # between sends); term() must not start before, or libzmq refuses the
+            # shorter LINGER the owner sets (ETERM) and waits out the old one.
+            self._thread.join(max(0.0, deadline - time.monotonic()) + _OWNER_GRACE)
+            stuck = self._abandoned or self._thread.is_alive()
             for s in self._push_sockets:
                 s.close(linger=0)
             self._push_sockets.clear()
@@ -506,7 +512,7 @@ class Producer:
             # ("block") or drops for that subscriber only ("drop"). Polling for POLLOUT
             # cannot tell: an XPUB is always writable (libzmq#1597).
             xpub.setsockopt(zmq.XPUB_NODROP, 1)
-            xpub.sndtimeo = 100
+            xpub.sndtimeo = _SEND_TIMEOUT_MS
             pull.linger = 0
             pull.bind(self._inproc)
             monitor = self._monitor = Monitor(xpub, threading.current_thread().name)
@@ -525,16 +531,29 @@ class Producer:
         self._started.set()
         try:
             self._loop(xpub, pull, monitor)
+        except zmq.ContextTerminated:
+            pass  # close() past its deadline woke us: nothing left to do but release
         except Exception as e:
             with self._lock:
                 self._error = e
                 self._lock.notify_all()
         finally:
             monitor.close()
-            xpub.close()
+            # Linger only for what is left of close()'s time: the context's term() waits
+            # that long for the queue to leave, and no longer.
+            xpub.close(linger=self._linger_left())
             pull.close()
             if self._auth is not None:
                 self._auth.stop()
+
+    def _linger_left(self) -> int:
+        """Milliseconds the socket may still linger: what remains of close()'s deadline."""
+        if self._deadline is None:
+            return int(self._linger * 1000)
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
 
     def _loop(self, xpub: zmq.Socket, pull: zmq.Socket, monitor: Monitor) -> None:
         poller = zmq.Poller()
@@ -546,8 +565,14 @@ class Producer:
         next_ticket = 0
         closing = False
         next_heartbeat = time.monotonic() + self._heartbeat
+        lingering = False
 
         while True:
+            if self._deadline is not None and not lingering:
+                # close() was called: whatever happens now, the socket lingers no longer
+                # than its deadline (also if term() has to wake us).
+                xpub.linger = self._linger_left()
+                lingering = True
             now = time.monotonic()
             timeout = 0.0 if out else 0.1  # with messages waiting, send() does the waiting
             with self._lock:
@@ -598,6 +623,9 @@ class Producer:
 
             self._send_out(xpub, out)
 
+            if self._past_deadline():
+                self._abandoned = True  # close() timed out: what is queued here is dropped
+                return
             if closing and not out:
                 with self._lock:
                     done = next_ticket == self._tickets
@@ -628,6 +656,9 @@ class Producer:
             out = collections.deque(self._control(wire.Kind.END_OF_STREAM))
             waited = False
             while out:
+                if self._past_deadline():
+                    self._abandoned = True
+                    return
                 waited |= self._send_out(xpub, out, final=True)
             if not self._dropped or (waited and monitor.peers == 1):
                 return
@@ -659,6 +690,8 @@ class Producer:
             sent = self._sent["bytes"]
         left = sent / rate - (time.monotonic() - self._first_send) + 0.5
         end = time.monotonic() + min(max(left, 0.5), self._linger)
+        if self._deadline is not None:
+            end = min(end, self._deadline)
         while time.monotonic() < end:
             for m in self._control(wire.Kind.HEARTBEAT):
                 self._send_out(xpub, collections.deque([m]))

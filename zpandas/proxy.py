@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
+import time
 import uuid
 from typing import Literal
 
@@ -84,6 +85,7 @@ class Proxy:
                                curve=curve, max_message_bytes=max_message_bytes)
         self._lock = threading.Lock()
         self._closed = False
+        self._unanswered = 0   # STATISTICS requests whose reply has not been read
         self._device.start()
         self._device.started.wait()
         if self._device.error is not None:
@@ -134,13 +136,23 @@ class Proxy:
             If the proxy thread does not answer (it is waiting for a slow subscriber
             under ``policy="block"``).
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 raise ClosedError("this Proxy is closed")
+            # The control socket carries no request ids: replies to requests that timed
+            # out arrive later, in order, and are read and dropped here first.
+            while self._unanswered:
+                if not self._control.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                    raise TimeoutError(f"the proxy did not answer within {timeout} s")
+                self._control.recv_multipart()
+                self._unanswered -= 1
             self._control.send(b"STATISTICS")
-            if not self._control.poll(int(timeout * 1000)):
+            self._unanswered += 1
+            if not self._control.poll(max(0, int((deadline - time.monotonic()) * 1000))):
                 raise TimeoutError(f"the proxy did not answer within {timeout} s")
             reply = self._control.recv_multipart()
+            self._unanswered -= 1
         values = [struct.unpack("=Q", v)[0] for v in reply]
         out = {side: dict(zip(_COUNTERS, values[4 * i:4 * i + 4], strict=True))
                for i, side in enumerate(_SIDES)}
