@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from ._retained import compact
+
 
 class MicroBatcher:
     """Collect tables into micro-batches of ``max_rows`` rows, or fewer once ``max_latency`` old.
@@ -74,4 +76,4 @@ class MicroBatcher:
 
     def _take(self) -> pa.Table:
         tables, self._tables, self._rows, self._since = self._tables, [], 0, None
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return compact(tables)

@@ -33,7 +33,6 @@ import struct
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
 from .errors import WireError
 
@@ -55,6 +54,8 @@ _ELEMENTS_PER_BYTE = 8
 _ELEMENTS_ALLOWANCE = 1 << 16
 _MAX_DEPTH = 32
 _MAX_COLUMNS = 10_000
+#: Tables up to this many rows are validated by one call of Arrow's full validation.
+_SMALL_ROWS = 8192
 
 # Flatbuffer layout of Arrow's Message (format/Message.fbs): union field ``header``
 # takes slots 1 (type) and 2 (value); RecordBatch.compression is slot 3;
@@ -63,6 +64,7 @@ _DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
+_I64 = struct.Struct("<q")
 
 
 def _field_pos(buf: memoryview, table: int, slot: int) -> int:
@@ -80,8 +82,7 @@ def _child_table(buf: memoryview, pos: int) -> int:
     return pos + _U32.unpack_from(buf, pos)[0]
 
 
-def _is_compressed(metadata: pa.Buffer) -> bool:
-    buf = memoryview(metadata)
+def _is_compressed(buf: memoryview) -> bool:
     root = _U32.unpack_from(buf, 0)[0]
     type_pos = _field_pos(buf, root, 1)
     header_pos = _field_pos(buf, root, 2)
@@ -99,22 +100,43 @@ def _is_compressed(metadata: pa.Buffer) -> bool:
     return _field_pos(buf, batch, 3) != 0
 
 
-def check_body_messages(body: pa.Buffer) -> None:
-    """Refuse a body with compressed buffers before any of it is decompressed."""
+def check_body_messages(body) -> None:
+    """Refuse a body with compressed buffers before any of it is decompressed.
+
+    Walks the IPC stream's framing (continuation marker, metadata length, flatbuffer
+    metadata, body) without reading any batch; framing it cannot follow is left for
+    Arrow's reader to refuse.
+    """
+    if _any_compressed(memoryview(body)):
+        raise WireError("compressed", REASONS["compressed"])
+
+
+def _any_compressed(buf: memoryview) -> bool:
+    pos, n = 0, len(buf)
     try:
-        reader = ipc.MessageReader.open_stream(pa.BufferReader(body))
-        for message in reader:
-            if message.type in ("record batch", "dictionary") and _is_compressed(message.metadata):
-                raise WireError("compressed", REASONS["compressed"])
-    except WireError:
-        raise
-    except (pa.ArrowException, ValueError, OSError, struct.error, IndexError) as e:
-        raise WireError("body", f"body is not an Arrow IPC stream: {e}") from None
+        while pos + 8 <= n:
+            length = _I32.unpack_from(buf, pos)[0]
+            pos += 4
+            if length == -1:  # continuation marker, then the length
+                length = _I32.unpack_from(buf, pos)[0]
+                pos += 4
+            if length <= 0 or pos + length > n:
+                return False  # end of stream, or framing Arrow will refuse
+            meta = buf[pos:pos + length]
+            pos += length
+            if _is_compressed(meta):
+                return True
+            body_len_pos = _field_pos(meta, _U32.unpack_from(meta, 0)[0], 3)
+            pos += _I64.unpack_from(meta, body_len_pos)[0] if body_len_pos else 0
+    except (struct.error, IndexError, ValueError):
+        pass
+    return False
 
 
 # -- schema ------------------------------------------------------------------------------
 
-_schema_cache: dict[bytes, str | None] = {}
+# fingerprint + kind -> (problem or None, plan: [(column index, check)])
+_schema_cache: dict[bytes, tuple[tuple[str, str] | None, list[tuple[int, str]]]] = {}
 _SCHEMA_CACHE_MAX = 1024
 
 
@@ -169,17 +191,40 @@ def _schema_problem(schema: pa.Schema, rejects: bool) -> tuple[str, str] | None:
     return None
 
 
-def _check_schema(schema: pa.Schema, fp: bytes, rejects: bool) -> None:
+def _check(t: pa.DataType) -> str | None:
+    """Which value checks a column of type ``t`` needs beyond Arrow's basic validation.
+
+    Fixed-width numbers, booleans, timestamps and durations need none: basic validation
+    checks their buffers hold ``length`` values, and every bit pattern converts.
+    """
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_date(t) or pa.types.is_time(t):
+        return "temporal"
+    if pa.types.is_null(t):
+        return "null"
+    if (pa.types.is_dictionary(t) or pa.types.is_decimal(t) or pa.types.is_nested(t)):
+        return "full"
+    return None
+
+
+def _plan(schema: pa.Schema, fp: bytes, rejects: bool) -> list[tuple[int, str]]:
+    """The checks of ``schema``'s columns; raise WireError if the schema itself is refused."""
     key = fp + (b"R" if rejects else b"D")
-    if key in _schema_cache:
-        problem = _schema_cache[key]
-    else:
+    cached = _schema_cache.get(key)
+    if cached is None:
         problem = _schema_problem(schema, rejects)
+        plan = [] if problem else [(i, c) for i, f in enumerate(schema) if (c := _check(f.type))]
+        if problem is None and "_offset" in schema.names:
+            plan.append((schema.get_field_index("_offset"), "offset"))
         if len(_schema_cache) >= _SCHEMA_CACHE_MAX:
             _schema_cache.clear()  # a peer inventing schemas pays the checks again, no more
-        _schema_cache[key] = problem
-    if problem:
-        raise WireError(*problem)
+        cached = _schema_cache[key] = (problem, plan)
+    if cached[0]:
+        raise WireError(*cached[0])
+    return cached[1]
 
 
 # -- values ------------------------------------------------------------------------------
@@ -205,10 +250,11 @@ def _arrays(arr: pa.Array):
             yield from _arrays(arr.field(i))
 
 
-def _check_string(arr: pa.Array) -> bool:
-    """Validate a plain string array quickly; False if Arrow's full check must decide."""
+def _check_string(arr: pa.Array, *, utf8: bool = True) -> bool:
+    """Validate a string or binary array quickly; False if Arrow's full check must decide."""
     offsets_buf, data_buf = arr.buffers()[1], arr.buffers()[2]
-    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    width = np.int64 if large else np.int32
     n = len(arr)
     if n == 0:
         return False
@@ -216,7 +262,7 @@ def _check_string(arr: pa.Array) -> bool:
     size = 0 if data_buf is None else data_buf.size
     if offsets[0] < 0 or offsets[-1] > size or (n and np.any(offsets[1:] < offsets[:-1])):
         raise WireError("invalid", f"string offsets of a {arr.type} column are out of order or bounds")
-    if data_buf is None or offsets[-1] == offsets[0]:
+    if not utf8 or data_buf is None or offsets[-1] == offsets[0]:
         return True
     data = np.frombuffer(data_buf, dtype=np.uint8, count=int(offsets[-1] - offsets[0]),
                          offset=int(offsets[0]))
@@ -230,6 +276,8 @@ def _check_values(arr: pa.Array) -> None:
             return
         ints = arr.view(pa.int32() if t.bit_width == 32 else pa.int64())
         lo, hi = (v.as_py() for v in pc.min_max(ints).values())
+        if lo is None:
+            return
         if pa.types.is_date32(t):
             ok = _DAY_MIN <= lo and hi <= _DAY_MAX
         elif pa.types.is_date64(t):
@@ -263,25 +311,38 @@ def check_table(table: pa.Table, fp: bytes, *, body_bytes: int, rejects: bool = 
     # none, and a peer's must not decide how the notebook builds its DataFrames.
     if table.schema.metadata:
         table = table.replace_schema_metadata(None)
-    _check_schema(table.schema, fp, rejects)
+    plan = _plan(table.schema, fp, rejects)
     limit = _ELEMENTS_PER_BYTE * body_bytes + _ELEMENTS_ALLOWANCE
-    for column in table.columns:
-        for chunk in column.chunks:
-            for arr in _arrays(chunk):
-                if len(arr) > limit:
-                    raise WireError("size", f"an array of {len(arr)} elements in a body of "
-                                    f"{body_bytes} bytes")
-            try:
-                if (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)) \
-                        and _check_string(chunk):
-                    continue
-                chunk.validate(full=True)
-            except pa.ArrowInvalid as e:
-                raise WireError("invalid", str(e)) from None
-            for arr in _arrays(chunk):
-                _check_values(arr)
-    if "_offset" in table.column_names:
-        _check_offsets(table.column("_offset"), start, end)
+    # Sizes first: nothing below may scan an array that claims 2^31 elements.
+    for i, check in plan:
+        if check in ("null", "full"):
+            for chunk in table.column(i).chunks:
+                for arr in _arrays(chunk):
+                    if len(arr) > limit:
+                        raise WireError("size", f"an array of {len(arr)} elements in a body of "
+                                        f"{body_bytes} bytes")
+    # A small table is validated in one call; a large one column by column, with the
+    # vectorised path for strings (Arrow checks UTF-8 one value at a time).
+    small = table.num_rows <= _SMALL_ROWS
+    try:
+        if small:
+            table.validate(full=True)
+        for i, check in plan:
+            column = table.column(i)
+            if check == "offset":
+                _check_offsets(column, start, end)
+                continue
+            for chunk in column.chunks:
+                if check in ("string", "binary"):
+                    if not small and not _check_string(chunk, utf8=check == "string"):
+                        chunk.validate(full=True)
+                elif check in ("temporal", "full"):
+                    if not small:  # also what makes a lying null_count show
+                        chunk.validate(full=True)
+                    for arr in _arrays(chunk):
+                        _check_values(arr)
+    except pa.ArrowInvalid as e:
+        raise WireError("invalid", str(e)) from None
     return table
 
 
@@ -290,8 +351,10 @@ def _check_offsets(column: pa.ChunkedArray, start: int, end: int) -> None:
         raise WireError("columns", "_offset has nulls")
     if not len(column):
         return
-    offsets = column.to_numpy()
-    if np.any(offsets[1:] < offsets[:-1]):
+    chunks = [c for c in column.chunks if len(c)]
+    offsets = (np.frombuffer(chunks[0].buffers()[1], np.int64, len(chunks[0]), chunks[0].offset * 8)
+               if len(chunks) == 1 else column.to_numpy())
+    if len(offsets) > 1 and np.any(offsets[1:] < offsets[:-1]):
         raise WireError("columns", "_offset values are not ascending")
     if start >= 0 and offsets[0] < start or end >= 0 and offsets[-1] >= end:
         raise WireError("columns", f"_offset values [{offsets[0]}, {offsets[-1]}] lie outside "

@@ -975,6 +975,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     lagged: dict[str, int] = {}              # offsets handed one checkpoint tick ago
     deadline = None if duration is None else time.monotonic() + duration
     next_save = time.monotonic() + 1.0
+    next_expiry = time.monotonic()
     seen, out = set(), {"rows": 0, "bytes": 0, "rejects": 0}
 
     def save(handed: dict[str, int]) -> None:
@@ -1008,6 +1009,9 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                 ends.setdefault(source, {})[ch.end] = (ch.key, ch.path, ch.dev, ch.ino, ch.head,
                                                        ch.end, ch.line)
             now = time.monotonic()
+            if ckpt and now >= next_expiry:
+                ckpt.expire(follower.present)
+                next_expiry = now + 60.0
             if now >= next_save:
                 # Only offsets handed to the socket a whole tick ago: by then ZeroMQ has
                 # passed them to the kernel, which delivers them even if we are killed.

@@ -31,6 +31,7 @@ import zmq
 from . import wire
 from ._batcher import MicroBatcher
 from ._monitor import Monitor
+from ._retained import Retained
 from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, Record, get_format
@@ -199,9 +200,7 @@ class Subscriber:
         self._queue: collections.deque[pa.Table] = collections.deque()
         self._queued_bytes = 0
         self._consuming = False    # get() or iteration has been used
-        self._retained: collections.deque[tuple[bytes, pa.Table]] = collections.deque()
-        self._retained_rows = 0
-        self._retained_bytes = 0
+        self._retained = Retained(self._retain)
         self._memory_warning: str | None = None   # to warn about on the caller's next call
         self._memory_warned = False
         # Least recently heard from first; at most MAX_STREAMS.
@@ -287,7 +286,7 @@ class Subscriber:
         """Everything retained so far as one DataFrame (only the last ``last`` rows if given)."""
         with self._cond:
             self._check_error()
-            tables = [t for _, t in self._retained]
+            tables = self._retained.tables()
         self._warn_new_losses()
         table = concat(tables)
         if last is not None and table.num_rows > last:
@@ -327,7 +326,7 @@ class Subscriber:
                 raise TimeoutError(f"{len(done)} of {producers} producers finished {why}; "
                                    f"{self._counts['rows']} rows from "
                                    f"{len({p for p, _ in self._streams})} producers so far")
-            tables = [t for p, t in self._retained if p in done]
+            tables = self._retained.tables(done)
             lost = [s for (p, _), s in self._streams.items() if p in done and s.missed_rows]
             evicted = self._counts["evicted_rows"]
             self._warned_missed = self._missed_rows()
@@ -372,7 +371,7 @@ class Subscriber:
         agg.subscriber = self
         with self._cond:
             self._check()
-            for _, table in self._retained:
+            for table in self._retained.tables():
                 agg.update(table)
             self._aggregations.append(agg)
         return agg
@@ -705,7 +704,8 @@ class Subscriber:
     def _accept(self, producer: bytes, table: pa.Table) -> pa.Table | None:
         """Retain rows and feed the aggregations (caller holds ``_cond``, released here)."""
         if table.num_rows:
-            self._retain_table(producer, table)
+            self._counts["evicted_rows"] += self._retained.add(producer, table)
+            self._check_memory()
         aggregations = list(self._aggregations)
         self._cond.release()
         try:
@@ -777,35 +777,15 @@ class Subscriber:
             log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
                         self._thread.name, messages, rows, s.name, key[1])
 
-    def _retain_table(self, producer: bytes, table: pa.Table) -> None:
-        if self._retain == 0:
-            return
-        self._retained.append((producer, table))
-        self._retained_rows += table.num_rows
-        self._retained_bytes += table.nbytes
-        if self._retain is None:
-            if self._retained_bytes > self._memory_budget and not self._memory_warned:
-                self._memory_warned = True
-                self._memory_warning = (
-                    f"rows kept for frame() and collect() passed memory_budget="
-                    f"{self._memory_budget} bytes ({self._retained_rows} rows, "
-                    f"{self._retained_bytes} bytes) and grow without bound: pass retain=N to "
-                    "keep only the last N rows, or take rows with get() and retain=0")
-                log.warning("%s: %s", self._thread.name, self._memory_warning)
-            return
-        while self._retained_rows - self._retained[0][1].num_rows >= self._retain:
-            _, old = self._retained.popleft()
-            self._retained_rows -= old.num_rows
-            self._retained_bytes -= old.nbytes
-            self._counts["evicted_rows"] += old.num_rows
-        excess = self._retained_rows - self._retain
-        if excess > 0:
-            p, first = self._retained[0]
-            self._retained_bytes -= first.nbytes
-            self._retained[0] = (p, first.slice(excess))
-            self._retained_bytes += self._retained[0][1].nbytes
-            self._retained_rows -= excess
-            self._counts["evicted_rows"] += excess
+    def _check_memory(self) -> None:
+        kept = self._retained
+        if self._retain is None and kept.nbytes > self._memory_budget and not self._memory_warned:
+            self._memory_warned = True
+            self._memory_warning = (
+                f"rows kept for frame() and collect() passed memory_budget={self._memory_budget} "
+                f"bytes ({kept.rows} rows, {kept.nbytes} bytes) and grow without bound: pass "
+                "retain=N to keep only the last N rows, or take rows with get() and retain=0")
+            log.warning("%s: %s", self._thread.name, self._memory_warning)
 
     def _enqueue(self, table: pa.Table) -> None:
         with self._cond:

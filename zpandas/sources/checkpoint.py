@@ -1,5 +1,8 @@
 """Checkpoints: where each file incarnation was read up to, kept in SQLite (WAL mode).
 
+Entries of files that no followed path has been for :data:`RETENTION` (7 days) are
+deleted, so the table holds the files that exist plus a week of rotated-away ones.
+
 The registry also holds this producer's *source id*, made once and kept, so the keys of
 the rows it sends (source id, file incarnation, byte offset) are the same after a restart
 and a subscriber can drop what a restarted producer sends again. Offsets are advanced
@@ -27,9 +30,13 @@ CREATE TABLE IF NOT EXISTS files (
     head BLOB NOT NULL,            -- first bytes (up to 1 KiB) when last seen
     offset INTEGER NOT NULL,       -- rows before this byte were handed to the socket
     line INTEGER NOT NULL,         -- line number at offset
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    seen REAL                      -- when a followed path last was this file
 );
 """
+
+#: Entries of files that no followed path has been for this long are pruned (seconds).
+RETENTION = 7 * 24 * 3600
 
 
 class Checkpoint:
@@ -51,6 +58,9 @@ class Checkpoint:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(files)")}
+            if "seen" not in columns:  # a checkpoint written before entries expired
+                self._db.execute("ALTER TABLE files ADD COLUMN seen REAL")
             row = self._db.execute("SELECT value FROM meta WHERE name='source_id'").fetchone()
             if row is None:
                 self.source_id = uuid.uuid4().hex[:12]
@@ -72,11 +82,27 @@ class Checkpoint:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "INSERT INTO files (key, path, dev, ino, head, offset, line, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
                 "path=excluded.path, dev=excluded.dev, ino=excluded.ino, head=excluded.head, "
                 "offset=MAX(offset, excluded.offset), line=excluded.line, updated=excluded.updated",
                 [(k, p, d, i, h, o, ln, now) for k, p, d, i, h, o, ln in entries])
             self._db.execute("COMMIT")
+
+    def expire(self, present, *, now: float | None = None, retention: float = RETENTION) -> int:
+        """Mark the entries in ``present`` as seen now; delete those unseen for ``retention``.
+
+        Returns the number of entries deleted. An entry never marked counts as seen when
+        it was last updated.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE files SET seen=? WHERE key=?", [(now, k) for k in present])
+            gone = self._db.execute("DELETE FROM files WHERE COALESCE(seen, updated) < ?",
+                                    (now - retention,)).rowcount
+            self._db.execute("COMMIT")
+        return gone
 
     def close(self) -> None:
         with self._lock:

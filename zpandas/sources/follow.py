@@ -104,8 +104,12 @@ class Follower:
         self._resume = dict(resume or {})
         self._cursors: list[_Cursor] = []
         # Incarnations read to their end and released: a rotated file that still matches
-        # the globs is recognized and not read again. (dev, ino) -> (head, offset)
-        self._finished: dict[tuple[int, int], tuple[bytes, int]] = {}
+        # the globs is recognized and not read again. (dev, ino) -> (head, offset, key);
+        # forgotten once no matched path is that file any more.
+        self._finished: dict[tuple[int, int], tuple[bytes, int, str]] = {}
+        #: Keys of the incarnations the globs matched at the last poll (for a
+        #: checkpoint: entries of files not seen for long are pruned).
+        self.present: set[str] = set()
         self.lost_truncations = 0
         #: Incarnations seen for the first time (not resumed), as checkpoint entries
         #: ``(key, path, dev, ino, head, offset, line)``, to register before any of
@@ -127,7 +131,7 @@ class Follower:
                     chunks.append(chunk)
         for c in self._cursors:
             if c.done:
-                self._finished[(c.dev, c.ino)] = (c.head, c.offset)
+                self._finished[(c.dev, c.ino)] = (c.head, c.offset, c.key)
         self._cursors = [c for c in self._cursors if not c.done]
         return chunks
 
@@ -153,14 +157,18 @@ class Follower:
 
     def _discover(self) -> None:
         named = set()
+        seen: set[tuple[int, int]] = set()
         for path in self._paths():
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
+            seen.add((st.st_dev, st.st_ino))
             c = self._match(path, st)
             if c is not None:
                 named.add(id(c))
+        self._finished = {k: v for k, v in self._finished.items() if k in seen}
+        self.present = {c.key for c in self._cursors} | {v[2] for v in self._finished.values()}
         for c in self._cursors:
             if id(c) not in named and not c.detached:
                 c.detached = True

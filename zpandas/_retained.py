@@ -1,0 +1,107 @@
+"""The rows a Subscriber keeps for ``frame()`` and ``collect()``: the last ``limit``, compacted.
+
+Pure logic, no threads. A table decoded zero-copy from a small message keeps its whole
+ZeroMQ frame and a few KiB of Arrow and Python objects alive while ``table.nbytes``
+says a few bytes: a million one-row messages (every plain-text message is one) would
+pin gigabytes that no limit saw. So consecutive small tables of one producer and
+schema are combined into one contiguous table every :data:`COMPACT_EVERY` tables: the
+frames are released and ``nbytes`` is again what the rows cost.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pyarrow as pa
+
+__all__ = ["Retained", "SMALL_TABLE", "COMPACT_EVERY", "compact"]
+
+#: Tables under this many bytes are combined with their neighbours.
+SMALL_TABLE = 64 << 10
+#: How many small tables wait before they are combined (and their frames released).
+COMPACT_EVERY = 256
+
+
+def compact(tables: list[pa.Table]) -> pa.Table:
+    """One table of ``tables`` (one schema): contiguous, copied, if they are small."""
+    if len(tables) == 1:
+        return tables[0]
+    table = pa.concat_tables(tables)
+    if table.nbytes < SMALL_TABLE * len(tables):  # small on average: copying is cheap
+        table = table.combine_chunks()
+    return table
+
+
+class Retained:
+    """The last ``limit`` rows received (``None``: all, ``0``: none), each tagged with its producer.
+
+    Parameters
+    ----------
+    limit : int or None
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.rows = 0
+        self.nbytes = 0
+        self._entries: collections.deque[tuple[bytes, pa.Table]] = collections.deque()
+        self._tail: tuple[bytes, list[pa.Table]] | None = None  # small, not yet combined
+
+    def add(self, producer: bytes, table: pa.Table) -> int:
+        """Keep ``table``; return how many of the oldest rows were evicted to make room."""
+        if self.limit == 0 or not table.num_rows:
+            return 0
+        self.rows += table.num_rows
+        self.nbytes += table.nbytes
+        if table.nbytes >= SMALL_TABLE:
+            self._close_tail()
+            self._entries.append((producer, table))
+        else:
+            tail = self._tail
+            if tail is not None and (tail[0] != producer or not tail[1][0].schema.equals(table.schema)):
+                self._close_tail()
+                tail = None
+            if tail is None:
+                self._tail = (producer, [table])
+            else:
+                tail[1].append(table)
+                if len(tail[1]) >= COMPACT_EVERY:
+                    self._close_tail()
+        return self._evict()
+
+    def tables(self, producers: set[bytes] | None = None) -> list[pa.Table]:
+        """The tables kept, oldest first (only those of ``producers`` if given)."""
+        out = [t for p, t in self._entries if producers is None or p in producers]
+        if self._tail is not None and (producers is None or self._tail[0] in producers):
+            out += self._tail[1]
+        return out
+
+    def _close_tail(self) -> None:
+        if self._tail is None:
+            return
+        producer, tables = self._tail
+        self._tail = None
+        table = compact(tables)
+        self.nbytes += table.nbytes - sum(t.nbytes for t in tables)
+        self._entries.append((producer, table))
+
+    def _evict(self) -> int:
+        if self.limit is None or self.rows <= self.limit:
+            return 0
+        evicted = 0
+        while self.rows > self.limit:
+            if not self._entries:
+                self._close_tail()
+            producer, first = self._entries[0]
+            excess = self.rows - self.limit
+            if first.num_rows <= excess:
+                self._entries.popleft()
+                gone, kept_bytes = first.num_rows, 0
+            else:
+                rest = first.slice(excess)  # zero-copy: the oldest rows go, the rest stays
+                self._entries[0] = (producer, rest)
+                gone, kept_bytes = excess, rest.nbytes
+            self.rows -= gone
+            self.nbytes -= first.nbytes - kept_bytes
+            evicted += gone
+        return evicted
