@@ -85,7 +85,12 @@ def test_dedup_sources_are_capped(monkeypatch):
             assert list(sub._dedup)[-1] == "src/999"  # the most recent are the ones kept
             sources = sub.stats()["producers"].iloc[0]["sources"]
             assert list(sources) == [f"src/{i}" for i in range(990, 1000)]
-            assert sub.stats()["rows"] == 1000  # a forgotten source is not a duplicate
+            assert sub.stats()["rows"] == 1000
+            # resent: a forgotten source's rows are taken again, a remembered one's dropped
+            peer.send(rows, producer=pid, seq=1000, total=1000, source="src/0", start=0, end=10)
+            peer.send(rows, producer=pid, seq=1001, total=1001, source="src/999", start=0, end=10)
+            wait_for(lambda: sub.stats()["messages"] == 1002, what="the resent messages")
+            assert (sub.stats()["rows"], sub.stats()["duplicate_rows"]) == (1001, 1)
         finally:
             peer.close()
 
@@ -262,3 +267,50 @@ def test_retained_large_tables_are_kept_as_they_are():
     big = pa.table({"x": np.arange(100_000)})
     kept.add(b"p" * 16, big)
     assert kept.tables()[0] is big and kept.rows == 100_000
+
+
+def test_gaps_and_rejects_keep_the_last_ones_and_count_all(monkeypatch):
+    monkeypatch.setattr(subscriber_module, "GAPS_KEPT", 10)
+    monkeypatch.setattr(subscriber_module, "REJECTS_KEPT", 20)
+    from zpandas.sources.lines import REJECT_SCHEMA
+    reject = pa.Table.from_pylist([{"file": "f", "line": 1, "offset": 0, "reason": "r", "text": "t"}],
+                                  schema=REJECT_SCHEMA)
+    with zp.Subscriber(LOCAL) as sub:
+        peer = RawPeer(sub.endpoints[0])
+        try:
+            for i in range(50):
+                pid = i.to_bytes(16, "big")
+                peer.send(ROW, producer=pid, seq=2, total=2)          # joined late: a gap row
+                peer.send(reject, producer=pid, seq=3, total=3, kind=wire.Kind.REJECTS)
+            wait_for(lambda: sub.stats()["rejects"] == 50, what="every reject")
+            assert len(sub.gaps()) == 10
+            assert list(sub.gaps()["name"]) == [i.to_bytes(16, "big").hex()[:6] for i in range(40, 50)]
+            assert len(sub.rejects()) == 20 and sub.stats()["skipped_rows"] == 100
+        finally:
+            peer.close()
+
+
+def test_documented_limits_are_the_constants():
+    """The README's Limits table states these numbers."""
+    from zpandas import _retained, subscriber
+    assert (subscriber.MAX_STREAMS, subscriber.MAX_SOURCES, subscriber.SOURCES_PER_STREAM,
+            subscriber.GAPS_KEPT, subscriber.REJECTS_KEPT, subscriber._BAD_LOG_EVERY,
+            subscriber.LIVE_RETAIN) == (10_000, 100_000, 1_000, 10_000, 100_000, 10.0, 1_000_000)
+    assert RETENTION == 7 * 24 * 3600
+    assert subscriber._default_budget() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    sub = zp.Subscriber(LOCAL)
+    try:
+        assert (sub._max_bytes, sub._buffer_bytes) == (256 << 20, 256 << 20)
+    finally:
+        sub.close()
+
+
+def test_micro_batches_of_small_messages_are_contiguous():
+    """A queued micro-batch of one-row messages holds its rows, not the frames they came in."""
+    from zpandas._batcher import MicroBatcher
+    batcher = MicroBatcher(max_rows=1000, max_latency=1.0)
+    out = []
+    for i in range(1000):
+        out += batcher.add(pa.table({"i": [i]}), now=0.0)
+    assert len(out) == 1 and out[0].column(0).num_chunks == 1
+    assert out[0]["i"].to_pylist() == list(range(1000))

@@ -178,7 +178,7 @@ def _raw_publisher(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("via_proxy", [False, True], ids=["direct", "via-proxy"])
-def test_fuzz_malformed_messages_mixed_with_valid_traffic(tmp_path, via_proxy):
+def test_fuzz_malformed_messages_mixed_with_valid_traffic(tmp_path, via_proxy, caplog):
     proxy = zp.Proxy("@tcp://127.0.0.1:*", "@tcp://127.0.0.1:*") if via_proxy else None
     sub_ep = [ep.replace("tcp://", ">tcp://") for ep in proxy.backend] if via_proxy else LOCAL
     ctx = zmq.Context()
@@ -216,6 +216,9 @@ def test_fuzz_malformed_messages_mixed_with_valid_traffic(tmp_path, via_proxy):
                            "compressed", "invalid", "size", "value", "columns", "type", "oversize"):
                 assert st["bad_frames"].get(reason, 0) > 0, (reason, st["bad_frames"])
             assert set(st["bad_frames"]) <= set(wire.REASONS), st["bad_frames"]
+            # one log line per reason per 10 s, not one per refused message
+            refusals = [r for r in caplog.records if "refused a message" in r.getMessage()]
+            assert len(st["bad_frames"]) <= len(refusals) <= len(st["bad_frames"]) * 3
             # every valid row exactly once
             ks = sorted(df.loc[df["src"] == "real", "k"])
             assert ks == list(range(n_valid))

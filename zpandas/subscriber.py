@@ -59,6 +59,8 @@ _RATE_WINDOW = 5.0
 MAX_STREAMS = 10_000            # (producer, topic) rows of stats()["producers"]
 MAX_SOURCES = 100_000           # sources remembered for deduplication
 SOURCES_PER_STREAM = 1_000      # byte ranges kept per producer in stats()["producers"].sources
+GAPS_KEPT = 10_000              # rows of gaps()
+REJECTS_KEPT = 100_000          # rows of rejects()
 #: The bad-frame log line for one reason is written at most this often (seconds).
 _BAD_LOG_EVERY = 10.0
 
@@ -207,7 +209,7 @@ class Subscriber:
         self._streams: collections.OrderedDict[tuple[bytes, bytes], _Stream] = \
             collections.OrderedDict()
         self._forgotten = collections.Counter()   # counts of streams dropped past MAX_STREAMS
-        self._gaps: collections.deque[dict] = collections.deque(maxlen=10_000)
+        self._gaps: collections.deque[dict] = collections.deque(maxlen=GAPS_KEPT)
         self._warned_missed = 0    # missed rows already warned about
         self._counts = collections.Counter()
         self._bad = collections.Counter()
@@ -738,7 +740,7 @@ class Subscriber:
         table = table.add_column(0, "topic", pa.array([topic.decode("utf-8", "replace")] * n, pa.string()))
         self._rejects.append(table.add_column(0, "producer", pa.array([name] * n, pa.string())))
         self._rejects_kept += n
-        while self._rejects_kept - self._rejects[0].num_rows >= _REJECTS_KEPT:
+        while self._rejects_kept - self._rejects[0].num_rows >= REJECTS_KEPT:
             self._rejects_kept -= self._rejects.popleft().num_rows
 
     def _receive_text(self, frame, now: float) -> pa.Table | None:
@@ -808,7 +810,6 @@ class Subscriber:
 
 
 _LEGACY = b"text".ljust(16, b"\0")   # the "producer" of plain text messages
-_REJECTS_KEPT = 100_000
 
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
