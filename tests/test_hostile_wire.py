@@ -116,6 +116,21 @@ def test_compressed_body_is_refused_before_it_is_decompressed():
     assert reason(frames_of(d, compression="lz4")) == "compressed"
 
 
+@pytest.mark.timeout(10)
+def test_negative_body_length_cannot_loop_the_framing_walk():
+    """A batch whose bodyLength points back at itself: refused, not walked for ever."""
+    frames = frames_of(table(x=[1, 2, 3]))
+    body = bytearray(frames[2])
+    reader = ipc.MessageReader.open_stream(pa.BufferReader(bytes(body)))
+    next(reader)  # the schema
+    batch = next(reader)
+    meta = bytes(batch.metadata)
+    # bodyLength (int64) equals the body's length in the batch's metadata: find and negate it
+    at = body.index(meta) + meta.index(struct.pack("<q", batch.body.size))
+    body[at:at + 8] = struct.pack("<q", -(len(meta) + 8))  # back to its own marker
+    assert reason([frames[0], frames[1], bytes(body)]) == "body"
+
+
 def test_offset_outside_the_header_range_is_refused():
     t = table(x=[1, 2], _offset=pa.array([100, 200], pa.int64()))
     assert wire.decode(frames_of(t, start=100, end=201)).table.num_rows == 2

@@ -127,7 +127,10 @@ def _any_compressed(buf: memoryview) -> bool:
             if _is_compressed(meta):
                 return True
             body_len_pos = _field_pos(meta, _U32.unpack_from(meta, 0)[0], 3)
-            pos += _I64.unpack_from(meta, body_len_pos)[0] if body_len_pos else 0
+            body_len = _I64.unpack_from(meta, body_len_pos)[0] if body_len_pos else 0
+            if body_len < 0:
+                return False  # Arrow refuses it; going back would loop here for ever
+            pos += body_len
     except (struct.error, IndexError, ValueError):
         pass
     return False
