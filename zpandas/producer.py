@@ -962,6 +962,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     from .sources.checkpoint import Checkpoint
     from .sources.follow import Follower
     from .sources.lines import get_format
+    from .sources.watch import watch
 
     fmt = get_format(format, delimiter=delimiter, max_line_bytes=max_line_bytes)
     patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
@@ -970,7 +971,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     follower = Follower(patterns, quoted=fmt.quoted, multiline=multiline,
                         multiline_timeout=multiline_timeout, resume=ckpt.load() if ckpt else None)
     wake = threading.Event()
-    watcher = _watch(patterns, wake) if follow else None
+    watcher = watch(patterns, wake) if follow else None
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
     lagged: dict[str, int] = {}              # offsets handed one checkpoint tick ago
     deadline = None if duration is None else time.monotonic() + duration
@@ -1040,32 +1041,3 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     out["lost_truncations"] = follower.lost_truncations
     out["widened"] = []  # line formats turn values that do not fit into rejects
     return out
-
-
-def _watch(patterns: list[str], wake: threading.Event):
-    """Set ``wake`` on any change in the folders of ``patterns`` (None: polling only)."""
-    try:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-    except ImportError:
-        return None
-
-    class Handler(FileSystemEventHandler):
-        def on_any_event(self, event) -> None:
-            wake.set()
-
-    folders = set()
-    for p in patterns:
-        base = p.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
-        folder = base if os.path.isdir(base) else os.path.dirname(base) or "."
-        if os.path.isdir(folder):
-            folders.add((os.path.abspath(folder), "**" in p))
-    observer = Observer()
-    observer.daemon = True
-    try:
-        for folder, recursive in sorted(folders):
-            observer.schedule(Handler(), folder, recursive=recursive)
-        observer.start()
-    except OSError:  # e.g. out of inotify watches: polling still works
-        return None
-    return observer
