@@ -28,20 +28,19 @@ SLACK = 1.5
 def _flood(p: zp.Producer, df: pd.DataFrame, stop: threading.Event) -> threading.Thread:
     """A thread sending ``df`` until ``stop``, or until the producer is closed under it.
 
-    A send blocked behind a stuck subscriber returns only when the producer is closed,
-    and today that ends the sending thread with an error (ClosedError, or a raw
-    ContextTerminated: issue 13, one owner per socket) - which is not what these tests
-    are about, so the thread ends quietly on it.
+    A send blocked behind a stuck subscriber returns only when the producer is closed:
+    it then raises ClosedError, kept in the thread's ``error``.
     """
     def run():
         try:
             while not stop.is_set():
                 p.send(df)
                 p.flush()
-        except (zp.ZpandasError, zmq.ZMQError):
-            pass
+        except Exception as e:  # noqa: BLE001 - examined by the test
+            thread.error = e
 
     thread = threading.Thread(target=run, name="flood")
+    thread.error = None
     thread.start()
     return thread
 
@@ -214,3 +213,24 @@ def test_proxy_close_timeout_holds_when_blocked():
         proxy.close(timeout=1)
         assert time.monotonic() - t0 < 1 + SLACK + 1  # + the frontend's 1 s linger
         assert proxy.closed
+
+
+@pytest.mark.timeout(60)
+def test_close_while_another_thread_is_blocked_in_send_ends_that_send_with_closed_error():
+    """The blocked thread's socket is closed under its lock, never under its send."""
+    ctx = zmq.Context()
+    sub, endpoint = _stuck_subscriber(ctx)
+    try:
+        p = zp.Producer(endpoint, buffer_bytes=1 << 20, frame_bytes=1 << 18)
+        while p.stats()["subscriptions"] < 1:
+            sub.poll(10)
+        sender = _flood(p, pd.DataFrame({"x": np.arange(100_000)}), threading.Event())
+        wait_for(lambda: p.stats()["blocked_s"] > 0.5, timeout=30, what="the producer to block")
+        with pytest.raises(TimeoutError):
+            p.close(timeout=1)
+        sender.join(5)
+        assert not sender.is_alive()
+        assert isinstance(sender.error, zp.ClosedError), repr(sender.error)
+    finally:
+        sub.close()
+        ctx.term()

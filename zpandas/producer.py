@@ -194,7 +194,10 @@ class Producer:
         self._ctx = zmq.Context()
         self._inproc = f"inproc://zpandas-producer-{uuid.uuid4().hex}"
         self._local = threading.local()
-        self._push_sockets: list[zmq.Socket] = []
+        # Each calling thread's PUSH socket, with the lock it holds while handing off a
+        # message: close() closes a socket only under its lock, never under a send.
+        self._push_sockets: list[_PushSocket] = []
+        self._pushes_closed = False
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"zpandas-producer-{next(_ids)}",
                                         daemon=True)
@@ -399,8 +402,12 @@ class Producer:
             # shorter LINGER the owner sets (ETERM) and waits out the old one.
             self._thread.join(max(0.0, deadline - time.monotonic()) + _OWNER_GRACE)
             stuck = self._abandoned or self._thread.is_alive()
-            for s in self._push_sockets:
-                s.close(linger=0)
+            # A thread blocked handing off gives up within one send timeout (it sees
+            # _pushes_closed) and releases its socket's lock.
+            self._pushes_closed = True
+            for push in self._push_sockets:
+                with push.lock:
+                    push.sock.close(linger=0)
             self._push_sockets.clear()
             # term() returns once the owner's socket has sent its queue (or lingered):
             # zero-copy buffers are never freed while libzmq may still read them. A stuck
@@ -441,17 +448,18 @@ class Producer:
         self._tickets += 1
         return ticket, tkey, pend
 
-    def _push_socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "sock", None)
-        if sock is None:
+    def _push_socket(self) -> _PushSocket:
+        push = getattr(self._local, "push", None)
+        if push is None:
             sock = self._ctx.socket(zmq.PUSH)
             sock.linger = 0
             sock.sndhwm = 4  # backpressure: a sender waits rather than queueing without bound
             sock.sndtimeo = 200
             sock.connect(self._inproc)
-            self._local.sock = sock
-            self._push_sockets.append(sock)
-        return sock
+            push = self._local.push = _PushSocket(sock, threading.Lock())
+            with self._lock:
+                self._push_sockets.append(push)
+        return push
 
     def _encode(self, tkey: bytes, pend: _Pending) -> list:
         """Encode pending rows as one message, or several of ~frame_bytes if unsourced."""
@@ -465,7 +473,7 @@ class Producer:
             frames += wire.encode(table.slice(i, step), topic=tkey, header=header)
         return frames
 
-    def _encode_and_push(self, sock: zmq.Socket, ticket: int, tkey: bytes, pend: _Pending,
+    def _encode_and_push(self, sock: _PushSocket, ticket: int, tkey: bytes, pend: _Pending,
                          deadline: float | None = None) -> None:
         frames: list = [b"S", ticket.to_bytes(8, "little")]  # "skip" if encoding fails
         try:
@@ -473,22 +481,27 @@ class Producer:
         finally:
             self._push(sock, frames, deadline)
 
-    def _push(self, sock: zmq.Socket, frames: list, deadline: float | None = None) -> None:
+    def _push(self, push: _PushSocket, frames: list, deadline: float | None = None) -> None:
         # Blocks while the owner is behind (backpressure), but never forever: if the
-        # owner thread died there is nobody to wait for, and close() has a deadline.
-        while True:
-            try:
-                sock.send(frames[0], zmq.SNDMORE if len(frames) > 1 else 0)
-                break
-            except zmq.Again:
-                if self._error is not None or not self._thread.is_alive():
-                    raise ProducerBrokenError("producer thread is gone") from self._error
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError("the producer thread is not taking messages") from None
-        # Later parts of a multipart message are accepted once its first part is.
-        for i, f in enumerate(frames[1:], 2):
-            more = zmq.SNDMORE if i < len(frames) else 0
-            sock.send(f, more, copy=len(f) < ZERO_COPY_MIN)
+        # owner thread died there is nobody to wait for, close() has a deadline, and a
+        # close() on another thread makes this give up within one send timeout.
+        with push.lock:
+            sock = push.sock
+            while True:
+                if self._pushes_closed or sock.closed:
+                    raise ClosedError("this Producer was closed while rows were being handed over")
+                try:
+                    sock.send(frames[0], zmq.SNDMORE if len(frames) > 1 else 0)
+                    break
+                except zmq.Again:
+                    if self._error is not None or not self._thread.is_alive():
+                        raise ProducerBrokenError("producer thread is gone") from self._error
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError("the producer thread is not taking messages") from None
+            # Later parts of a multipart message are accepted once its first part is.
+            for i, f in enumerate(frames[1:], 2):
+                more = zmq.SNDMORE if i < len(frames) else 0
+                sock.send(f, more, copy=len(f) < ZERO_COPY_MIN)
 
     # -- socket owner thread ------------------------------------------------------------
 
@@ -780,6 +793,14 @@ class Producer:
                 for topic in self._topics]
 
 
+@dataclass
+class _PushSocket:
+    """A calling thread's hand-off socket and the lock held while a message goes through it."""
+
+    sock: zmq.Socket
+    lock: threading.Lock
+
+
 class _Outgoing:
     """One message on its way out of the owner thread."""
 
@@ -937,10 +958,11 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
 def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str,
                  block_size: int, progress: bool) -> dict:
     from .sources.csv import CsvReader
+    from .sources.lines import REJECT_SCHEMA
 
     reader = CsvReader(schema=schema, delimiter=delimiter, block_size=block_size)
     total = sum(os.path.getsize(f) for f in files)
-    rows = 0
+    rows = rejects = 0
     with _progress(total, progress) as bar:
         for path in files:
             source = os.path.abspath(path)
@@ -950,8 +972,13 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
                 rows += block.table.num_rows
                 bar.update(block.end - done)
                 done = block.end
+            if reader.rejects:
+                producer.send_rejects(pa.Table.from_pylist(reader.rejects, schema=REJECT_SCHEMA),
+                                      source=source)
+                rejects += len(reader.rejects)
+                reader.rejects.clear()
             bar.update(os.path.getsize(path) - done)
-    return {"files": len(files), "rows": rows, "bytes": total, "rejects": 0,
+    return {"files": len(files), "rows": rows, "bytes": total, "rejects": rejects,
             "widened": reader.widened}
 
 
@@ -969,7 +996,8 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     source_id = ckpt.source_id if ckpt else uuid.uuid4().hex[:12]
     follower = Follower(patterns, quoted=fmt.quoted, multiline=multiline,
-                        multiline_timeout=multiline_timeout, resume=ckpt.load() if ckpt else None)
+                        multiline_timeout=multiline_timeout, resume=ckpt.load() if ckpt else None,
+                        max_line_bytes=max_line_bytes)
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry

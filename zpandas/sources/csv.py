@@ -137,6 +137,10 @@ class CsvReader:
         self.schema: pa.Schema | None = None
         self._schema_from: str | None = None
         self.widened: list[str] = []  # "'col' int64 -> double", as types were widened
+        #: Records that can never parse - an unclosed quote at the end of a file, which
+        #: Arrow would take as one field swallowing the rest - as rows of the reject
+        #: schema: ``file``, ``line``, ``offset``, ``reason``, ``text``.
+        self.rejects: list[dict] = []
 
     def read(self, path: str | os.PathLike) -> Iterator[Block]:
         """Yield the blocks of one file, in order; an empty file yields nothing.
@@ -167,6 +171,8 @@ class CsvReader:
                 filled += n
                 start = len(_BOM) if offset == 0 and buf.startswith(_BOM) else 0
                 cut = filled if eof else last_record_end(buf, self._quote, filled)
+                if eof and self._quote is not None:
+                    cut = self._unclosed_at_end(path, buf, filled, offset, start)
                 if cut <= start:
                     continue  # no complete record yet: read on
                 if names is None:
@@ -183,6 +189,21 @@ class CsvReader:
                 buf[:filled - cut] = buf[cut:filled]  # the partial record moves to the front
                 filled -= cut
                 offset += cut
+
+    def _unclosed_at_end(self, path: str, buf: bytearray, filled: int, offset: int,
+                         start: int) -> int:
+        """Where the file's records end: before a last record whose quote never closes
+        (recorded as a reject), else at the end."""
+        last = max(start, last_record_end(buf, self._quote, filled))
+        if buf.count(self._quote, last, filled) % 2 == 0:
+            return filled
+        text = bytes(buf[last:filled]).decode("utf-8", "replace")
+        self.rejects.append({"file": path, "line": _line_at(path, offset + last),
+                             "offset": offset + last, "reason": "unclosed quote",
+                             "text": text[:1000]})
+        log.warning("%s: the record at byte %d has an unclosed quote and runs to the end of "
+                    "the file: rejected", path, offset + last)
+        return last
 
     def _header(self, path: str, buf: bytearray, start: int, end: int, offset: int) -> list[str]:
         """Column names from the header record in ``buf[start:end]``, made unique."""
@@ -271,3 +292,16 @@ class CsvReader:
         log.warning("%s: bytes %d-%d: values that do not fit the types inferred from the first "
                     "block; widened column %s", path, offset, offset + len(chunk), ", ".join(changed))
         return True
+
+
+def _line_at(path: str, offset: int) -> int:
+    """The line number of byte ``offset`` of ``path`` (rejects are rare: read it again)."""
+    line = 1
+    with open(path, "rb") as f:
+        while offset > 0:
+            chunk = f.read(min(offset, 1 << 20))
+            if not chunk:
+                break
+            line += chunk.count(b"\n")
+            offset -= len(chunk)
+    return line

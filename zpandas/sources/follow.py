@@ -54,6 +54,7 @@ class _Cursor:
     f: BinaryIO | None = None
     tail: bytes = b""          # the bytes just before ``offset``
     pending: list = field(default_factory=list)  # lines of a record that may still grow
+    skipping: bool = False     # inside a record too long to keep: skip to its newline
     grew: float = field(default_factory=time.monotonic)
     detached: bool = False     # the path no longer names this file
     done: bool = False
@@ -91,16 +92,23 @@ class Follower:
         A renamed or deleted file at its end is closed after this long without growth.
     resume : dict, optional
         From a checkpoint: ``{key: (dev, ino, head, offset, line)}``.
+    max_line_bytes : int
+        A record still unterminated after this many bytes is returned cut to
+        ``max_line_bytes + 1`` bytes (which a format rejects as too long) and the rest of
+        it, up to its newline, is skipped: no record can stall a file.
     """
 
     def __init__(self, patterns: list[str], *, quoted: bool = False, multiline=None,
                  multiline_timeout: float = 2.0, release_after: float = 2.0,
-                 resume: dict | None = None) -> None:
+                 resume: dict | None = None, max_line_bytes: int = 1 << 20) -> None:
         self.patterns = list(patterns)
         self.quoted = quoted
         self.multiline = re.compile(multiline) if isinstance(multiline, str) else multiline
         self.multiline_timeout = multiline_timeout
         self.release_after = release_after
+        self.max_line_bytes = max_line_bytes
+        # A block always holds a whole record of the longest length allowed, and more.
+        self._block = max(_READ, max_line_bytes + 2)
         self._resume = dict(resume or {})
         self._cursors: list[_Cursor] = []
         # Incarnations read to their end and released: a rotated file that still matches
@@ -253,14 +261,22 @@ class Follower:
                 c.f = None
                 return None  # replaced between discovery and open: next poll
         c.f.seek(c.offset)
-        data = c.f.read(_READ)
+        data = c.f.read(self._block)
         now = time.monotonic()
         if data:
             c.grew = now
             if len(c.head) < HEAD_BYTES and c.offset == len(c.head):
                 c.head = (c.head + data)[:HEAD_BYTES]
-        eof = len(data) < _READ
-        records, used = self._records(c, data, eof_ends_record=final and eof)
+        eof = len(data) < self._block
+        if c.skipping or (not eof and self._no_record_end(data)):
+            records, used = self._skip_long(c, data)
+        else:
+            records, used = self._records(c, data, eof_ends_record=final and eof)
+            if final and eof and used < len(data):
+                # One pass, at the end: what is left can never end (an unclosed quote).
+                records.append(Record(data[used:], c.line, c.offset + used))
+                c.line += data.count(b"\n", used)
+                used = len(data)
         start = c.offset
         if used:
             c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
@@ -287,6 +303,25 @@ class Follower:
             return None
         return Chunk(c.key, c.path, records, records[0].offset if records else start, end, line,
                      c.head, c.dev, c.ino)
+
+    def _no_record_end(self, data: bytes) -> bool:
+        """A full block without the end of its first record: that record is too long."""
+        if self.quoted:
+            return last_record_end(data) == 0
+        return data.find(b"\n") < 0
+
+    def _skip_long(self, c: _Cursor, data: bytes) -> tuple[list[Record], int]:
+        """Return a too-long record's head (once), and skip the rest of it to its newline."""
+        records = []
+        if not c.skipping:
+            records.append(Record(data[:self.max_line_bytes + 1], c.line, c.offset))
+            c.skipping = True
+        nl = data.find(b"\n")
+        if nl < 0:
+            return records, len(data)
+        c.skipping = False
+        c.line += 1
+        return records, nl + 1
 
     def _records(self, c: _Cursor, data: bytes, *, eof_ends_record: bool) -> tuple[list[Record], int]:
         """Split ``data`` (read at ``c.offset``) into complete records; return them and bytes used.

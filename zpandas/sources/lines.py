@@ -244,6 +244,8 @@ class CsvLines(LineFormat):
     def _row(self, text: str) -> dict | None:
         if not text.strip():
             return None
+        if text.count('"') % 2:  # csv.reader would take it, quote and all, without a word
+            raise ValueError("unclosed quote")
         (fields,) = list(csv.reader(io.StringIO(text), delimiter=self.delimiter)) or [[]]
         if len(fields) != len(self._names):
             raise ValueError(f"{len(fields)} fields, the header has {len(self._names)}")
