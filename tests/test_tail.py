@@ -111,3 +111,132 @@ def test_an_unclosed_quote_at_the_end_of_a_one_pass_csv_is_a_reject(tmp_path, li
         assert result["rejects"] == 1
         (r,) = sub.rejects().itertuples()
         assert (r.line, r.reason) == (3, "unclosed quote")
+
+
+def _copytruncate(tmp_path, *, lines: int, poll_between: bool, first_sight: str | None):
+    """Follow app.log*, copytruncate it, write a line to each file; return what was read."""
+    import shutil
+
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    want = [f"line {i:04d} " + "x" * 30 for i in range(lines)]
+    f = Follower([str(tmp_path / "app.log*")], release_after=0)
+    got = []
+
+    def poll():
+        for _ in range(3):
+            for chunk in f.poll():
+                got.extend(r.raw.decode() for r in chunk.records)
+
+    try:
+        with open(log, "w") as fh:
+            if first_sight is not None:  # seen first with only this much written
+                fh.write(first_sight)
+                fh.flush()
+                poll()
+                want = [x.rstrip("\n") for x in (first_sight + "ne\n").splitlines()] + want
+                fh.write("ne\n")
+            fh.write("".join(x + "\n" for x in want[-lines:]))
+        poll()
+        shutil.copy(log, tmp_path / "app.log.1")
+        if poll_between:
+            poll()
+        os.truncate(log, 0)
+        with open(tmp_path / "app.log.1", "a") as fh:
+            fh.write("written to the copy\n")
+        with open(log, "a") as fh:
+            fh.write("written to the truncated file\n")
+        poll()
+        poll()
+    finally:
+        f.close()
+    return got, want + ["written to the copy", "written to the truncated file"], f
+
+
+@pytest.mark.parametrize("lines", [5, 100], ids=["under-1KiB", "over-1KiB"])
+@pytest.mark.parametrize("poll_between", [False, True], ids=["copy-unseen", "copy-seen"])
+@pytest.mark.parametrize("first_sight", [None, "first line\nsecond li"], ids=["whole", "mid-line"])
+def test_copytruncate_then_lines_to_both_files_gives_each_line_once(tmp_path, lines, poll_between,
+                                                                    first_sight, caplog):
+    got, want, follower = _copytruncate(tmp_path, lines=lines, poll_between=poll_between,
+                                        first_sight=first_sight)
+    assert sorted(got) == sorted(want)
+    assert follower.lost_truncations == 0 and "no copy of it was found" not in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_copytruncate_end_to_end_exactly_the_lines_plus_the_two_new_ones(tmp_path):
+    import shutil
+    log = tmp_path / "app.log"
+    log.write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))  # a small file: 50 bytes
+    with zp.Subscriber(LOCAL) as sub:
+        from .test_follow import Publishing
+        pub = Publishing([str(tmp_path / "app.log*")], sub.endpoints, format="jsonl", follow=True,
+                         wait_for_subscribers=1)
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 5, timeout=30, what="the first rows")
+            shutil.copy(log, tmp_path / "app.log.1")
+            os.truncate(log, 0)
+            with open(tmp_path / "app.log.1", "a") as fh:
+                fh.write('{"i": 100}\n')
+            with open(log, "a") as fh:
+                fh.write('{"i": 200}\n')
+            wait_for(lambda: sub.stats()["rows"] >= 7, timeout=30, what="the two new rows")
+        finally:
+            result = pub.finish()
+        assert sorted(sub.frame()["i"]) == [0, 1, 2, 3, 4, 100, 200]
+        assert sub.stats()["duplicate_rows"] == 0 and result["lost_truncations"] == 0
+
+
+@pytest.mark.parametrize("lines", [5, 100], ids=["under-1KiB", "over-1KiB"])
+def test_copytruncate_while_stopped_resumes_the_copy_and_reads_the_new_file(tmp_path, lines):
+    import shutil
+
+    from zpandas.sources.checkpoint import Checkpoint
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    first = [f"line {i:04d} " + "x" * 30 for i in range(lines)]
+    log.write_text("".join(x + "\n" for x in first))
+    pattern = [str(tmp_path / "app.log*")]
+    with Checkpoint(tmp_path / "ck.sqlite") as ck:
+        f = Follower(pattern)
+        chunks = f.poll()
+        got = [r.raw.decode() for ch in chunks for r in ch.records]
+        ck.save(f.discovered)
+        ck.save([(ch.key, ch.path, ch.dev, ch.ino, ch.head, ch.end, ch.line) for ch in chunks])
+        f.close()
+        # stopped: the file is rotated by copytruncate and written to
+        shutil.copy(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        with open(tmp_path / "app.log.1", "a") as fh:
+            fh.write("written to the copy\n")
+        with open(log, "a") as fh:
+            fh.write("written to the new file\n")
+        f = Follower(pattern, resume=ck.load(), release_after=0)
+        for _ in range(3):
+            got += [r.raw.decode() for ch in f.poll() for r in ch.records]
+        f.close()
+    assert sorted(got) == sorted(first + ["written to the copy", "written to the new file"])
+
+
+def test_a_copy_seen_while_it_is_still_being_written_is_not_read_as_a_new_file(tmp_path):
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    lines = [f"line {i:04d} " + "x" * 30 for i in range(200)]
+    data = "".join(x + "\n" for x in lines).encode()
+    log.write_bytes(data)
+    f = Follower([str(tmp_path / "app.log*")], release_after=5)
+    try:
+        got = [r.raw.decode() for ch in f.poll() for r in ch.records]
+        with open(tmp_path / "app.log.1", "wb") as copy:  # logrotate's copy, half written
+            copy.write(data[:len(data) // 2])
+            copy.flush()
+            got += [r.raw.decode() for ch in f.poll() for r in ch.records]
+            copy.write(data[len(data) // 2:])
+        os.truncate(log, 0)
+        with open(log, "a") as fh:
+            fh.write("new\n")
+        got += [r.raw.decode() for _ in range(3) for ch in f.poll() for r in ch.records]
+    finally:
+        f.close()
+    assert sorted(got) == sorted(lines + ["new"])

@@ -112,12 +112,16 @@ class Follower:
         self._resume = dict(resume or {})
         self._cursors: list[_Cursor] = []
         # Incarnations read to their end and released: a rotated file that still matches
-        # the globs is recognized and not read again. (dev, ino) -> (head, offset, key);
-        # forgotten once no matched path is that file any more.
-        self._finished: dict[tuple[int, int], tuple[bytes, int, str]] = {}
+        # the globs is recognized and not read again, and resumed where it was if it
+        # grows again. (dev, ino) -> (head, offset, key, line); forgotten once no
+        # matched path is that file any more.
+        self._finished: dict[tuple[int, int], tuple[bytes, int, str, int]] = {}
         #: Keys of the incarnations the globs matched at the last poll (for a
         #: checkpoint: entries of files not seen for long are pruned).
         self.present: set[str] = set()
+        # (dev, ino) -> [size, since]: files that so far are the start of a file we read,
+        # perhaps a copy still being written (copytruncate of a large file)
+        self._maybe_copies: dict[tuple[int, int], list] = {}
         self.lost_truncations = 0
         #: Incarnations seen for the first time (not resumed), as checkpoint entries
         #: ``(key, path, dev, ino, head, offset, line)``, to register before any of
@@ -139,7 +143,7 @@ class Follower:
                     chunks.append(chunk)
         for c in self._cursors:
             if c.done:
-                self._finished[(c.dev, c.ino)] = (c.head, c.offset, c.key)
+                self._finished[(c.dev, c.ino)] = (c.head, c.offset, c.key, c.line)
         self._cursors = [c for c in self._cursors if not c.done]
         return chunks
 
@@ -176,6 +180,7 @@ class Follower:
             if c is not None:
                 named.add(id(c))
         self._finished = {k: v for k, v in self._finished.items() if k in seen}
+        self._maybe_copies = {k: v for k, v in self._maybe_copies.items() if k in seen}
         self.present = {c.key for c in self._cursors} | {v[2] for v in self._finished.values()}
         for c in self._cursors:
             if id(c) not in named and not c.detached:
@@ -193,15 +198,27 @@ class Follower:
             c.path, c.detached = path, False
             return c
         else:
-            if self._is_copy(path, st):
+            if self._is_copy(path, st) or self._copy_in_progress(path, st):
                 return None
             done = self._finished.get((st.st_dev, st.st_ino))
-            if done is not None and _head(path, len(done[0])) == done[0] and st.st_size <= done[1]:
-                return None  # read to its end before (rotated away, still matched)
+            if done is not None and _head(path, len(done[0])) == done[0]:
+                if st.st_size <= done[1]:
+                    return None  # read to its end before (rotated away, still matched)
+                # It grew again (a line written to a rotated copy): on from where it was.
+                head, offset, key, line = done
+                del self._finished[(st.st_dev, st.st_ino)]
+                c = _Cursor(key=key, path=path, dev=st.st_dev, ino=st.st_ino, head=head,
+                            offset=offset, line=line, detached=True,
+                            tail=_read_at(path, max(0, offset - _TAIL_BYTES), offset))
+                self._cursors.append(c)
+                return c
         head = _head(path, HEAD_BYTES)
         c = _Cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
         for key, (dev, ino, h, offset, line) in list(self._resume.items()):
-            if (dev, ino) == (st.st_dev, st.st_ino) and head[:len(h)] == h and st.st_size >= offset:
+            # By content, not inode: a file renamed or copied (copytruncate) while we were
+            # stopped starts with the head we saw and reaches our offset; the truncated
+            # original does neither.
+            if h and head[:len(h)] == h and st.st_size >= offset:
                 c.key, c.offset, c.line, c.head = key, offset, line, head if len(head) > len(h) else h
                 c.tail = _read_at(path, max(0, offset - _TAIL_BYTES), offset)
                 del self._resume[key]
@@ -212,25 +229,56 @@ class Follower:
         return c
 
     def _is_copy(self, path: str, st: os.stat_result) -> bool:
-        """A rotated copy of a file we follow (same first 1 KiB): its original has the data."""
-        head = _head(path, HEAD_BYTES)
-        return len(head) == HEAD_BYTES and any(c.head == head for c in self._cursors)
+        """A rotated copy of a file we follow: its original has the data.
+
+        The copy starts with the original's head (the first 1 KiB, or all of a shorter
+        file) and holds the same bytes just before the original's offset.
+        """
+        return any(self._same_content(path, st.st_size, c) for c in self._cursors)
+
+    def _copy_in_progress(self, path: str, st: os.stat_result) -> bool:
+        """A file that so far is exactly the start of one we read, and still growing.
+
+        A copy being written looks like that until it reaches our offset (then
+        :meth:`_is_copy` knows it); a new file diverges, or stops growing: it waits at most
+        ``release_after`` seconds without growth.
+        """
+        ident = (st.st_dev, st.st_ino)
+        for c in self._cursors:
+            if not 0 < st.st_size < c.offset:
+                continue
+            n = min(len(c.head), st.st_size)
+            if n and _head(path, n) == c.head[:n]:
+                now = time.monotonic()
+                seen = self._maybe_copies.setdefault(ident, [st.st_size, now])
+                if st.st_size != seen[0]:
+                    seen[:] = [st.st_size, now]
+                if now - seen[1] < self.release_after:
+                    return True
+        self._maybe_copies.pop(ident, None)
+        return False
+
+    @staticmethod
+    def _same_content(path: str, size: int, c: _Cursor) -> bool:
+        # A copy is of data already read (offset > 0): files found together with the
+        # same content are each read. Files whose content is the same as far as we read
+        # cannot be told from a copy; as with any content fingerprint, they count as one.
+        return (c.offset > 0 and size >= c.offset and _head(path, len(c.head)) == c.head
+                and _read_at(path, c.offset - len(c.tail), c.offset) == c.tail)
 
     def _truncated(self, c: _Cursor, path: str) -> None:
         """``c``'s file was truncated in place (copytruncate): finish it from its copy."""
         copy = None
-        if len(c.head) == HEAD_BYTES:
-            for p in self._paths():
-                if p == c.path:
-                    continue
-                try:
-                    size = os.path.getsize(p)
-                except OSError:
-                    continue
-                if (size >= c.offset and _head(p, HEAD_BYTES) == c.head
-                        and _read_at(p, c.offset - len(c.tail), c.offset) == c.tail):
-                    copy = p
-                    break
+        for p in self._paths():
+            if p == c.path:
+                continue
+            try:
+                size = os.path.getsize(p)
+            except OSError:
+                continue
+            if self._same_content(p, size, c):
+                copy = p
+                break
         if c.f is not None:
             c.f.close()
             c.f = None
@@ -265,8 +313,12 @@ class Follower:
         now = time.monotonic()
         if data:
             c.grew = now
-            if len(c.head) < HEAD_BYTES and c.offset == len(c.head):
-                c.head = (c.head + data)[:HEAD_BYTES]
+            if len(c.head) < HEAD_BYTES:
+                # The head grows with the file (a file first seen mid-line included), as
+                # long as the file still starts with it.
+                head = os.pread(c.f.fileno(), HEAD_BYTES, 0)
+                if head.startswith(c.head):
+                    c.head = head
         eof = len(data) < self._block
         if c.skipping or (not eof and self._no_record_end(data)):
             records, used = self._skip_long(c, data)
