@@ -240,3 +240,22 @@ def test_a_copy_seen_while_it_is_still_being_written_is_not_read_as_a_new_file(t
     finally:
         f.close()
     assert sorted(got) == sorted(lines + ["new"])
+
+
+@pytest.mark.parametrize("release_after", [0, 60], ids=["after-release", "before-release"])
+def test_rename_rotation_then_a_line_appended_to_the_renamed_file_arrives(tmp_path, release_after):
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    log.write_text("one\ntwo\n")
+    f = Follower([str(tmp_path / "app.log*")], release_after=release_after)
+    try:
+        got = [r.raw.decode() for ch in f.poll() for r in ch.records]
+        os.rename(log, tmp_path / "app.log.1")
+        log.write_text("new file\n")
+        got += [r.raw.decode() for _ in range(2) for ch in f.poll() for r in ch.records]
+        with open(tmp_path / "app.log.1", "a") as fh:  # a writer still holding the old file
+            fh.write("late line\n")
+        got += [r.raw.decode() for _ in range(3) for ch in f.poll() for r in ch.records]
+    finally:
+        f.close()
+    assert sorted(got) == sorted(["one", "two", "new file", "late line"])
