@@ -242,7 +242,7 @@ def test_a_copy_seen_while_it_is_still_being_written_is_not_read_as_a_new_file(t
     assert sorted(got) == sorted(lines + ["new"])
 
 
-@pytest.mark.parametrize("release_after", [0, 60], ids=["after-release", "before-release"])
+@pytest.mark.parametrize("release_after", [0, 60], ids=["release_after=0", "release_after=60"])
 def test_rename_rotation_then_a_line_appended_to_the_renamed_file_arrives(tmp_path, release_after):
     from zpandas.sources.follow import Follower
     log = tmp_path / "app.log"
