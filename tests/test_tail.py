@@ -259,3 +259,81 @@ def test_rename_rotation_then_a_line_appended_to_the_renamed_file_arrives(tmp_pa
     finally:
         f.close()
     assert sorted(got) == sorted(["one", "two", "new file", "late line"])
+
+
+def _parse(fmt: str, *lines: bytes, **kw):
+    from zpandas.sources.lines import Record, get_format
+    return get_format(fmt, **kw).parse([Record(x, i + 1, i * 100) for i, x in enumerate(lines)], "f")
+
+
+def test_time_and_timestamp_fields_of_any_common_form_become_utc_datetimes():
+    import pandas as pd
+    table, rejects = _parse(
+        "jsonl", b'{"time": "2026-11-28T10:00:00+01:00"}', b'{"time": "Nov 28 2026 10:00"}',
+        b'{"time": 1764324000}', b'{"time": 1764324000123}', b'{"time": 1764324000.25}',
+        b'{"time": null}', b'{"time": "not a time"}')
+    times = table.to_pandas()["time"].tolist()
+    assert times[:5] == [pd.Timestamp("2026-11-28 09:00", tz="UTC"), pd.Timestamp("2026-11-28 10:00", tz="UTC"),
+                         pd.Timestamp("2025-11-28 10:00", tz="UTC"),
+                         pd.Timestamp("2025-11-28 10:00:00.123", tz="UTC"),
+                         pd.Timestamp("2025-11-28 10:00:00.25", tz="UTC")]
+    assert pd.isna(times[5])
+    assert rejects.to_pandas()[["line"]].values.tolist() == [[7]]
+    assert "is not a time" in rejects.column("reason")[0].as_py()
+    # a regex group named time or timestamp, as for JSON lines
+    table, _ = _parse(r"regex:(?P<timestamp>\S+ \S+) (?P<msg>.*)", b"2026-11-28 10:00:00 hello")
+    assert str(table.schema.field("timestamp").type) == "timestamp[us, tz=UTC]" or \
+        table.schema.field("timestamp").type.tz == "UTC"
+
+
+def test_time_format_gives_the_format_and_overrides_a_presets():
+    import pandas as pd
+    table, rejects = _parse(r"regex:(?P<time>\S+) (?P<msg>.*)", b"28.11.2026 hello",
+                            b"2026-11-28 not-this-format", time_format="%d.%m.%Y")
+    assert table.to_pandas()["time"].tolist() == [pd.Timestamp("2026-11-28", tz="UTC")]
+    assert rejects.num_rows == 1
+    line = b'1.2.3.4 - - [2026-11-28T10:00:00Z] "GET / HTTP/1.1" 200 5 "-" "x"'
+    table, _ = _parse("nginx", line, time_format="ISO8601")
+    assert table.to_pandas()["time"].tolist() == [pd.Timestamp("2026-11-28 10:00", tz="UTC")]
+
+
+def test_time_format_is_refused_for_csv(tmp_path):
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    with pytest.raises(ValueError, match="time_format= applies to jsonl"):
+        zp.publish_files(str(tmp_path / "a.csv"), ">tcp://127.0.0.1:1", time_format="%Y")
+
+
+@pytest.mark.timeout(60)
+def test_cli_time_format(tmp_path, procs):
+    import pandas as pd
+    path = tmp_path / "app.log"
+    path.write_text("28.11.2026 10:30 started\n")
+    with zp.Subscriber(LOCAL) as sub:
+        p = procs.start("publish", str(path), "-f", r"regex:(?P<time>\S+ \S+) (?P<msg>.*)",
+                        "--time-format", "%d.%m.%Y %H:%M", "-e", sub.endpoints[0], "-q")
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        df = sub.collect(timeout=30)
+    assert df["time"].tolist() == [pd.Timestamp("2026-11-28 10:30", tz="UTC")]
+
+
+def test_a_copy_seen_while_still_empty_is_not_read_as_a_new_file(tmp_path):
+    """shutil.copy (and logrotate) create the copy first, then write into it."""
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    lines = [f"line {i}" for i in range(5)]
+    log.write_text("".join(x + "\n" for x in lines))
+    f = Follower([str(tmp_path / "app.log*")], release_after=5)
+    try:
+        got = [r.raw.decode() for ch in f.poll() for r in ch.records]
+        copy = tmp_path / "app.log.1"
+        copy.touch()
+        got += [r.raw.decode() for ch in f.poll() for r in ch.records]
+        copy.write_bytes(log.read_bytes())
+        os.truncate(log, 0)
+        with open(log, "a") as fh:
+            fh.write("new\n")
+        got += [r.raw.decode() for _ in range(3) for ch in f.poll() for r in ch.records]
+    finally:
+        f.close()
+    assert sorted(got) == sorted(lines + ["new"])

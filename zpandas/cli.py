@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a line matching REGEX starts a record; others continue it (tracebacks)")
     p.add_argument("--multiline-timeout", type=float, default=2.0, metavar="S",
                    help="send the last record of a quiet file after S seconds (default 2)")
+    p.add_argument("--time-format", metavar="FMT",
+                   help="strptime format of 'time'/'timestamp' fields (jsonl, regex and "
+                        "presets), e.g. '%%d/%%b/%%Y:%%H:%%M:%%S %%z'; default: epoch numbers, "
+                        "ISO 8601 or another known form")
     _policy_options(p, "producer")
     _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -152,7 +156,7 @@ def _publish(args) -> int:
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
                            format=args.format, follow=args.follow, checkpoint=args.checkpoint,
                            multiline=args.multiline, multiline_timeout=args.multiline_timeout,
-                           stop=stop, wait_for_subscribers=args.wait_for,
+                           time_format=args.time_format, stop=stop, wait_for_subscribers=args.wait_for,
                            wait_timeout=args.wait_timeout, block_size=args.block_size,
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,
                            policy=args.policy, buffer_bytes=args.buffer_bytes,

@@ -872,6 +872,7 @@ def expand_paths(paths_or_globs) -> list[str]:
 def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", schema=None,
                   delimiter: str = ",", follow: bool = False, checkpoint=None, multiline=None,
                   multiline_timeout: float = 2.0, max_line_bytes: int = 1 << 20,
+                  time_format: str | None = None,
                   poll_interval: float = 0.25, stop: threading.Event | None = None,
                   duration: float | None = None, block_size: int = 4 << 20,
                   progress: bool = False, **producer_options) -> dict:
@@ -909,6 +910,11 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         lines (tracebacks, stack traces) continue the record before them.
     multiline_timeout : float, default 2.0
         Seconds after which the last record of a quiet file is sent.
+    time_format : str, optional
+        Line formats: the strptime format of fields named ``time`` or ``timestamp``
+        (they become timezone-aware UTC datetimes; a value that does not parse makes its
+        line a reject). Default: a preset's own format, else epoch numbers (s, ms, us or
+        ns by magnitude), ISO 8601, or another form pandas recognises.
     max_line_bytes : int, default 1 MiB
         Longer records are rejects.
     poll_interval : float, default 0.25
@@ -939,6 +945,10 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     if lines and schema is not None:
         raise ValueError("schema= applies to whole CSV files; following, checkpoints and line "
                          "formats infer types from the first records")
+    if time_format is not None and (format == "csv" or str(format).startswith("csv:")):
+        raise ValueError("time_format= applies to jsonl, regex and the presets; CSV columns are "
+                         "typed as Arrow infers them (ISO 8601 times become datetimes), or by "
+                         "schema= in whole files")
     files = [] if follow else expand_paths(paths)
     producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
     try:
@@ -946,7 +956,8 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
             return _publish_lines(paths, producer, format=format, delimiter=delimiter,
                                   follow=follow, checkpoint=checkpoint, multiline=multiline,
                                   multiline_timeout=multiline_timeout,
-                                  max_line_bytes=max_line_bytes, poll_interval=poll_interval,
+                                  max_line_bytes=max_line_bytes, time_format=time_format,
+                                  poll_interval=poll_interval,
                                   stop=stop, duration=duration, own=own)
         return _publish_csv(files, producer, schema=schema, delimiter=delimiter,
                             block_size=block_size, progress=progress)
@@ -984,6 +995,7 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
 
 def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow: bool,
                    checkpoint, multiline, multiline_timeout: float, max_line_bytes: int,
+                   time_format: str | None,
                    poll_interval: float, stop, duration, own: bool) -> dict:
     """Records of files (followed or not) -> rows and rejects, with checkpoints."""
     from .sources.checkpoint import Checkpoint
@@ -991,7 +1003,8 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     from .sources.lines import get_format
     from .sources.watch import watch
 
-    fmt = get_format(format, delimiter=delimiter, max_line_bytes=max_line_bytes)
+    fmt = get_format(format, delimiter=delimiter, max_line_bytes=max_line_bytes,
+                     time_format=time_format)
     patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     source_id = ckpt.source_id if ckpt else uuid.uuid4().hex[:12]

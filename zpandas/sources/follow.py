@@ -212,6 +212,10 @@ class Follower:
                             tail=_read_at(path, max(0, offset - _TAIL_BYTES), offset))
                 self._cursors.append(c)
                 return c
+        if st.st_size == 0:
+            # Nothing to read yet, and nothing to tell a new file from a copy that is
+            # about to be written into it: it is looked at again once it has bytes.
+            return None
         head = _head(path, HEAD_BYTES)
         c = _Cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
         for key, (dev, ino, h, offset, line) in list(self._resume.items()):

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -28,6 +29,11 @@ __all__ = ["Record", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS", 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("line", pa.int64()), ("offset", pa.int64()),
                            ("reason", pa.string()), ("text", pa.string())])
 _TEXT_KEPT = 1000  # characters of a rejected line kept in the reject
+#: Fields (JSON keys, regex groups) that become timezone-aware datetimes.
+TIME_FIELDS = ("time", "timestamp")
+#: ``time_format`` meaning: epoch numbers by magnitude, else ISO 8601, else any format
+#: pandas recognises.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,9 @@ class LineFormat:
     #: Record boundaries need quote tracking (CSV) rather than plain newlines.
     quoted = False
 
-    def __init__(self, *, max_line_bytes: int = 1 << 20) -> None:
+    def __init__(self, *, max_line_bytes: int = 1 << 20, time_format: str | None = None) -> None:
         self.max_line_bytes = max_line_bytes
+        self.time_format = time_format
         self.schema: pa.Schema | None = None
 
     def parse(self, records: list[Record], file: str) -> tuple[pa.Table | None, pa.Table]:
@@ -129,19 +136,21 @@ class LineFormat:
 
 
 class JsonLines(LineFormat):
-    """One JSON object per line; ``timestamp`` (if present) becomes a UTC datetime.
+    """One JSON object per line; ``time`` and ``timestamp`` become UTC datetimes.
 
     Parameters
     ----------
-    timestamp : str or None, default "timestamp"
-        The field parsed as an ISO 8601 time (timezone-aware, UTC).
+    timestamp : str, sequence of str or None, default ("time", "timestamp")
+        The fields parsed as times (timezone-aware, UTC), with ``time_format`` (a
+        strptime format; default: epoch numbers by magnitude, ISO 8601, or any format
+        pandas recognises). A value that does not parse makes its line a reject.
     """
 
     name = "jsonl"
 
-    def __init__(self, *, timestamp: str | None = "timestamp", **kw) -> None:
+    def __init__(self, *, timestamp: str | tuple[str, ...] | None = TIME_FIELDS, **kw) -> None:
         super().__init__(**kw)
-        self.timestamp = timestamp
+        self.timestamp = (timestamp,) if isinstance(timestamp, str) else tuple(timestamp or ())
 
     def _row(self, text: str) -> dict | None:
         if not text.strip():
@@ -156,8 +165,9 @@ class JsonLines(LineFormat):
 
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
         bad: dict[int, str] = {}
-        if self.timestamp and self.timestamp in df.columns:
-            df = _parse_times(df, self.timestamp, fmt="ISO8601", bad=bad)
+        for col in self.timestamp:
+            if col in df.columns:
+                df = _parse_times(df, col, fmt=self.time_format or AUTO, bad=bad)
         df.attrs["bad"] = bad
         return df
 
@@ -172,7 +182,9 @@ class Regex(LineFormat):
     types : mapping of group to "int", "float" or "str", optional
     timestamp : (group, strptime format), optional
         The group parsed as the row's time; formats with ``%z`` give timezone-aware
-        times, others are taken as UTC. ``"ISO8601"`` parses ISO 8601.
+        times, others are taken as UTC. ``"ISO8601"`` parses ISO 8601. Default: groups
+        named ``time`` or ``timestamp``, with ``time_format`` (default automatic, as for
+        JSON lines). ``time_format`` also overrides a preset's format.
     null : str, optional
         A value meaning "missing" (``"-"`` in access logs).
     """
@@ -215,7 +227,12 @@ class Regex(LineFormat):
         if self.timestamp:
             col, fmt = self.timestamp
             if col in df.columns:
-                df = _parse_times(df, col, fmt=fmt, year_less=self._year_less, bad=bad)
+                df = _parse_times(df, col, fmt=self.time_format or fmt,
+                                  year_less=self._year_less and not self.time_format, bad=bad)
+        else:
+            for col in TIME_FIELDS:
+                if col in df.columns:
+                    df = _parse_times(df, col, fmt=self.time_format or AUTO, bad=bad)
         df.attrs["bad"] = {**df.attrs.get("bad", {}), **bad}
         return df
 
@@ -303,20 +320,22 @@ PRESETS["nginx"] = PRESETS["apache"] = PRESETS["combined"]
 PRESETS["syslog3164"] = PRESETS["syslog"]
 
 
-def get_format(fmt, *, delimiter: str = ",", max_line_bytes: int = 1 << 20) -> LineFormat:
+def get_format(fmt, *, delimiter: str = ",", max_line_bytes: int = 1 << 20,
+               time_format: str | None = None) -> LineFormat:
     """A format from its name (``csv``, ``jsonl``, a preset), a ``regex:<pattern>`` or an instance."""
     if isinstance(fmt, LineFormat):
         return fmt
+    kw = {"max_line_bytes": max_line_bytes, "time_format": time_format}
     if fmt == "csv":
-        return CsvLines(delimiter=delimiter, max_line_bytes=max_line_bytes)
+        return CsvLines(delimiter=delimiter, **kw)
     if isinstance(fmt, str) and fmt.startswith("csv:"):  # column names given, no header line
-        return CsvLines(delimiter=delimiter, names=fmt[4:].split(","), max_line_bytes=max_line_bytes)
+        return CsvLines(delimiter=delimiter, names=fmt[4:].split(","), **kw)
     if fmt in ("jsonl", "json", "ndjson"):
-        return JsonLines(max_line_bytes=max_line_bytes)
+        return JsonLines(**kw)
     if fmt in PRESETS:
-        return PRESETS[fmt](max_line_bytes=max_line_bytes)
+        return PRESETS[fmt](**kw)
     if isinstance(fmt, str) and fmt.startswith("regex:"):
-        return Regex(fmt[len("regex:"):], max_line_bytes=max_line_bytes)
+        return Regex(fmt[len("regex:"):], **kw)
     raise ValueError(f"unknown format {fmt!r}: use csv, csv:<col>,<col>..., jsonl, "
                      f"{', '.join(sorted(PRESETS))}, or regex:<pattern with named groups>")
 
@@ -353,15 +372,18 @@ def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, year_less: bool = Fals
     raw = df[col]
     if pd.api.types.is_datetime64_any_dtype(raw):
         return df
-    text = raw.astype("string")
-    if year_less:  # syslog (RFC 3164) has no year: this year, or last year for a future date
+    if fmt == AUTO:
+        parsed = _auto_times(raw)
+        fmt = "ISO 8601, epoch or another known format"
+    elif year_less:
+        text = raw.astype("string")  # syslog (RFC 3164) has no year: this year, or last year for a future date
         now = pd.Timestamp.now(tz="UTC")
         text = text.str.replace(r"\s+", " ", regex=True)
         parsed = pd.to_datetime(str(now.year) + " " + text, format="%Y " + fmt, errors="coerce", utc=True)
         future = parsed > now + pd.Timedelta(days=1)
         parsed[future] = parsed[future] - pd.DateOffset(years=1)
     else:
-        parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+        parsed = pd.to_datetime(raw.astype("string"), format=fmt, errors="coerce", utc=True)
     wrong = parsed.isna() & raw.notna()
     if bad is not None:
         for i in map(int, wrong.to_numpy().nonzero()[0]):
@@ -370,3 +392,26 @@ def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, year_less: bool = Fals
         i = int(wrong.to_numpy().nonzero()[0][0])
         raise ValueError(f"{col}={raw.iloc[i]!r} is not a time")
     return df.assign(**{col: parsed})
+
+
+def _auto_times(raw: pd.Series) -> pd.Series:
+    """Times of any common form, value by value: numbers are epoch times (s, ms, us or ns
+    by magnitude), text is ISO 8601 or else whatever pandas recognises; NaT otherwise."""
+    nums = pd.to_numeric(raw, errors="coerce")
+    is_num = nums.notna().to_numpy()
+    parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+    if is_num.any():
+        values = nums.to_numpy(dtype="float64", na_value=np.nan)[is_num]
+        a = np.abs(values)
+        to_ns = np.select([a < 1e11, a < 1e14, a < 1e17], [10**9, 10**6, 10**3], 1)
+        whole = np.floor(values)  # in integers, exact; the fraction apart
+        ns = whole.astype(np.int64) * to_ns + np.round((values - whole) * to_ns).astype(np.int64)
+        parsed[is_num] = pd.to_datetime(ns, unit="ns", utc=True)
+    text = raw[~is_num & raw.notna().to_numpy()].astype("string")
+    if len(text):
+        times = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        rest = times.isna()
+        if rest.any():
+            times[rest] = pd.to_datetime(text[rest], format="mixed", errors="coerce", utc=True)
+        parsed[text.index] = times
+    return parsed
