@@ -1,22 +1,32 @@
 """Follow files that grow, rotate and restart: complete records, each exactly where it is.
 
-A :class:`Follower` keeps one cursor per file *incarnation*. An incarnation is a file's
-inode plus the first bytes it was seen with (up to 1 KiB), so a renamed file is still
-the same one and a reused inode is not. Each :meth:`Follower.poll` reads what was
-appended, up to the last complete record (a partial last line waits for its newline),
-and returns it as records with their line numbers and byte offsets.
+A :class:`Follower` keeps one cursor per file *incarnation*. A file is known by its
+content - its first bytes (up to 1 KiB, growing with the file) and the bytes just before
+where we are - as well as its inode, so a renamed file is still the same one, a copy is
+recognised as the file it copies, and a reused inode with other content is not. Each
+:meth:`Follower.poll` reads what was appended, up to the last complete record (a partial
+last line waits for its newline), and returns it as records with their line numbers and
+byte offsets. A record with no end within ``max_line_bytes`` is returned cut (a format
+rejects it) and skipped to its newline: nothing stalls a file.
 
 Rotation:
 
 * **rename** (logrotate's default, with ``create``): the renamed file is read to its end
   through the open handle, and closed once it has stopped growing for ``release_after``
-  seconds; the new file at the path is a new incarnation, read from its start.
-* **copytruncate**: the file is copied and then truncated in place. When a truncation
-  is seen, the copy (matched by its first bytes and the bytes just before our offset)
-  is read from where we were, and the truncated file starts a new incarnation. Follow
-  a glob that matches the copies (``app.log*``) for this; a truncation whose copy is
-  not found is counted in ``lost_bytes`` and logged.
+  seconds (while no followed path names it); the new file at the path is a new
+  incarnation, read from its start. A released file that grows again goes on from where
+  it was.
+* **copytruncate**: the file is copied and then truncated in place. The copy - seen
+  before or after the truncation, complete or still being written (it is waited for),
+  while we run or while we were stopped (checkpoints resume by content) - goes on from
+  where we were, and the truncated file starts a new incarnation. Follow a glob that
+  matches the copies (``app.log*``); a truncation whose copy is not found is counted in
+  ``lost_truncations`` and logged.
 * deleted files are read to their end and released (no open handle is kept).
+
+Files with the same content as far as we have read cannot be told from a copy; as with
+any content fingerprint, they count as one. Empty files are not followed until they have
+bytes (a copy is created empty and then written).
 """
 
 from __future__ import annotations
