@@ -4,6 +4,7 @@ record - however long, however unterminated - can stall a file or a one-pass pub
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,10 +114,21 @@ def test_an_unclosed_quote_at_the_end_of_a_one_pass_csv_is_a_reject(tmp_path, li
         assert (r.line, r.reason) == (3, "unclosed quote")
 
 
+def _copytruncate_and_write(log, to_copy: str, to_truncated: str, *, between=None) -> None:
+    """logrotate's copytruncate (``between`` runs after the copy), then a line to each file."""
+    copy = log.with_name(log.name + ".1")
+    shutil.copy(log, copy)
+    if between is not None:
+        between()
+    os.truncate(log, 0)
+    with open(copy, "a") as fh:
+        fh.write(to_copy)
+    with open(log, "a") as fh:
+        fh.write(to_truncated)
+
+
 def _copytruncate(tmp_path, *, lines: int, poll_between: bool, first_sight: str | None):
     """Follow app.log*, copytruncate it, write a line to each file; return what was read."""
-    import shutil
-
     from zpandas.sources.follow import Follower
     log = tmp_path / "app.log"
     want = [f"line {i:04d} " + "x" * 30 for i in range(lines)]
@@ -138,14 +150,8 @@ def _copytruncate(tmp_path, *, lines: int, poll_between: bool, first_sight: str 
                 fh.write("ne\n")
             fh.write("".join(x + "\n" for x in want[-lines:]))
         poll()
-        shutil.copy(log, tmp_path / "app.log.1")
-        if poll_between:
-            poll()
-        os.truncate(log, 0)
-        with open(tmp_path / "app.log.1", "a") as fh:
-            fh.write("written to the copy\n")
-        with open(log, "a") as fh:
-            fh.write("written to the truncated file\n")
+        _copytruncate_and_write(log, "written to the copy\n", "written to the truncated file\n",
+                                between=poll if poll_between else None)
         poll()
         poll()
     finally:
@@ -166,7 +172,6 @@ def test_copytruncate_then_lines_to_both_files_gives_each_line_once(tmp_path, li
 
 @pytest.mark.timeout(60)
 def test_copytruncate_end_to_end_exactly_the_lines_plus_the_two_new_ones(tmp_path):
-    import shutil
     log = tmp_path / "app.log"
     log.write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))  # a small file: 50 bytes
     with zp.Subscriber(LOCAL) as sub:
@@ -175,12 +180,7 @@ def test_copytruncate_end_to_end_exactly_the_lines_plus_the_two_new_ones(tmp_pat
                          wait_for_subscribers=1)
         try:
             wait_for(lambda: sub.stats()["rows"] == 5, timeout=30, what="the first rows")
-            shutil.copy(log, tmp_path / "app.log.1")
-            os.truncate(log, 0)
-            with open(tmp_path / "app.log.1", "a") as fh:
-                fh.write('{"i": 100}\n')
-            with open(log, "a") as fh:
-                fh.write('{"i": 200}\n')
+            _copytruncate_and_write(log, '{"i": 100}\n', '{"i": 200}\n')
             wait_for(lambda: sub.stats()["rows"] >= 7, timeout=30, what="the two new rows")
         finally:
             result = pub.finish()
@@ -190,8 +190,6 @@ def test_copytruncate_end_to_end_exactly_the_lines_plus_the_two_new_ones(tmp_pat
 
 @pytest.mark.parametrize("lines", [5, 100], ids=["under-1KiB", "over-1KiB"])
 def test_copytruncate_while_stopped_resumes_the_copy_and_reads_the_new_file(tmp_path, lines):
-    import shutil
-
     from zpandas.sources.checkpoint import Checkpoint
     from zpandas.sources.follow import Follower
     log = tmp_path / "app.log"
@@ -206,40 +204,12 @@ def test_copytruncate_while_stopped_resumes_the_copy_and_reads_the_new_file(tmp_
         ck.save([(ch.key, ch.path, ch.dev, ch.ino, ch.head, ch.end, ch.line) for ch in chunks])
         f.close()
         # stopped: the file is rotated by copytruncate and written to
-        shutil.copy(log, tmp_path / "app.log.1")
-        os.truncate(log, 0)
-        with open(tmp_path / "app.log.1", "a") as fh:
-            fh.write("written to the copy\n")
-        with open(log, "a") as fh:
-            fh.write("written to the new file\n")
+        _copytruncate_and_write(log, "written to the copy\n", "written to the new file\n")
         f = Follower(pattern, resume=ck.load(), release_after=0)
         for _ in range(3):
             got += [r.raw.decode() for ch in f.poll() for r in ch.records]
         f.close()
     assert sorted(got) == sorted(first + ["written to the copy", "written to the new file"])
-
-
-def test_a_copy_seen_while_it_is_still_being_written_is_not_read_as_a_new_file(tmp_path):
-    from zpandas.sources.follow import Follower
-    log = tmp_path / "app.log"
-    lines = [f"line {i:04d} " + "x" * 30 for i in range(200)]
-    data = "".join(x + "\n" for x in lines).encode()
-    log.write_bytes(data)
-    f = Follower([str(tmp_path / "app.log*")], release_after=5)
-    try:
-        got = [r.raw.decode() for ch in f.poll() for r in ch.records]
-        with open(tmp_path / "app.log.1", "wb") as copy:  # logrotate's copy, half written
-            copy.write(data[:len(data) // 2])
-            copy.flush()
-            got += [r.raw.decode() for ch in f.poll() for r in ch.records]
-            copy.write(data[len(data) // 2:])
-        os.truncate(log, 0)
-        with open(log, "a") as fh:
-            fh.write("new\n")
-        got += [r.raw.decode() for _ in range(3) for ch in f.poll() for r in ch.records]
-    finally:
-        f.close()
-    assert sorted(got) == sorted(lines + ["new"])
 
 
 @pytest.mark.parametrize("release_after", [0, 60], ids=["release_after=0", "release_after=60"])
@@ -317,19 +287,24 @@ def test_cli_time_format(tmp_path, procs):
     assert df["time"].tolist() == [pd.Timestamp("2026-11-28 10:30", tz="UTC")]
 
 
-def test_a_copy_seen_while_still_empty_is_not_read_as_a_new_file(tmp_path):
-    """shutil.copy (and logrotate) create the copy first, then write into it."""
+@pytest.mark.parametrize("written", [0, 0.5], ids=["copy-still-empty", "copy-half-written"])
+def test_a_copy_seen_while_it_is_being_written_is_not_read_as_a_new_file(tmp_path, written):
+    """shutil.copy and logrotate create the copy, then write into it: a poll can see it
+    empty or part-written."""
     from zpandas.sources.follow import Follower
     log = tmp_path / "app.log"
-    lines = [f"line {i}" for i in range(5)]
-    log.write_text("".join(x + "\n" for x in lines))
+    lines = [f"line {i:04d} " + "x" * 30 for i in range(200)]
+    data = "".join(x + "\n" for x in lines).encode()
+    log.write_bytes(data)
     f = Follower([str(tmp_path / "app.log*")], release_after=5)
     try:
         got = [r.raw.decode() for ch in f.poll() for r in ch.records]
-        copy = tmp_path / "app.log.1"
-        copy.touch()
-        got += [r.raw.decode() for ch in f.poll() for r in ch.records]
-        copy.write_bytes(log.read_bytes())
+        cut = int(len(data) * written)
+        with open(tmp_path / "app.log.1", "wb") as copy:
+            copy.write(data[:cut])
+            copy.flush()
+            got += [r.raw.decode() for ch in f.poll() for r in ch.records]
+            copy.write(data[cut:])
         os.truncate(log, 0)
         with open(log, "a") as fh:
             fh.write("new\n")
