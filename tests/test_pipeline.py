@@ -323,21 +323,22 @@ def test_a_message_that_breaks_the_receive_path_is_counted_and_skipped(monkeypat
 
     def flaky(self, frames):
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) == 2:
             raise RuntimeError("this message broke something")
         return real(self, frames)
 
     monkeypatch.setattr(zp.Subscriber, "_receive", flaky)
     with zp.Subscriber(LOCAL) as sub:
         with zp.Producer(sub.endpoints, wait_for_subscribers=1, name="p1", heartbeat=0) as p:
-            p.send(pd.DataFrame({"a": [1]}))
-            p.flush()
-            wait_for(lambda: sub.stats()["bad_frames"].get("error") == 1, what="the refusal")
-            p.send(pd.DataFrame({"a": [2]}))
+            for a in (1, 2, 3):
+                p.send(pd.DataFrame({"a": [a]}))
+                p.flush()
+                wait_for(lambda: len(calls) == a, what=f"message {a}")
         with pytest.warns(zp.DataLossWarning, match="1 rows in 1 messages from p1"):
             df = sub.collect(timeout=10)  # the refused message is a loss, and says so
-        assert df["a"].tolist() == [2]
+        assert df["a"].tolist() == [1, 3]
+        assert sub.stats()["bad_frames"] == {"error": 1}
         assert sub._thread.is_alive()
         row = sub.stats()["producers"].iloc[0]
         assert (row["name"], row["bad_frames"], row["missed"]) == ("p1", 1, 1)
-    assert "refused a message from p1" in caplog.text and "this message broke" in caplog.text
+    assert "refused a message from 'p1'" in caplog.text and "this message broke" in caplog.text

@@ -401,7 +401,7 @@ class Subscriber:
             (10,000) heard from: counts, gaps, ``rows_per_s`` (last 5 s), ``lag_s`` (send
             to receive), ``last_seen``, ``alive``, ``received`` (messages of every kind,
             heartbeats included), ``bad_frames`` (refused messages whose header named
-            it) and ``sources`` (file -> byte range of the rows received from it, the
+            it, once it had been heard from) and ``sources`` (file -> byte range of the rows received from it, the
             last 1,000 files).
         """
         now = time.time()
@@ -629,9 +629,12 @@ class Subscriber:
             self._bad[reason] += 1
             who = "an unknown peer"
             if header is not None:
-                s = self._stream((header.producer, topic), header, now)
-                s.bad_frames += 1
-                who = f"{s.name} (topic {topic!r})"
+                who = f"{header.name!r} (topic {topic!r})"  # repr: a peer's name, no newlines
+                # Counted on a stream already heard from; a refused message's numbers are
+                # not trusted to start one (they would set its sequence and gaps).
+                s = self._streams.get((header.producer, topic))
+                if s is not None:
+                    s.bad_frames += 1
             last = self._bad_logged.get(reason)
             if last is None or now - last >= _BAD_LOG_EVERY:
                 self._bad_logged[reason] = now
