@@ -281,3 +281,22 @@ def test_fuzz_plain_text_ingestion():
             sub.rejects()
     finally:
         ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_producers_disagreeing_on_a_column_type_do_not_break_frame():
+    """One peer sends ``x`` as numbers, another as structs, a third as lists: frame() still
+    works, the column as text (JSON for structs and lists), as pandas would hold it."""
+    ctx = zmq.Context()
+    try:
+        with zp.Subscriber(LOCAL) as sub:
+            pub = _raw_publisher(ctx, sub.endpoints[0])
+            for i, table in enumerate([pa.table({"x": [1, 2]}), pa.table({"x": [{"a": 1}]}),
+                                       pa.table({"x": [[1, 2]]})]):
+                header = wire.Header(producer=bytes([i]) * 16, name=f"p{i}")
+                pub.send_multipart(wire.encode(table, topic=b"t", header=header))
+            wait_for(lambda: sub.stats()["rows"] == 4, what="every row")
+            pub.close(linger=0)
+            assert sub.frame()["x"].tolist() == ["1", "2", '{"a": 1}', "[1, 2]"]
+    finally:
+        ctx.term()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 
@@ -10,8 +12,9 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
     Tables from different files or producers may differ: a column missing in some
     (null there), int64 in one and float64 in another (float64), or types no promotion
-    reconciles, such as a CSV column that turned from numbers to text mid-file. Those
-    become text, as pandas would give them object dtype.
+    reconciles, such as a CSV column that turned from numbers to text mid-file, or two
+    producers sending one column name as a number and as a struct. Those become text, as
+    pandas would give them object dtype (structs and lists as JSON).
     """
     if not tables:
         return pa.table({})
@@ -46,5 +49,14 @@ def common_type(types) -> pa.DataType | None:
 def _as_text(table: pa.Table, names: set[str]) -> pa.Table:
     for i, f in enumerate(table.schema):
         if f.name in names and not pa.types.is_string(f.type):
-            table = table.set_column(i, pa.field(f.name, pa.string()), table.column(i).cast(pa.string()))
+            table = table.set_column(i, pa.field(f.name, pa.string()), _text(table.column(i)))
     return table
+
+
+def _text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` as text: Arrow's cast, or JSON for what it cannot cast (structs, lists)."""
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return pa.chunked_array([pa.array([None if v is None else json.dumps(v, default=str)
+                                           for v in column.to_pylist()], pa.string())])
