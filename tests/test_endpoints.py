@@ -34,6 +34,7 @@ BAD = [
     ("tcp://host:99999", "out of range"),
     (">tcp://*:5556", "wildcard"),
     (">tcp://127.0.0.1:*", "wildcard"),
+    (">tcp://127.0.0.1:0", "wildcard"),
     ("ipc://", "needs a path"),
     ([], "no endpoint"),
 ]
@@ -69,3 +70,16 @@ def test_multicast_without_pgm_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(zmq, "has", lambda what: what != "pgm")
     with pytest.raises(EndpointError, match="make multicast"):
         parse_endpoints("epgm://eth0;239.192.1.1:5555", default="connect")
+
+
+def test_bind_to_port_0_means_any_free_port():
+    """As with sockets: @tcp://host:0 binds a free port, and endpoints name it."""
+    import pandas as pd
+
+    import zpandas as zp
+    with zp.Subscriber("@tcp://127.0.0.1:0") as sub:
+        (resolved,) = sub.endpoints
+        assert resolved.startswith("tcp://127.0.0.1:") and not resolved.endswith((":0", ":*"))
+        with zp.Producer(sub.endpoints, wait_for_subscribers=1) as p:
+            p.send(pd.DataFrame({"a": [1]}))
+        assert sub.collect(timeout=30)["a"].tolist() == [1]

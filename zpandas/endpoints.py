@@ -127,10 +127,13 @@ def _parse_one(text: str, default: Action) -> Endpoint:
         if not m:
             raise EndpointError(f"endpoint {text!r}: expected tcp://HOST:PORT")
         port = m["port"]
-        if port != "*" and not 0 < int(port) < 65536:
+        if port != "*" and not 0 <= int(port) < 65536:
             raise EndpointError(f"endpoint {text!r}: port {port} is out of range")
-        if action == "connect" and (port == "*" or m["host"] == "*"):
-            raise EndpointError(f"endpoint {text!r}: cannot connect to a wildcard address")
+        if action == "connect" and (port in ("*", "0") or m["host"] == "*"):
+            raise EndpointError(f"endpoint {text!r}: cannot connect to a wildcard address "
+                                "(port * or 0 means any free port, for binding)")
+        if port == "0":  # bind to any free port, as with sockets: ZeroMQ spells it *
+            rest = f"{m['host']}:*"
     elif not rest:
         raise EndpointError(f"endpoint {text!r}: ipc:// needs a path")
     return Endpoint(action, f"{transport}://{rest}")
