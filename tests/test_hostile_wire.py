@@ -144,6 +144,13 @@ def test_rejects_message_must_have_the_reject_schema():
     assert wire.decode(frames_of(good, kind=wire.Kind.REJECTS)).table.num_rows == 1
     bad = table(file=["f"], producer=["x"])
     assert reason(frames_of(bad, kind=wire.Kind.REJECTS)) == "columns"
+    # other writers' widths (pandas 3 text is large_string) are taken and cast
+    wide = good.cast(pa.schema([("file", pa.large_string()), ("line", pa.int32()),
+                                ("offset", pa.int64()), ("reason", pa.large_string()),
+                                ("text", pa.string())]))
+    assert wire.decode(frames_of(wide, kind=wire.Kind.REJECTS)).table.schema.equals(REJECT_SCHEMA)
+    missing = good.drop_columns(["text"])
+    assert reason(frames_of(missing, kind=wire.Kind.REJECTS)) == "columns"
 
 
 def test_pandas_metadata_from_a_peer_is_dropped():

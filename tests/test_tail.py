@@ -312,3 +312,27 @@ def test_a_copy_seen_while_it_is_being_written_is_not_read_as_a_new_file(tmp_pat
     finally:
         f.close()
     assert sorted(got) == sorted(lines + ["new"])
+
+
+@pytest.mark.timeout(60)
+def test_rejects_that_leave_before_their_rows_do_not_advance_what_a_checkpoint_may_claim():
+    """sent_offsets() is what a checkpoint records: rows still waiting inside the producer
+    must not be claimed because the rejects of their chunk already left."""
+    import pandas as pd
+
+    from zpandas.sources.lines import REJECT_SCHEMA
+    rejects = pd.DataFrame([{"file": "f", "line": 1, "offset": 0, "reason": "r", "text": "t"}])
+    with zp.Subscriber(LOCAL) as sub:
+        with zp.Producer(sub.endpoints, wait_for_subscribers=1, flush_interval=60) as p:
+            p.send(pd.DataFrame({"a": [1]}), source="s", offsets=(0, 10))
+            p.flush()
+            wait_for(lambda: p.sent_offsets().get("s") == 10, what="the first rows to leave")
+            # the next chunk: its rejects go now, its rows wait for flush_interval
+            p.send_rejects(pd.DataFrame(rejects).astype({"line": "int64", "offset": "int64"}),
+                           source="s", offsets=(10, 30))
+            p.send(pd.DataFrame({"a": [2]}), source="s", offsets=(10, 30))
+            wait_for(lambda: sub.stats()["rejects"] == 1, what="the rejects")
+            assert p.sent_offsets()["s"] == 10  # not 30: a row of [10, 30) has not left
+            p.flush()
+            wait_for(lambda: p.sent_offsets()["s"] == 30, what="the rows of the second chunk")
+        assert REJECT_SCHEMA.names == list(sub.rejects().columns[2:])

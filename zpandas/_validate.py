@@ -185,8 +185,13 @@ def _schema_problem(schema: pa.Schema, rejects: bool) -> tuple[str, str] | None:
         return "columns", f"_offset is {schema.field('_offset').type}, not int64"
     if rejects:
         from .sources.lines import REJECT_SCHEMA
-        if not schema.equals(REJECT_SCHEMA):
-            return "columns", f"a rejects message must have the columns {REJECT_SCHEMA}"
+        fits = schema.names == REJECT_SCHEMA.names and all(
+            (pa.types.is_integer(f.type) if pa.types.is_integer(want.type)
+             else pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+            for f, want in zip(schema, REJECT_SCHEMA))
+        if not fits:
+            return "columns", (f"a rejects message must have the columns {REJECT_SCHEMA.names} "
+                               "(text and integers)")
     try:
         schema.empty_table().to_pandas()
     except Exception as e:  # noqa: BLE001 - whatever pandas or Arrow says, the schema is unusable
@@ -346,6 +351,12 @@ def check_table(table: pa.Table, fp: bytes, *, body_bytes: int, rejects: bool = 
                         _check_values(arr)
     except pa.ArrowInvalid as e:
         raise WireError("invalid", str(e)) from None
+    if rejects:
+        from .sources.lines import REJECT_SCHEMA
+        try:
+            table = table.cast(REJECT_SCHEMA)  # large_string or int32 from other writers
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise WireError("columns", f"a rejects message's values do not fit: {e}") from None
     return table
 
 

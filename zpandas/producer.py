@@ -285,9 +285,14 @@ class Producer:
         source, offsets
             As for :meth:`send`: the range of the source the rejects were found in.
         """
+        from .sources.lines import REJECT_SCHEMA
         table = to_table(rejects)
         if not table.num_rows:
             return
+        try:  # receivers take exactly these columns (a DataFrame's text is large_string)
+            table = table.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"rejects need the columns {REJECT_SCHEMA.names}: {e}") from None
         tkey = _topic_bytes(self.topic if topic is None else topic)
         header = wire.Header(kind=wire.Kind.REJECTS, producer=self.id, name=self.name,
                              source=source, start=offsets[0], end=offsets[1])
@@ -307,7 +312,8 @@ class Producer:
         self._push(sock, [b"D", ticket.to_bytes(8, "little"), *frames])
 
     def sent_offsets(self) -> dict[str, int]:
-        """For each ``source``: the end offset of the last rows handed to the socket.
+        """For each ``source``: the end offset of the last rows handed to the socket
+        (rejects do not count: their rows may still be waiting).
 
         What a checkpoint may safely record: rows up to there have left this process's
         queues for ZeroMQ's.
@@ -782,7 +788,10 @@ class Producer:
                     self._sent["messages"] += 1
                     self._sent["rows"] += m.rows
                     self._sent["bytes"] += len(topic) + len(m.header) + len(m.body)
-            if m.kind in wire.WITH_BODY and m.source and m.end >= 0:
+            # Only rows advance what a checkpoint may claim: a chunk's rejects can leave
+            # while its rows still wait here (a chunk of only rejects is read again after
+            # a restart: its rejects may come twice, no row is lost).
+            if m.kind is wire.Kind.DATA and m.source and m.end >= 0:
                 with self._lock:
                     self._handed[m.source] = m.end
         return waited
