@@ -882,7 +882,7 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                   delimiter: str = ",", follow: bool = False, checkpoint=None, multiline=None,
                   multiline_timeout: float = 2.0, max_line_bytes: int = 1 << 20,
                   time_format: str | None = None,
-                  poll_interval: float = 0.25, stop: threading.Event | None = None,
+                  poll_interval: float | None = None, stop: threading.Event | None = None,
                   duration: float | None = None, block_size: int = 4 << 20,
                   progress: bool = False, **producer_options) -> dict:
     """Publish the rows of files: whole, or following them as they grow and rotate.
@@ -926,8 +926,10 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         ns by magnitude), ISO 8601, or another form pandas recognises.
     max_line_bytes : int, default 1 MiB
         Longer records are rejects.
-    poll_interval : float, default 0.25
-        Seconds between checks for new data when no file event arrives.
+    poll_interval : float, optional
+        Seconds between checks for new data when no file event arrives: a safety net
+        for missed events, and the tick of ``multiline_timeout``. Default 1 s while file
+        events (inotify, through watchdog) are watched, 0.25 s without them.
     block_size : int, default 4 MiB
         Bytes per block for whole CSV files.
     progress : bool, default False
@@ -1022,6 +1024,8 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                         max_line_bytes=max_line_bytes)
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
+    if poll_interval is None:
+        poll_interval = 0.25 if watcher is None else 1.0
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
     lagged: dict[str, int] = {}              # offsets handed one checkpoint tick ago
     deadline = None if duration is None else time.monotonic() + duration
