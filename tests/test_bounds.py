@@ -292,7 +292,7 @@ def test_gaps_and_rejects_keep_the_last_ones_and_count_all(monkeypatch):
 
 def test_documented_limits_are_the_constants():
     """The README's Limits table states these numbers."""
-    from zpandas import _retained, subscriber
+    from zpandas import subscriber
     assert (subscriber.MAX_STREAMS, subscriber.MAX_SOURCES, subscriber.SOURCES_PER_STREAM,
             subscriber.GAPS_KEPT, subscriber.REJECTS_KEPT, subscriber._BAD_LOG_EVERY,
             subscriber.LIVE_RETAIN) == (10_000, 100_000, 1_000, 10_000, 100_000, 10.0, 1_000_000)

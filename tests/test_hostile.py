@@ -182,6 +182,7 @@ def test_fuzz_malformed_messages_mixed_with_valid_traffic(tmp_path, via_proxy, c
     proxy = zp.Proxy("@tcp://127.0.0.1:*", "@tcp://127.0.0.1:*") if via_proxy else None
     sub_ep = [ep.replace("tcp://", ">tcp://") for ep in proxy.backend] if via_proxy else LOCAL
     ctx = zmq.Context()
+    fuzz = None
     try:
         with zp.Subscriber(sub_ep, max_message_bytes=MAX_BYTES) as sub:
             agg = sub.aggregate(by="src", values={"k": ["count", "sum"]})
@@ -240,9 +241,8 @@ def test_fuzz_malformed_messages_mixed_with_valid_traffic(tmp_path, via_proxy, c
             if proxy is not None:  # it forwarded everything and still answers
                 assert proxy.stats()["frontend"]["messages_received"] >= MALFORMED
     finally:
-        for s in [locals().get("fuzz")]:
-            if s is not None:
-                s.close(linger=0)
+        if fuzz is not None:
+            fuzz.close(linger=0)
         ctx.term()
         if proxy is not None:
             proxy.close()
