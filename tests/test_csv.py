@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -107,7 +108,11 @@ def test_awkward_files_arrive_exactly(edge_files):
     assert result["files"] == len(EDGE_FILES) and result["rows"] == 9
     assert sorted(got["id"]) == list(range(1, 10))
     want = read_local([p for p in edge_files if os.path.getsize(p) and "header-only" not in p])
-    pd.testing.assert_frame_equal(sort_rows(got), sort_rows(want))
+    pd.testing.assert_frame_equal(sort_rows(got.drop(columns=["_file", "_offset"])), sort_rows(want))
+    # Each row says where it came from: its file, and the byte its record starts at.
+    assert str(got["_file"].dtype) == "category"
+    for file, offset, id_ in got[["_file", "_offset", "id"]].itertuples(index=False):
+        assert Path(file).read_bytes()[offset:].split(b",")[0] == str(id_).encode()
     row = got.set_index("id")
     assert row.loc[1, "name"] == "Smith, John" and row.loc[1, "note"] == 'said "hi"\nthen left'
     assert pd.isna(row.loc[3, "name"]) and row.loc[6, "note"] == "naïve café"
@@ -151,7 +156,7 @@ def test_line_mode_csv_makes_header_names_unique_too(tmp_path):
     with zp.Subscriber(LOCAL) as sub:  # a checkpoint reads CSV record by record
         zp.publish_files(path, sub.endpoints, checkpoint=tmp_path / "ck.db", wait_for_subscribers=1)
         df = sub.collect(producers=1, timeout=10)
-    assert df.drop(columns="_offset").to_dict("records") == [{"a": 1, "a.1": 2, "Unnamed: 2": 3, "b": 4}]
+    assert df.drop(columns=["_file", "_offset"]).to_dict("records") == [{"a": 1, "a.1": 2, "Unnamed: 2": 3, "b": 4}]
 
 
 def test_same_columns_in_another_order_are_aligned(tmp_path):

@@ -59,7 +59,8 @@ def test_eight_files_four_processes_one_subscriber(tmp_path, procs):
 
     want = read_local(files)
     assert len(got) == len(want) == sum(3000 + 500 * n for n in range(1, 5)) * 2
-    pd.testing.assert_frame_equal(sort_rows(got), sort_rows(want))
+    assert sorted(got["_file"].unique()) == sorted(os.path.abspath(f) for f in files)
+    pd.testing.assert_frame_equal(sort_rows(got.drop(columns=["_file", "_offset"])), sort_rows(want))
     key = ["host", "metric"]
     pd.testing.assert_frame_equal(
         got.groupby(key)["value"].agg(["count", "sum", "mean", "max"]),

@@ -60,3 +60,14 @@ def _text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
         return pa.chunked_array([pa.array([None if v is None else json.dumps(v, default=str)
                                            for v in column.to_pylist()], pa.string())])
+
+
+def with_source(table: pa.Table, path: str, offsets=None) -> pa.Table:
+    """``table`` with ``_file`` (its file's path, dictionary-encoded: one copy of the
+    text per table, 4 bytes a row) and, if given, ``_offset`` (each row's byte offset)."""
+    if offsets is not None and "_offset" not in table.column_names:
+        table = table.append_column("_offset", pa.array(offsets, pa.int64()))
+    files = pa.DictionaryArray.from_arrays(pa.nulls(table.num_rows, pa.int32()).fill_null(0),
+                                           pa.array([path], pa.string()))
+    at = table.column_names.index("_offset") if "_offset" in table.column_names else table.num_columns
+    return table.add_column(at, "_file", files)

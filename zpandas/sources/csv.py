@@ -48,6 +48,9 @@ class Block:
     start: int
     end: int
     table: pa.Table
+    #: The byte offset of each row's record in the file (int64), or None where rows
+    #: and records could not be matched one to one.
+    offsets: np.ndarray | None = None
 
 
 def last_record_end(buf, quote: bytes | None = b'"', end: int | None = None) -> int:
@@ -185,7 +188,9 @@ class CsvReader:
                 if not _EMPTY_LINES.fullmatch(buf, start, cut):
                     table = self._conform(path, self._rows(path, buf, start, cut, offset, names))
                     if table.num_rows:
-                        yield Block(path, offset + start, offset + cut, table)
+                        rows = _row_starts(buf, start, cut, self._quote, table.num_rows)
+                        yield Block(path, offset + start, offset + cut, table,
+                                    None if rows is None else rows + offset)
                 buf[:filled - cut] = buf[cut:filled]  # the partial record moves to the front
                 filled -= cut
                 offset += cut
@@ -292,6 +297,26 @@ class CsvReader:
         log.warning("%s: bytes %d-%d: values that do not fit the types inferred from the first "
                     "block; widened column %s", path, offset, offset + len(chunk), ", ".join(changed))
         return True
+
+
+def _row_starts(buf, start: int, end: int, quote: bytes | None, rows: int) -> np.ndarray | None:
+    """Where each record of ``buf[start:end]`` that Arrow made a row starts: every record
+    but empty lines (Arrow skips those). None if that does not give ``rows`` records."""
+    from .records import record_ends
+
+    if quote not in (None, b'"'):
+        return None
+    with memoryview(buf) as view:
+        ends = record_ends(view[start:end], quoted=quote is not None)
+        if not len(ends) or ends[-1] < end - start:
+            ends = np.append(ends, end - start)
+        starts = np.concatenate([[0], ends[:-1]])
+        arr = np.frombuffer(view[start:end], np.uint8)
+        size = ends - starts - (arr[ends - 1] == 10)
+        empty = (size == 0) | ((size == 1) & (arr[np.minimum(starts, len(arr) - 1)] == 13))
+        found = starts[~empty].astype(np.int64) + start
+        del arr
+    return found if len(found) == rows else None
 
 
 def _line_at(path: str, offset: int) -> int:

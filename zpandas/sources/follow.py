@@ -40,8 +40,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
+
 from .csv import last_record_end
-from .lines import Record, group_multiline, join_records
+from .records import Records, line_starts_matching, record_ends
 
 __all__ = ["Follower", "Chunk", "HEAD_BYTES"]
 
@@ -63,7 +65,7 @@ class _Cursor:
     line: int = 1              # line number at ``offset``
     f: BinaryIO | None = None
     tail: bytes = b""          # the bytes just before ``offset``
-    pending: list = field(default_factory=list)  # lines of a record that may still grow
+    pending: Records | None = None  # lines of a multiline record that may still grow
     skipping: bool = False     # inside a record too long to keep: skip to its newline
     grew: float = field(default_factory=time.monotonic)
     detached: bool = False     # the path no longer names this file
@@ -76,7 +78,7 @@ class Chunk:
 
     key: str
     path: str
-    records: list[Record]
+    records: Records
     start: int
     end: int
     line: int                  # line number at ``end`` (for a checkpoint)
@@ -337,12 +339,7 @@ class Follower:
         if c.skipping or (not eof and self._no_record_end(data)):
             records, used = self._skip_long(c, data)
         else:
-            records, used = self._records(c, data, eof_ends_record=final and eof)
-            if final and eof and used < len(data):
-                # One pass, at the end: what is left can never end (an unclosed quote).
-                records.append(Record(data[used:], c.line, c.offset + used))
-                c.line += data.count(b"\n", used)
-                used = len(data)
+            records, used = self._records(c, data, final=final and eof)
         start = c.offset
         if used:
             c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
@@ -351,24 +348,19 @@ class Follower:
         at_end = eof and used == len(data)
         finished = at_end and (final or (quiet >= self.release_after and
                                          (c.detached or os.fstat(c.f.fileno()).st_nlink == 0)))
+        end, line = c.offset, c.line
         if self.multiline is not None:
-            complete, c.pending = group_multiline(c.pending + records, self.multiline)
-            if c.pending and (finished or quiet >= self.multiline_timeout):
-                complete.append(join_records(c.pending))
-                c.pending = []
-            records = complete
-            end = c.pending[0].offset if c.pending else c.offset
-            line = c.pending[0].line if c.pending else c.line
-        else:
-            end, line = c.offset, c.line
+            records = self._group(c, records, flush=finished or quiet >= self.multiline_timeout)
+            if c.pending is not None:
+                end, line = int(c.pending.offsets[0]), int(c.pending.lines[0])
         if finished:
             c.f.close()
             c.f = None
             c.done = True
-        if not records:
+        if not len(records):
             return None
-        return Chunk(c.key, c.path, records, records[0].offset if records else start, end, line,
-                     c.head, c.dev, c.ino)
+        return Chunk(c.key, c.path, records, int(records.offsets[0]) if len(records) else start,
+                     end, line, c.head, c.dev, c.ino)
 
     def _no_record_end(self, data: bytes) -> bool:
         """A full block without the end of its first record: that record is too long."""
@@ -376,11 +368,13 @@ class Follower:
             return last_record_end(data) == 0
         return data.find(b"\n") < 0
 
-    def _skip_long(self, c: _Cursor, data: bytes) -> tuple[list[Record], int]:
+    def _skip_long(self, c: _Cursor, data: bytes) -> tuple[Records, int]:
         """Return a too-long record's head (once), and skip the rest of it to its newline."""
-        records = []
+        records = Records.empty()
         if not c.skipping:
-            records.append(Record(data[:self.max_line_bytes + 1], c.line, c.offset))
+            cut = self.max_line_bytes + 1
+            records = Records(data[:cut], np.array([0, cut], np.int64),
+                              np.array([c.line], np.int64), np.array([c.offset], np.int64))
             c.skipping = True
         nl = data.find(b"\n")
         if nl < 0:
@@ -389,35 +383,62 @@ class Follower:
         c.line += 1
         return records, nl + 1
 
-    def _records(self, c: _Cursor, data: bytes, *, eof_ends_record: bool) -> tuple[list[Record], int]:
-        """Split ``data`` (read at ``c.offset``) into complete records; return them and bytes used.
+    def _records(self, c: _Cursor, data: bytes, *, final: bool) -> tuple[Records, int]:
+        """The complete records of ``data`` (read at ``c.offset``), and the bytes they use.
 
-        A last line without a newline is complete only at the end of a one-pass read;
-        a followed file's partial line waits for its newline.
+        A last line without a newline is complete only at the end of a one-pass read
+        (where an unclosed quote's remainder is a record too, which a format rejects); a
+        followed file's partial line waits for its newline.
         """
-        if eof_ends_record and data and not data.endswith(b"\n"):
-            data += b"\n"
-            trimmed = 1
+        ends = record_ends(data, quoted=self.quoted)
+        if final and len(data) and (not len(ends) or ends[-1] < len(data)):
+            ends = np.append(ends, len(data))
+        bounds = np.zeros(len(ends) + 1, np.int64)
+        bounds[1:] = ends
+        used = int(bounds[-1])
+        if self.quoted:  # a record may span lines: number each by the newlines before it
+            newlines = np.flatnonzero(np.frombuffer(data, np.uint8)[:used] == 10)
+            lines = c.line + np.searchsorted(newlines, bounds[:-1])
+            c.line += len(newlines)
         else:
-            trimmed = 0
-        used = last_record_end(data) if self.quoted else data.rfind(b"\n") + 1
-        records = []
-        pos, line = 0, c.line
-        quote_open = False
-        start = 0
-        while pos < used:
-            nl = data.find(b"\n", pos, used)
-            if self.quoted:
-                quote_open ^= data.count(b'"', pos, nl) % 2 == 1
-                if quote_open:  # a newline inside a quoted field: the record goes on
-                    pos = nl + 1
-                    continue
-            raw = data[start:nl]
-            records.append(Record(raw, line, c.offset + start))
-            line += data.count(b"\n", start, nl) + 1
-            pos = start = nl + 1
-        c.line = line
-        return records, used - trimmed if used == len(data) else used
+            lines = c.line + np.arange(len(ends), dtype=np.int64)
+            c.line += len(ends) - (1 if used and not data[used - 1:used] == b"\n" else 0)
+        return Records(data, bounds, lines, c.offset + bounds[:-1]), used
+
+    def _group(self, c: _Cursor, lines: Records, *, flush: bool) -> Records:
+        """Lines -> multiline records; the last record stays pending (it may grow) unless
+        ``flush``, or unless it is already longer than ``max_line_bytes``."""
+        if c.pending is not None:
+            lines = _concat(c.pending, lines)
+            c.pending = None
+        if not len(lines):
+            return lines
+        texts = lines.texts()
+        if texts is None:  # not UTF-8: each line on its own, as a format will see it
+            starts = np.fromiter((self.multiline.match(r.raw.decode("utf-8", "replace")) is not None
+                                  for r in lines), bool, len(lines))
+        else:
+            starts = line_starts_matching(texts, self.multiline)
+        starts[0] = True  # lines before the first start line are a record of their own
+        first = np.flatnonzero(starts)
+        last = int(first[-1])
+        if not flush and lines.bounds[-1] - lines.bounds[last] <= self.max_line_bytes:
+            c.pending = lines[last:]
+            first = first[:-1]
+            end = last
+        else:
+            end = len(lines)
+        bounds = np.append(lines.bounds[first], lines.bounds[end])
+        return Records(lines.data, bounds, lines.lines[first], lines.offsets[first])
+
+
+def _concat(a: Records, b: Records) -> Records:
+    """Records of ``a`` then ``b`` (consecutive in their file), in one buffer."""
+    a0, a1, b0, b1 = (int(x) for x in (a.bounds[0], a.bounds[-1], b.bounds[0], b.bounds[-1]))
+    data = a.data[a0:a1] + b.data[b0:b1]
+    bounds = np.concatenate([a.bounds - a0, b.bounds[1:] - b0 + (a1 - a0)])
+    return Records(data, bounds, np.concatenate([a.lines, b.lines]),
+                   np.concatenate([a.offsets, b.offsets]))
 
 
 def _head(path: str, n: int) -> bytes:

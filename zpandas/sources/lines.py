@@ -14,39 +14,36 @@ import csv
 import io
 import json
 import re
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 
 from .csv import unique_names
+from .records import Record, Records
 
-__all__ = ["Record", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS", "get_format",
-           "group_multiline", "join_records", "REJECT_SCHEMA"]
+__all__ = ["Record", "Records", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS",
+           "get_format", "REJECT_SCHEMA"]
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("line", pa.int64()), ("offset", pa.int64()),
                            ("reason", pa.string()), ("text", pa.string())])
 _TEXT_KEPT = 1000  # characters of a rejected line kept in the reject
 #: Fields (JSON keys, regex groups) that become timezone-aware datetimes.
 TIME_FIELDS = ("time", "timestamp")
+_MATCHED = "__zpandas_matched"
 #: ``time_format`` meaning: epoch numbers by magnitude, else ISO 8601, else any format
 #: pandas recognises.
 AUTO = "auto"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One record of a file: its bytes (without the final newline), line and offset."""
-
-    raw: bytes
-    line: int
-    offset: int
-
-
 class LineFormat:
-    """Base of the formats: subclasses implement :meth:`_rows`."""
+    """Base of the formats: subclasses implement :meth:`_row` (one record at a time) and
+    may implement :meth:`_columns` (a whole block at once, the fast path)."""
 
     name = "lines"
     #: Record boundaries need quote tracking (CSV) rather than plain newlines.
@@ -56,61 +53,98 @@ class LineFormat:
         self.max_line_bytes = max_line_bytes
         self.time_format = time_format
         self.schema: pa.Schema | None = None
+        self._schema_lock = threading.Lock()
 
-    def parse(self, records: list[Record], file: str) -> tuple[pa.Table | None, pa.Table]:
-        """Parse records; return (rows with an ``_offset`` column or None, rejects)."""
+    def parse(self, records: Records | list[Record], file: str) -> tuple[pa.Table | None, pa.Table]:
+        """Parse records; return (rows with an ``_offset`` column or None, rejects).
+
+        A block is parsed column-wise when it can be (every record valid UTF-8 and short
+        enough, and the vectorised parser takes all of it); otherwise record by record,
+        which gives each record that does not parse its own reject and reason.
+        """
+        return self.parse_body(self.begin(records, file), file)
+
+    def begin(self, records: Records | list[Record], file: str) -> Records:
+        """What must be seen in file order before blocks are parsed (a CSV header):
+        called for each block in order; :meth:`parse_body` may then run on any thread."""
+        return records if isinstance(records, Records) else Records.of(list(records))
+
+    def parse_body(self, records: Records, file: str) -> tuple[pa.Table | None, pa.Table]:
+        """:meth:`parse` after :meth:`begin`; safe to call from several threads."""
+        if not len(records):
+            return None, REJECT_SCHEMA.empty_table()
+        if not (records.lengths() > self.max_line_bytes).any():
+            texts = records.texts()
+            if texts is not None:
+                try:
+                    found = self._columns(records, texts)
+                except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
+                    found = None  # e.g. a value pyarrow cannot type: record by record
+                if found is not None:
+                    df, rows, rejects = found
+                    rejects = [_reject(file, records, i, why) for i, why in rejects]
+                    table = self._table(df, rows, records, file, rejects)
+                    return table, _rejects_table(rejects)
+        return self._parse_each(records, file)
+
+    def _parse_each(self, records: Records, file: str) -> tuple[pa.Table | None, pa.Table]:
         rejects: list[dict] = []
-        good: list[tuple[Record, str]] = []
-        for r in records:
+        rows, index = [], []
+        for i, r in enumerate(records):
             if len(r.raw) > self.max_line_bytes:
-                rejects.append(_reject(file, r, f"longer than {self.max_line_bytes} bytes"))
+                rejects.append(_reject(file, records, i, f"longer than {self.max_line_bytes} bytes"))
                 continue
             try:
                 text = r.raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                rejects.append(_reject(file, r, f"invalid UTF-8 at byte {e.start}"))
+                rejects.append(_reject(file, records, i, f"invalid UTF-8 at byte {e.start}"))
                 continue
-            good.append((r, text.rstrip("\r")))
-        rows, offsets = [], []
-        for (r, text) in good:
             try:
-                row = self._row(text)
+                row = self._row(text.rstrip("\r"))
             except ValueError as e:
-                rejects.append(_reject(file, r, str(e)))
+                rejects.append(_reject(file, records, i, str(e)))
                 continue
             except RecursionError:  # e.g. JSON nested thousands deep
-                rejects.append(_reject(file, r, "nested too deeply to parse"))
+                rejects.append(_reject(file, records, i, "nested too deeply to parse"))
                 continue
             if row is not None:
                 rows.append(row)
-                offsets.append(r.offset)
-        table = self._table(rows, offsets, file, rejects, [r for r, _ in good])
-        return table, pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+                index.append(i)
+        df = pd.DataFrame.from_records(rows) if rows else None
+        table = self._table(df, np.array(index, np.int64), records, file, rejects)
+        return table, _rejects_table(rejects)
 
     # -- for subclasses -----------------------------------------------------------------
 
     def _row(self, text: str) -> dict | None:
         raise NotImplementedError
 
-    def _table(self, rows: list[dict], offsets: list[int], file: str, rejects: list[dict],
-               records: list[Record]) -> pa.Table | None:
-        """Rows to a table with a fixed schema; rows that do not fit become rejects."""
-        if not rows:
+    def _columns(self, records: Records, texts: pa.Array):
+        """The whole block at once: (DataFrame of rows, record index of each row,
+        [(record index, reason)] rejects), or None to go record by record."""
+        return None
+
+    def _table(self, df: pd.DataFrame | None, rows: np.ndarray, records: Records, file: str,
+               rejects: list[dict]) -> pa.Table | None:
+        """Rows to a table with a fixed schema; rows that do not fit become rejects.
+
+        ``rows[i]`` is the index in ``records`` of row ``i`` of ``df``.
+        """
+        if df is None or not len(df):
             return None
-        df = pd.DataFrame.from_records(rows)
-        df = self._convert(df)
+        df = self._convert(df.reset_index(drop=True))
         bad = df.attrs.pop("bad", {})  # row position -> reason, from _convert
         if bad:
-            by_offset = {r.offset: r for r in records}
             for i, why in sorted(bad.items()):
-                rejects.append(_reject(file, by_offset[offsets[i]], why))
-            keep = [i for i in range(len(df)) if i not in bad]
-            df = df.iloc[keep].reset_index(drop=True)
-            offsets = [offsets[i] for i in keep]
+                rejects.append(_reject(file, records, int(rows[i]), why))
+            keep = np.ones(len(df), bool)
+            keep[list(bad)] = False
+            df = df[keep].reset_index(drop=True)
+            rows = rows[keep]
         if not len(df):
             return None
-        table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
-        table = table.append_column("_offset", pa.array(offsets, pa.int64()))
+        table = pa.Table.from_pandas(_mixed_as_text(df), preserve_index=False).replace_schema_metadata(None)
+        table = table.append_column("_offset", pa.array(records.offsets[rows], pa.int64()))
         return self._conform(table)
 
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -118,10 +152,11 @@ class LineFormat:
 
     def _conform(self, table: pa.Table) -> pa.Table:
         """Fix the schema from the first table; later ones are cast to it (new columns kept)."""
-        if self.schema is None:
-            self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                                     for f in table.schema])
-            return table.cast(self.schema)
+        with self._schema_lock:
+            if self.schema is None:
+                self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type)
+                                         else f for f in table.schema])
+                return table.cast(self.schema)
         known = {f.name: f for f in self.schema}
         cols = []
         for name in table.column_names:
@@ -151,6 +186,10 @@ class JsonLines(LineFormat):
     def __init__(self, *, timestamp: str | tuple[str, ...] | None = TIME_FIELDS, **kw) -> None:
         super().__init__(**kw)
         self.timestamp = (timestamp,) if isinstance(timestamp, str) else tuple(timestamp or ())
+        # Fields read as text: those pyarrow would type as times but are not time
+        # fields, and the time fields when a format is given (it decides, not pyarrow).
+        self._strings = pa.schema([pa.field(n, pa.string()) for n in self.timestamp]
+                                  if self.time_format else [])
 
     def _row(self, text: str) -> dict | None:
         if not text.strip():
@@ -162,6 +201,33 @@ class JsonLines(LineFormat):
         if not isinstance(value, dict):
             raise ValueError(f"a JSON {type(value).__name__}, not an object")
         return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
+
+    def _columns(self, records: Records, texts: pa.Array):
+        # pyarrow's JSON reader takes the block as it is. It refuses a block with a line
+        # that is not an object, repeated keys or a value of another type than the same
+        # key's earlier ones: record by record then. Nested values would become structs
+        # (with the keys of every row): record by record too, where they stay JSON text.
+        lo, hi = int(records.bounds[0]), int(records.bounds[-1])
+        blank = _blank(texts)
+        while True:
+            table = pajson.read_json(
+                io.BytesIO(memoryview(records.data)[lo:hi]),
+                read_options=pajson.ReadOptions(use_threads=False, block_size=max(hi - lo + 1, 1 << 16)),
+                parse_options=pajson.ParseOptions(explicit_schema=self._strings,
+                                                  unexpected_field_behavior="infer"))
+            # pyarrow types text that looks like a time as a timestamp: only the time
+            # fields convert (as the README says); others are read again as text.
+            stray = [f.name for f in table.schema
+                     if pa.types.is_timestamp(f.type) and f.name not in self.timestamp]
+            if not stray:
+                break
+            self._strings = pa.schema([*self._strings, *[pa.field(n, pa.string()) for n in stray]])
+        if table.num_rows != int((~blank).sum()) or any(
+                pa.types.is_nested(t) or pa.types.is_dictionary(t) for t in table.schema.types):
+            return None
+        # pyarrow's times are naive, in UTC (from text with Z, or without a zone: taken as
+        # UTC, as pandas does); _parse_times makes them aware.
+        return table.to_pandas(), np.flatnonzero(~blank), []
 
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
         bad: dict[int, str] = {}
@@ -202,6 +268,8 @@ class Regex(LineFormat):
         self.timestamp = timestamp
         self.null = null
         self._year_less = year_less
+        # Anchored as fullmatch; None once the vectorised engine has refused it.
+        self._vector: str | None = f"^(?:{pattern})(?P<{_MATCHED}>)$"
 
     def _row(self, text: str) -> dict | None:
         if not text.strip():
@@ -211,6 +279,31 @@ class Regex(LineFormat):
             raise ValueError("does not match the pattern")
         return {k: (None if v == self.null else v) for k, v in m.groupdict().items()}
 
+    def _columns(self, records: Records, texts: pa.Array):
+        # Rust's regex engine through polars, which takes a whole column at once (about
+        # 2x RE2's capture speed through pyarrow with more than 4 groups, and 6x
+        # Python's re: bench/bench_lines.py). Patterns it cannot take (look-around,
+        # back-references) go line by line through Python's re.
+        if self._vector is None:
+            return None
+        import polars as pl
+        try:
+            found = pl.from_arrow(texts).str.extract_groups(self._vector).struct.unnest()
+        except pl.exceptions.PolarsError:
+            self._vector = None
+            return None
+        # The last (empty) group is there only to tell "matched" from "no group matched".
+        matched = found.get_column(_MATCHED).is_not_null().to_numpy()
+        blank = _blank(texts)
+        rejects = [(int(i), "does not match the pattern") for i in np.flatnonzero(~matched & ~blank)]
+        keep = matched & ~blank
+        cols = [pl.col(n) for n in self.pattern.groupindex]
+        if self.null is not None:
+            cols = [pl.when(c == self.null).then(None).otherwise(c).alias(n)
+                    for c, n in zip(cols, self.pattern.groupindex)]
+        df = found.filter(pl.Series(keep)).select(cols).to_arrow().to_pandas()
+        return df, np.flatnonzero(keep), rejects
+
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
         bad: dict[int, str] = {}
         for col, kind in self.types.items():
@@ -219,9 +312,8 @@ class Regex(LineFormat):
             raw = df[col]
             if kind == "str":
                 continue
-            num = pd.to_numeric(raw, errors="coerce")
-            wrong = num.isna() & raw.notna()
-            for i in map(int, wrong.to_numpy().nonzero()[0]):
+            num, wrong = _numeric(raw)
+            for i in map(int, wrong.nonzero()[0]):
                 bad.setdefault(i, f"{col}={raw.iloc[i]!r} is not {kind}")
             df[col] = num.astype("Int64" if kind == "int" else "Float64")
         if self.timestamp:
@@ -248,15 +340,46 @@ class CsvLines(LineFormat):
         self.delimiter = delimiter
         self.names = names                       # given: no header line is expected
         self.header: dict[str, list[str]] = {}   # file -> column names
+        self._local = threading.local()          # the names of the file being parsed
 
-    def parse(self, records: list[Record], file: str) -> tuple[pa.Table | None, pa.Table]:
-        names = self.names or self.header.get(file)
-        if names is None and records:
-            first, *records = records
-            names = self.header[file] = unique_names(next(csv.reader(
-                [first.raw.decode("utf-8-sig", "replace")], delimiter=self.delimiter)))
-        self._names = names
-        return super().parse(records, file)
+    def begin(self, records: Records | list[Record], file: str) -> Records:
+        records = super().begin(records, file)
+        if not (self.names or file in self.header) and len(records):
+            self.header[file] = unique_names(next(csv.reader(
+                [records.raw(0).decode("utf-8-sig", "replace")], delimiter=self.delimiter)))
+            records = records[1:]
+        return records
+
+    def parse_body(self, records: Records, file: str) -> tuple[pa.Table | None, pa.Table]:
+        self._local.names = self.names or self.header.get(file)
+        return super().parse_body(records, file)
+
+    @property
+    def _names(self) -> list[str]:
+        return self._local.names
+
+    def _columns(self, records: Records, texts: pa.Array):
+        # pyarrow's CSV reader over the block, every column as text (typed below as in
+        # the record-by-record path). A record with an odd number of quotes or another
+        # number of fields than the header: record by record, for its reason.
+        lo, hi = int(records.bounds[0]), int(records.bounds[-1])
+        quotes = np.flatnonzero(np.frombuffer(records.data, np.uint8)[lo:hi] == 34) + lo
+        if (np.diff(np.searchsorted(quotes, records.bounds)) % 2).any():
+            return None
+        invalid = []
+        table = pacsv.read_csv(
+            io.BytesIO(memoryview(records.data)[lo:hi]),
+            read_options=pacsv.ReadOptions(column_names=self._names, use_threads=False,
+                                           block_size=max(hi - lo + 1, 1 << 16)),
+            parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+                                             invalid_row_handler=lambda row: invalid.append(row) or "skip"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in self._names}, null_values=[""],
+                strings_can_be_null=True, quoted_strings_can_be_null=True))
+        blank = _blank(texts)
+        if invalid or table.num_rows != int((~blank).sum()):
+            return None
+        return table.to_pandas(), np.flatnonzero(~blank), []
 
     def _row(self, text: str) -> dict | None:
         if not text.strip():
@@ -277,11 +400,10 @@ class CsvLines(LineFormat):
             if want is not None and pa.types.is_string(want):
                 continue
             if want is None or pa.types.is_integer(want) or pa.types.is_floating(want):
-                num = pd.to_numeric(raw, errors="coerce")
-                wrong = num.isna() & raw.notna()
+                num, wrong = _numeric(raw)
                 if want is None and wrong.any():
                     continue  # not numeric: stays a string column
-                for i in map(int, wrong.to_numpy().nonzero()[0]):
+                for i in map(int, wrong.nonzero()[0]):
                     bad.setdefault(i, f"{col}={raw.iloc[i]!r} does not fit {want}")
                 df[col] = num
             elif pa.types.is_timestamp(want):
@@ -340,38 +462,28 @@ def get_format(fmt, *, delimiter: str = ",", max_line_bytes: int = 1 << 20,
                      f"{', '.join(sorted(PRESETS))}, or regex:<pattern with named groups>")
 
 
-def group_multiline(records: list[Record], start: re.Pattern) -> tuple[list[Record], list[Record]]:
-    """Join continuation lines to the record they continue.
-
-    A line matching ``start`` begins a record; other lines belong to the record before.
-    Returns (complete records, the lines of the last record, which may still grow).
-    Lines before the first start line form a record of their own.
-    """
-    out: list[Record] = []
-    current: list[Record] = []
-    for r in records:
-        if current and start.match(r.raw.decode("utf-8", "replace")):
-            out.append(join_records(current))
-            current = []
-        current.append(r)
-    return out, current
+def _reject(file: str, records: Records, i: int, reason: str) -> dict:
+    raw = records.raw(i)
+    return {"file": file, "line": int(records.lines[i]), "offset": int(records.offsets[i]),
+            "reason": reason, "text": raw[:_TEXT_KEPT * 4].decode("utf-8", "replace")[:_TEXT_KEPT]}
 
 
-def join_records(lines: list[Record]) -> Record:
-    """One record of several lines: their bytes joined by newlines, the first's position."""
-    return Record(b"\n".join(r.raw for r in lines), lines[0].line, lines[0].offset)
+def _rejects_table(rejects: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
 
 
-def _reject(file: str, r: Record, reason: str) -> dict:
-    return {"file": file, "line": r.line, "offset": r.offset, "reason": reason,
-            "text": r.raw[:_TEXT_KEPT * 4].decode("utf-8", "replace")[:_TEXT_KEPT]}
+def _blank(texts: pa.Array) -> np.ndarray:
+    """Records that are empty or only whitespace (skipped, as empty lines are)."""
+    empty = pc.equal(pc.utf8_length(texts), 0)
+    space = pc.utf8_is_space(texts)
+    return pc.or_(empty, space).to_numpy(zero_copy_only=False)
 
 
 def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, year_less: bool = False,
                  bad: dict | None = None) -> pd.DataFrame:
     raw = df[col]
     if pd.api.types.is_datetime64_any_dtype(raw):
-        return df
+        return df.assign(**{col: _ns(raw if raw.dt.tz is not None else raw.dt.tz_localize("UTC"))})
     if fmt == AUTO:
         parsed = _auto_times(raw)
         fmt = "ISO 8601, epoch or another known format"
@@ -391,12 +503,56 @@ def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, year_less: bool = Fals
     elif wrong.any():
         i = int(wrong.to_numpy().nonzero()[0][0])
         raise ValueError(f"{col}={raw.iloc[i]!r} is not a time")
-    return df.assign(**{col: parsed})
+    return df.assign(**{col: _ns(parsed)})
+
+
+def _ns(times: pd.Series) -> pd.Series:
+    """Nanoseconds, whatever parsed them (pandas' parsers and pyarrow's pick other units),
+    so that blocks of a stream agree; times outside 1677-2262 keep the unit they have."""
+    try:
+        return times.dt.as_unit("ns")
+    except (ValueError, OverflowError):
+        return times
+
+
+def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose values have several types (``1`` on a line, ``"x"`` on the next) as
+    text, as JSON writes them: Arrow needs one type per column."""
+    for col in df.columns:
+        if df[col].dtype == object:
+            try:
+                pa.array(df[col], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                df[col] = [None if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+                           else v if isinstance(v, str) else json.dumps(v) for v in df[col]]
+    return df
+
+
+def _numeric(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Numbers from text, as ``pd.to_numeric(errors="coerce")``; and which values that
+    are not missing are not numbers."""
+    if not pd.api.types.is_numeric_dtype(raw):
+        try:  # the common case, whole, in Arrow's C++ (pandas' to_numeric on text loops in Python)
+            arr = pa.array(raw, type=pa.string(), from_pandas=True)
+            for kind in (pa.int64(), pa.float64()):
+                try:
+                    return pd.Series(arr.cast(kind).to_pandas(), index=raw.index), np.zeros(len(raw), bool)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    pass
+        except (pa.ArrowException, TypeError, ValueError):
+            pass
+    num = pd.to_numeric(raw, errors="coerce")
+    return num, (num.isna() & raw.notna()).to_numpy()
 
 
 def _auto_times(raw: pd.Series) -> pd.Series:
     """Times of any common form, value by value: numbers are epoch times (s, ms, us or ns
     by magnitude), text is ISO 8601 or else whatever pandas recognises; NaT otherwise."""
+    if not pd.api.types.is_numeric_dtype(raw):
+        try:  # the common case, whole: ISO 8601 text (pandas' parser, in C)
+            return pd.to_datetime(raw, format="ISO8601", utc=True)
+        except (ValueError, TypeError, OverflowError):
+            pass
     nums = pd.to_numeric(raw, errors="coerce")
     is_num = nums.notna().to_numpy()
     parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")

@@ -1,0 +1,126 @@
+"""Records of a block of a file, found and held without a Python object per line.
+
+A block of bytes read from a file is cut into records by array operations: the
+positions of its newlines (numpy), minus those inside quotes for CSV (a newline is
+outside quotes when an even number of quote characters precede it), grouped into
+multiline records by a start pattern evaluated over all lines at once. The records stay
+one ``bytes`` object plus arrays of bounds, line numbers and byte offsets; a format turns
+them into an Arrow string array without copying (see :meth:`Records.texts`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["Record", "Records", "record_ends", "line_starts_matching"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a file: its bytes (without the final newline), line and offset."""
+
+    raw: bytes
+    line: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Records:
+    """Records of one block: record ``i`` is ``data[bounds[i]:bounds[i+1]]`` less one final newline.
+
+    ``lines[i]`` is its line number and ``offsets[i]`` its byte offset in the file.
+    """
+
+    data: bytes
+    bounds: np.ndarray
+    lines: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, records: list[Record]) -> Records:
+        """Records from :class:`Record` objects (plain text messages, tests)."""
+        data = b"".join(r.raw + b"\n" for r in records)
+        bounds = np.zeros(len(records) + 1, np.int64)
+        np.cumsum([len(r.raw) + 1 for r in records], out=bounds[1:])
+        return cls(data, bounds, np.array([r.line for r in records], np.int64),
+                   np.array([r.offset for r in records], np.int64))
+
+    @classmethod
+    def empty(cls) -> Records:
+        none = np.zeros(0, np.int64)
+        return cls(b"", np.zeros(1, np.int64), none, none)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def raw(self, i: int) -> bytes:
+        b = self.data[self.bounds[i]:self.bounds[i + 1]]
+        return b[:-1] if b.endswith(b"\n") else b
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield Record(self.raw(i), int(self.lines[i]), int(self.offsets[i]))
+
+    def __getitem__(self, key: slice) -> Records:
+        start, stop, _ = key.indices(len(self))
+        return Records(self.data, self.bounds[start:stop + 1] if stop > start else self.bounds[start:start + 1],
+                       self.lines[start:stop], self.offsets[start:stop])
+
+    def lengths(self) -> np.ndarray:
+        """Bytes of each record, its final newline excluded."""
+        n = np.diff(self.bounds)
+        if len(n):
+            last = self.bounds[1:] - 1
+            ends_nl = np.frombuffer(self.data, np.uint8)[last] == 10 if len(self.data) else last < 0
+            n = n - ends_nl
+        return n
+
+    def texts(self) -> pa.Array | None:
+        """The records as one Arrow string array (a view of the block, final ``\\r\\n`` trimmed).
+
+        None if the block is not valid UTF-8 (the caller then goes record by record).
+        """
+        if not len(self):
+            return pa.array([], pa.string())
+        lo, hi = int(self.bounds[0]), int(self.bounds[-1])
+        view = memoryview(self.data)[lo:hi]
+        try:
+            str(view, "utf-8")  # one C pass: is it UTF-8 (and so is every record)?
+        except UnicodeDecodeError:
+            return None
+        if hi - lo >= 1 << 31:
+            offsets, kind = (self.bounds - lo).astype(np.int64), pa.large_string()
+        else:
+            offsets, kind = (self.bounds - lo).astype(np.int32), pa.string()
+        arr = pa.Array.from_buffers(kind, len(self), [None, pa.py_buffer(offsets), pa.py_buffer(view)])
+        return pc.utf8_rtrim(arr, characters="\r\n")
+
+
+def record_ends(data, *, quoted: bool) -> np.ndarray:
+    """Offsets just past each newline of ``data`` that ends a record (int64).
+
+    ``data`` starts at a record boundary. With ``quoted`` (RFC 4180 CSV), a newline
+    ends a record only outside quotes: when an even number of quotes precede it.
+    """
+    arr = np.frombuffer(data, np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    if quoted and len(nl):
+        quotes = np.flatnonzero(arr == 34)
+        if len(quotes):
+            nl = nl[np.searchsorted(quotes, nl) % 2 == 0]
+    return nl.astype(np.int64) + 1
+
+
+def line_starts_matching(texts: pa.Array, start: re.Pattern) -> np.ndarray:
+    """Boolean mask: which lines match ``start`` at their beginning (``re.match``)."""
+    try:
+        import polars as pl
+        hit = pl.from_arrow(texts).str.contains("^(?:" + start.pattern + ")")
+        return hit.fill_null(False).to_numpy()
+    except Exception:  # noqa: BLE001 - a pattern Rust's regex cannot take (look-around...)
+        return np.fromiter((start.match(t) is not None for t in texts.to_pylist()), bool, len(texts))
