@@ -336,3 +336,83 @@ def test_rejects_that_leave_before_their_rows_do_not_advance_what_a_checkpoint_m
             p.flush()
             wait_for(lambda: p.sent_offsets()["s"] == 30, what="the rows of the second chunk")
         assert REJECT_SCHEMA.names == list(sub.rejects().columns[2:])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_9_three_times_through_two_renames_and_two_copytruncates_every_line_once(tmp_path, procs):
+    """The issue's soak: 100k lines, rotated by rename and by copytruncate twice each, and
+    the producer killed with SIGKILL at three random moments and restarted from its
+    checkpoint: every line exactly once, each row naming the file it was read from."""
+    import random
+
+    import numpy as np
+
+    from .test_follow import WRITER, ids
+
+    lines = 100_000
+    log = tmp_path / "app.log"
+    log.touch()
+    checkpoint = tmp_path / "checkpoint.db"
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    with zp.Subscriber(LOCAL) as sub:
+        def producer():
+            return procs.start("publish", str(tmp_path / "app.log*"), "-e", ">" + sub.endpoints[0],
+                               "--format", "jsonl", "--follow", "--checkpoint", str(checkpoint),
+                               "--quiet", "--name", "node")
+
+        writer = subprocess.Popen([sys.executable, WRITER, str(log), "--lines", str(lines),
+                                   "--rate", "12000",
+                                   "--rotate", "20000:rename,40000:copy,60000:rename,80000:copy"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            p = producer()
+            for _ in range(3):  # killed at a random point of the run, restarted at once
+                at = sub.stats()["rows"] + rng.randint(3_000, 25_000)
+                wait_for(lambda at=at: sub.stats()["rows"] >= min(at, lines - 1_000), timeout=60,
+                         what=f"{at} rows (seed {seed})")
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                p = producer()
+            assert writer.stdout.readline().strip() == "done"
+            wait_for(lambda: len(ids(sub)) >= lines, timeout=90, what=f"every line (seed {seed})")
+            wait_for(lambda: len(sub.stats()["producers"]) == 4, timeout=30, what="the last run")
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(30) == 0
+        finally:
+            writer.communicate(timeout=60)
+        got = ids(sub)
+        df = sub.frame()
+    np.testing.assert_array_equal(got, np.arange(lines), err_msg=f"seed {seed}")
+    # Lines 0-19,999 were written to app.log, then renamed to app.log.1: whichever name
+    # they were read under, each row names one of the rotated files or app.log.
+    names = set(df["_file"].astype(str).map(os.path.basename))
+    assert names <= {"app.log", *(f"app.log.{k}" for k in range(1, 5))}, names
+    last = df[df["i"] >= 80_000]["_file"].astype(str).map(os.path.basename)
+    assert set(last) == {"app.log"}  # after the last rotation: only the live file
+
+
+def test_a_file_truncated_in_place_during_a_large_read_delivers_the_new_line(tmp_path, caplog):
+    """40 MiB being read, then ``truncate -s 0`` and one line: the line arrives (the rest
+    of the 40 MiB is gone with no copy to read it from: counted and logged, not silent)."""
+    from zpandas.sources.follow import Follower
+
+    path = tmp_path / "big.log"
+    line = b'{"i": 0, "text": "' + b"x" * 1000 + b'"}\n'
+    with open(path, "wb") as f:
+        for _ in range(40 * 1024):
+            f.write(line)
+    f = Follower([str(path)])
+    try:
+        first = f.poll()
+        assert first and first[0].end < path.stat().st_size  # mid-read: one block of ten
+        os.truncate(path, 0)
+        with open(path, "ab") as out:
+            out.write(b'{"new": true}\n')
+        got = [r.raw for _ in range(3) for ch in f.poll() for r in ch.records]
+    finally:
+        f.close()
+    assert got == [b'{"new": true}']
+    assert f.lost_truncations == 1 and "no copy of it was found" in caplog.text
