@@ -173,7 +173,7 @@ def test_copytruncate_then_lines_to_both_files_gives_each_line_once(tmp_path, li
 @pytest.mark.timeout(60)
 def test_copytruncate_end_to_end_exactly_the_lines_plus_the_two_new_ones(tmp_path):
     log = tmp_path / "app.log"
-    log.write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))  # a small file: 50 bytes
+    log.write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))  # a small file: 45 bytes
     with zp.Subscriber(LOCAL) as sub:
         from .test_follow import Publishing
         pub = Publishing([str(tmp_path / "app.log*")], sub.endpoints, format="jsonl", follow=True,
@@ -184,8 +184,14 @@ def test_copytruncate_end_to_end_exactly_the_lines_plus_the_two_new_ones(tmp_pat
             wait_for(lambda: sub.stats()["rows"] >= 7, timeout=30, what="the two new rows")
         finally:
             result = pub.finish()
-        assert sorted(sub.frame()["i"]) == [0, 1, 2, 3, 4, 100, 200]
+        df = sub.frame()
+        assert sorted(df["i"]) == [0, 1, 2, 3, 4, 100, 200]
         assert sub.stats()["duplicate_rows"] == 0 and result["lost_truncations"] == 0
+    # Rows say where they came from: the copy's new line names the copy, the truncated
+    # file's names it; each offset is where its line starts in that file.
+    where = {i: (os.path.basename(f), o) for i, f, o in df[["i", "_file", "_offset"]].itertuples(index=False)}
+    assert where[100] == ("app.log.1", 45) and where[200] == ("app.log", 0)  # 5 lines of 9 bytes
+    assert str(df["_file"].dtype) == "category"
 
 
 @pytest.mark.parametrize("lines", [5, 100], ids=["under-1KiB", "over-1KiB"])

@@ -122,3 +122,22 @@ def test_block_boundaries_do_not_change_rows(tmp_path):
         assert json.loads(data[r["_offset"]:end])["i"] == r["i"]
     assert [r["line"] for r in rejects] == [i + 1 for i, x in enumerate(lines) if x == "not json"]
     assert np.all(np.diff([r["_offset"] for r in rows]) > 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_parsed_on_threads_arrive_whole_and_in_order(tmp_path, threads):
+    """Eight 4 MiB blocks, parsed on one or two threads: every line once, in file order."""
+    import zpandas as zp
+
+    path = tmp_path / "big.jsonl"
+    n = 240_000
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"i": i, "pad": "y" * 100}) + "\n")
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        result = zp.publish_files(str(path), sub.endpoints, format="jsonl", parse_threads=threads,
+                                  wait_for_subscribers=1)
+        df = sub.collect(timeout=60)
+    assert result["rows"] == n and result["bytes"] > 8 * (4 << 20) * 0.8
+    assert df["i"].tolist() == list(range(n))  # in order: the stream's offsets ascend
+    assert (np.diff(df["_offset"].to_numpy()) > 0).all()

@@ -340,7 +340,6 @@ class Follower:
             records, used = self._skip_long(c, data)
         else:
             records, used = self._records(c, data, final=final and eof)
-        start = c.offset
         if used:
             c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
             c.offset += used
@@ -359,8 +358,7 @@ class Follower:
             c.done = True
         if not len(records):
             return None
-        return Chunk(c.key, c.path, records, int(records.offsets[0]) if len(records) else start,
-                     end, line, c.head, c.dev, c.ino)
+        return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino)
 
     def _no_record_end(self, data: bytes) -> bool:
         """A full block without the end of its first record: that record is too long."""

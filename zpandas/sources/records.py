@@ -68,8 +68,9 @@ class Records:
 
     def __getitem__(self, key: slice) -> Records:
         start, stop, _ = key.indices(len(self))
-        return Records(self.data, self.bounds[start:stop + 1] if stop > start else self.bounds[start:start + 1],
-                       self.lines[start:stop], self.offsets[start:stop])
+        stop = max(start, stop)
+        return Records(self.data, self.bounds[start:stop + 1], self.lines[start:stop],
+                       self.offsets[start:stop])
 
     def lengths(self) -> np.ndarray:
         """Bytes of each record, its final newline excluded."""
@@ -121,6 +122,6 @@ def line_starts_matching(texts: pa.Array, start: re.Pattern) -> np.ndarray:
     try:
         import polars as pl
         hit = pl.from_arrow(texts).str.contains("^(?:" + start.pattern + ")")
-        return hit.fill_null(False).to_numpy()
+        return np.array(hit.fill_null(False).to_numpy(), dtype=bool)  # writable
     except Exception:  # noqa: BLE001 - a pattern Rust's regex cannot take (look-around...)
         return np.fromiter((start.match(t) is not None for t in texts.to_pylist()), bool, len(texts))

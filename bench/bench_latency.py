@@ -1,0 +1,92 @@
+"""Append -> visible latency of a followed log file, at a steady line rate.
+
+A writer process appends JSON lines at ``--rate`` lines/s in batches of ``--batch``
+(each line carries the wall-clock time its batch was written); one ``zpandas publish
+--follow`` process tails the file; this process's Subscriber takes micro-batches with
+``get()`` and, for every row, records "now - written". Defaults everywhere (the
+producer's ``flush_interval``, the Subscriber's ``latency``): what a user gets without
+tuning. The issue's target: p50 <= 20 ms, p99 <= 50 ms at 100k lines/s.
+
+    python bench/bench_latency.py [--rate 100000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import zpandas as zp  # noqa: E402
+
+WRITER = r"""
+import json, sys, time
+path, lines, rate, batch = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+sys.stdin.readline()
+start = time.monotonic()
+with open(path, "a", buffering=1 << 20) as f:
+    for i in range(0, lines, batch):
+        t = time.time_ns()
+        f.write("".join(json.dumps({"i": j, "t": t}) + "\n" for j in range(i, min(i + batch, lines))))
+        f.flush()
+        ahead = (i + batch) / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+print("done", flush=True)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--batch", type=int, default=100, help="lines per write (1 ms at 100k/s)")
+    args = ap.parse_args()
+    lines = int(args.rate * args.seconds)
+    with tempfile.TemporaryDirectory() as tmp, zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        path = os.path.join(tmp, "app.log")
+        open(path, "w").close()
+        producer = subprocess.Popen([sys.executable, "-m", "zpandas", "publish", path, "-f", "jsonl",
+                                     "--follow", "-e", ">" + sub.endpoints[0], "-q"])
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, path, str(lines), str(args.rate),
+                                   str(args.batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not len(sub.stats()["producers"]) and time.monotonic() < deadline:
+                try:
+                    sub.get(timeout=0.2)  # heartbeats: the producer is up and subscribed
+                except TimeoutError:
+                    pass
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            delays, got = [], 0
+            while got < lines:
+                df = sub.get(timeout=30)
+                now = time.time_ns()
+                if "t" in df:
+                    delays.append((now - df["t"].to_numpy()) / 1e6)
+                    got += len(df)
+            assert writer.stdout.readline().strip() == "done"
+        finally:
+            writer.wait(30)
+            producer.terminate()
+            producer.wait(30)
+    d = np.concatenate(delays)
+    warm = d[len(d) // 10:]  # the first second includes start-up (imports, first block)
+    print(f"{lines:,} lines at {args.rate:,.0f} lines/s, batches of {args.batch}, defaults\n")
+    print("| append -> visible in Subscriber | p50 ms | p90 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|")
+    p = np.percentile(warm, [50, 90, 99, 100])
+    print(f"| zpandas publish --follow, 1 producer | {p[0]:.1f} | {p[1]:.1f} | {p[2]:.1f} | {p[3]:.1f} |")
+    print("\nTarget (issue 12): p50 <= 20 ms, p99 <= 50 ms.")
+
+
+if __name__ == "__main__":
+    main()
