@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 
 from .._tables import common_type
 from ..errors import SchemaMismatchError, SourceError
+from .records import record_ends
 
 __all__ = ["CsvReader", "Block", "first_record_end", "last_record_end", "unique_names"]
 
@@ -302,8 +303,6 @@ class CsvReader:
 def _row_starts(buf, start: int, end: int, quote: bytes | None, rows: int) -> np.ndarray | None:
     """Where each record of ``buf[start:end]`` that Arrow made a row starts: every record
     but empty lines (Arrow skips those). None if that does not give ``rows`` records."""
-    from .records import record_ends
-
     if quote not in (None, b'"'):
         return None
     with memoryview(buf) as view:

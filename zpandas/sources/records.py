@@ -119,9 +119,14 @@ def record_ends(data, *, quoted: bool) -> np.ndarray:
 
 def line_starts_matching(texts: pa.Array, start: re.Pattern) -> np.ndarray:
     """Boolean mask: which lines match ``start`` at their beginning (``re.match``)."""
-    try:
+    if start.pattern not in _RUST_REFUSED:
         import polars as pl
-        hit = pl.from_arrow(texts).str.contains("^(?:" + start.pattern + ")")
-        return np.array(hit.fill_null(False).to_numpy(), dtype=bool)  # writable
-    except Exception:  # noqa: BLE001 - a pattern Rust's regex cannot take (look-around...)
-        return np.fromiter((start.match(t) is not None for t in texts.to_pylist()), bool, len(texts))
+        try:
+            hit = pl.from_arrow(texts).str.contains("^(?:" + start.pattern + ")")
+            return np.array(hit.fill_null(False).to_numpy(), dtype=bool)  # writable
+        except pl.exceptions.PolarsError:  # look-around, back-references: Python's re
+            _RUST_REFUSED.add(start.pattern)
+    return np.fromiter((start.match(t) is not None for t in texts.to_pylist()), bool, len(texts))
+
+
+_RUST_REFUSED: set[str] = set()  # patterns polars' regex engine would not compile
