@@ -422,3 +422,23 @@ def test_a_file_truncated_in_place_during_a_large_read_delivers_the_new_line(tmp
         f.close()
     assert got == [b'{"new": true}']
     assert f.lost_truncations == 1 and "no copy of it was found" in caplog.text
+
+
+def test_a_follower_that_caught_up_sends_at_once_not_after_flush_interval(tmp_path):
+    """Latency without tuning: once the files are read to their end, the rows leave; they
+    do not wait for company (``flush_interval``, here an hour) nor for the next block."""
+    from .test_follow import Publishing
+
+    log = tmp_path / "app.log"
+    log.write_text('{"i": 0}\n')
+    with zp.Subscriber(LOCAL) as sub:
+        pub = Publishing([str(log)], sub.endpoints, format="jsonl", follow=True,
+                         wait_for_subscribers=1, flush_interval=3600)
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 1, timeout=30, what="the first line")
+            with open(log, "a") as f:
+                f.write('{"i": 1}\n')
+            wait_for(lambda: sub.stats()["rows"] == 2, timeout=30, what="the appended line")
+        finally:
+            pub.finish()
+        assert sub.frame()["i"].tolist() == [0, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -67,7 +68,7 @@ def with_source(table: pa.Table, path: str, offsets=None) -> pa.Table:
     text per table, 4 bytes a row) and, if given, ``_offset`` (each row's byte offset)."""
     if offsets is not None and "_offset" not in table.column_names:
         table = table.append_column("_offset", pa.array(offsets, pa.int64()))
-    files = pa.DictionaryArray.from_arrays(pa.nulls(table.num_rows, pa.int32()).fill_null(0),
+    files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)),
                                            pa.array([path], pa.string()))
     at = table.column_names.index("_offset") if "_offset" in table.column_names else table.num_columns
     return table.add_column(at, "_file", files)

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="strptime format of 'time'/'timestamp' fields (jsonl, regex and "
                         "presets), e.g. '%%d/%%b/%%Y:%%H:%%M:%%S %%z'; default: epoch numbers, "
                         "ISO 8601 or another known form")
+    p.add_argument("--parse-threads", type=int, metavar="N",
+                   help="line formats: threads parsing blocks (default 2 with 2 cores or "
+                        "more, else 1; 1 leaves more of the node to the job writing the logs)")
     _policy_options(p, "producer")
     _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -156,7 +159,8 @@ def _publish(args) -> int:
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
                            format=args.format, follow=args.follow, checkpoint=args.checkpoint,
                            multiline=args.multiline, multiline_timeout=args.multiline_timeout,
-                           time_format=args.time_format, stop=stop, wait_for_subscribers=args.wait_for,
+                           time_format=args.time_format, parse_threads=args.parse_threads,
+                           stop=stop, wait_for_subscribers=args.wait_for,
                            wait_timeout=args.wait_timeout, block_size=args.block_size,
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,
                            policy=args.policy, buffer_bytes=args.buffer_bytes,

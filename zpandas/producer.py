@@ -260,7 +260,8 @@ class Producer:
             if table.num_rows == 0:
                 return
             pend = self._pending.get(tkey)
-            if pend is None or not pend.accepts(table, source, start):
+            started = pend is None or not pend.accepts(table, source, start)
+            if started:
                 if pend is not None:
                     jobs.append(self._take(tkey))
                 pend = self._pending[tkey] = _Pending(since=time.monotonic(), source=source,
@@ -270,10 +271,15 @@ class Producer:
             pend.end = end
             if pend.nbytes >= self.frame_bytes:
                 jobs.append(self._take(tkey))
-        if jobs:
+                started = False
+        if jobs or started:
             sock = self._push_socket()
             for job in jobs:
                 self._encode_and_push(sock, *job)
+            if started:
+                # Rows now wait for company: ring the owner, whose poll has no timeout
+                # for them yet, so that they leave flush_interval from now, not later.
+                self._push(sock, [b"W"])
 
     def send_rejects(self, rejects, *, topic: str | None = None, source: str = "",
                      offsets: tuple[int, int] = (-1, -1)) -> None:
@@ -327,6 +333,8 @@ class Producer:
         with self._lock:
             self._check()
             jobs = [self._take(t) for t in list(self._pending)]
+        if not jobs:
+            return
         sock = self._push_socket()
         for job in jobs:
             self._encode_and_push(sock, *job)
@@ -618,6 +626,8 @@ class Producer:
                     cmd = frames[0].bytes
                     if cmd == b"C":
                         closing = True
+                    elif cmd == b"W":
+                        pass  # a doorbell: the timeout below now counts new pending rows
                     else:
                         t = int.from_bytes(frames[1].bytes, "little")
                         waiting[t] = frames[2:] if cmd == b"D" else []
@@ -1093,7 +1103,12 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                 break
             if (stop is not None and stop.is_set()) or (deadline is not None and now >= deadline):
                 break
-            if follow:
+            if follow and not follower.behind:
+                # Caught up with the files: what was read leaves now, not after parsing
+                # the next block or flush_interval. (Behind - a block came back full - the
+                # loop reads on at once, parsing overlaps reading, rows go in large frames.)
+                publish(wait=True)
+                producer.flush()
                 wake.wait(poll_interval)
                 wake.clear()
         publish(wait=True)

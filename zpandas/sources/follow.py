@@ -135,6 +135,8 @@ class Follower:
         # perhaps a copy still being written (copytruncate of a large file)
         self._maybe_copies: dict[tuple[int, int], list] = {}
         self.lost_truncations = 0
+        #: The last poll read a whole block of some file: more is there to read now.
+        self.behind = False
         #: Incarnations seen for the first time (not resumed), as checkpoint entries
         #: ``(key, path, dev, ino, head, offset, line)``, to register before any of
         #: their rows leave: their keys must survive a crash.
@@ -147,6 +149,7 @@ class Follower:
     def poll(self, *, final: bool = False) -> list[Chunk]:
         """Read what is new. ``final``: treat every file as finished (flush all records)."""
         self._discover()
+        self.behind = False
         chunks = []
         for c in self._cursors:
             if not c.done:
@@ -204,7 +207,10 @@ class Follower:
         for c in self._cursors:
             if (c.dev, c.ino) != (st.st_dev, st.st_ino):
                 continue
-            if st.st_size < c.offset or _head(path, len(c.head)) != c.head:
+            # Through our open handle (the same inode) when there is one: no open() per poll.
+            head = (os.pread(c.f.fileno(), len(c.head), 0) if c.f is not None
+                    else _head(path, len(c.head)))
+            if st.st_size < c.offset or head != c.head:
                 self._truncated(c, path)
                 break  # the path now holds a new incarnation
             c.path, c.detached = path, False
@@ -336,6 +342,7 @@ class Follower:
                 if head.startswith(c.head):
                     c.head = head
         eof = len(data) < self._block
+        self.behind |= not eof
         if c.skipping or (not eof and self._no_record_end(data)):
             records, used = self._skip_long(c, data)
         else:
