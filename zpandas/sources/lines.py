@@ -132,6 +132,9 @@ class LineFormat:
         """
         if df is None or not len(df):
             return None
+        if isinstance(df, pa.Table):  # converted already, in Arrow
+            table = df.append_column("_offset", pa.array(records.offsets[rows], pa.int64()))
+            return self._conform(table)
         df = self._convert(df.reset_index(drop=True))
         bad = df.attrs.pop("bad", {})  # row position -> reason, from _convert
         if bad:
@@ -225,9 +228,34 @@ class JsonLines(LineFormat):
         if table.num_rows != int((~blank).sum()) or any(
                 pa.types.is_nested(t) or pa.types.is_dictionary(t) for t in table.schema.types):
             return None
+        rows = np.flatnonzero(~blank)
+        arrow = self._times_in_arrow(table)
+        if arrow is not None:
+            return arrow, rows, []
         # pyarrow's times are naive, in UTC (from text with Z, or without a zone: taken as
         # UTC, as pandas does); _parse_times makes them aware.
-        return table.to_pandas(), np.flatnonzero(~blank), []
+        return table.to_pandas(), rows, []
+
+    def _times_in_arrow(self, table: pa.Table) -> pa.Table | None:
+        """The table with its time fields as UTC nanoseconds, all in Arrow (no round trip
+        through pandas for the other columns: most of a small block's cost); None when a
+        time field needs pandas (numbers by magnitude, a given format, text Arrow's ISO
+        8601 parser refuses)."""
+        if self.time_format:
+            return None
+        utc = pa.timestamp("ns", "UTC")
+        for col in self.timestamp:
+            if col not in table.column_names:
+                continue
+            values = table[col]
+            if not (pa.types.is_timestamp(values.type) or pa.types.is_string(values.type)
+                    or pa.types.is_null(values.type)):
+                return None
+            try:  # naive pyarrow times are UTC; text needs a zone (Z or an offset)
+                table = table.set_column(table.column_names.index(col), col, values.cast(utc))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return None
+        return table
 
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
         bad: dict[int, str] = {}
