@@ -50,7 +50,7 @@ from zpandas.sources import lines
 address, path, fmt, multiline, per_line = sys.argv[1:]
 if per_line == "1":
     for cls in (lines.JsonLines, lines.Regex, lines.CsvLines):
-        cls._columns = lambda self, records, texts: None
+        cls._columns = lambda self, records: None
 producer = zp.Producer(">" + address, wait_for_subscribers=1)
 print("ready", flush=True)
 sys.stdin.readline()

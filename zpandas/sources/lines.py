@@ -74,17 +74,15 @@ class LineFormat:
         if not len(records):
             return None, REJECT_SCHEMA.empty_table()
         if not (records.lengths() > self.max_line_bytes).any():
-            texts = records.texts()
-            if texts is not None:
-                try:
-                    found = self._columns(records, texts)
-                except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
-                    found = None  # e.g. a value pyarrow cannot type: record by record
-                if found is not None:
-                    df, rows, rejects = found
-                    rejects = [_reject(file, records, i, why) for i, why in rejects]
-                    table = self._table(df, rows, records, file, rejects)
-                    return table, _rejects_table(rejects)
+            try:
+                found = self._columns(records)
+            except (pa.ArrowException, ValueError, TypeError, KeyError, OverflowError):
+                found = None  # e.g. a value pyarrow cannot type, bad UTF-8: record by record
+            if found is not None:
+                df, rows, rejects = found
+                rejects = [_reject(file, records, i, why) for i, why in rejects]
+                table = self._table(df, rows, records, file, rejects)
+                return table, _rejects_table(rejects)
         return self._parse_each(records, file)
 
     def _parse_each(self, records: Records, file: str) -> tuple[pa.Table | None, pa.Table]:
@@ -119,9 +117,10 @@ class LineFormat:
     def _row(self, text: str) -> dict | None:
         raise NotImplementedError
 
-    def _columns(self, records: Records, texts: pa.Array):
-        """The whole block at once: (DataFrame of rows, record index of each row,
-        [(record index, reason)] rejects), or None to go record by record."""
+    def _columns(self, records: Records):
+        """The whole block at once: (DataFrame or Arrow table of rows, record index of
+        each row, [(record index, reason)] rejects), or None to go record by record.
+        ``records.texts()`` gives the records as Arrow text (None if not all UTF-8)."""
         return None
 
     def _table(self, df: pd.DataFrame | None, rows: np.ndarray, records: Records, file: str,
@@ -205,13 +204,13 @@ class JsonLines(LineFormat):
             raise ValueError(f"a JSON {type(value).__name__}, not an object")
         return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
 
-    def _columns(self, records: Records, texts: pa.Array):
-        # pyarrow's JSON reader takes the block as it is. It refuses a block with a line
-        # that is not an object, repeated keys or a value of another type than the same
-        # key's earlier ones: record by record then. Nested values would become structs
-        # (with the keys of every row): record by record too, where they stay JSON text.
+    def _columns(self, records: Records):
+        # pyarrow's JSON reader takes the block as it is (and checks its UTF-8). It refuses
+        # a block with a line that is not an object, repeated keys or a value of another
+        # type than the same key's earlier ones: record by record then. Nested values
+        # would become structs (with the keys of every row): record by record too, where
+        # they stay JSON text.
         lo, hi = int(records.bounds[0]), int(records.bounds[-1])
-        blank = _blank(texts)
         while True:
             table = pajson.read_json(
                 io.BytesIO(memoryview(records.data)[lo:hi]),
@@ -225,10 +224,18 @@ class JsonLines(LineFormat):
             if not stray:
                 break
             self._strings = pa.schema([*self._strings, *[pa.field(n, pa.string()) for n in stray]])
-        if table.num_rows != int((~blank).sum()) or any(
-                pa.types.is_nested(t) or pa.types.is_dictionary(t) for t in table.schema.types):
+        if any(pa.types.is_nested(t) or pa.types.is_dictionary(t) for t in table.schema.types):
             return None
-        rows = np.flatnonzero(~blank)
+        # A row per line that is not empty - unless some are only whitespace (or "\r"),
+        # which pyarrow skips too: then the rows are fewer, and each line is looked at.
+        rows = np.flatnonzero(records.lengths() > 0)
+        if table.num_rows != len(rows):
+            texts = records.texts()
+            if texts is None:
+                return None
+            rows = np.flatnonzero(~_blank(texts))
+            if table.num_rows != len(rows):
+                return None
         arrow = self._times_in_arrow(table)
         if arrow is not None:
             return arrow, rows, []
@@ -307,12 +314,13 @@ class Regex(LineFormat):
             raise ValueError("does not match the pattern")
         return {k: (None if v == self.null else v) for k, v in m.groupdict().items()}
 
-    def _columns(self, records: Records, texts: pa.Array):
+    def _columns(self, records: Records):
         # Rust's regex engine through polars, which takes a whole column at once (about
         # 2x RE2's capture speed through pyarrow with more than 4 groups, and 6x
         # Python's re: bench/bench_lines.py). Patterns it cannot take (look-around,
         # back-references) go line by line through Python's re.
-        if self._vector is None:
+        texts = records.texts()
+        if self._vector is None or texts is None:
             return None
         import polars as pl
         try:
@@ -386,7 +394,7 @@ class CsvLines(LineFormat):
     def _names(self) -> list[str]:
         return self._local.names
 
-    def _columns(self, records: Records, texts: pa.Array):
+    def _columns(self, records: Records):
         # pyarrow's CSV reader over the block, every column as text (typed below as in
         # the record-by-record path). A record with an odd number of quotes or another
         # number of fields than the header: record by record, for its reason.
@@ -404,6 +412,9 @@ class CsvLines(LineFormat):
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in self._names}, null_values=[""],
                 strings_can_be_null=True, quoted_strings_can_be_null=True))
+        texts = records.texts()
+        if texts is None:
+            return None
         blank = _blank(texts)
         if invalid or table.num_rows != int((~blank).sum()):
             return None
@@ -497,7 +508,10 @@ def _reject(file: str, records: Records, i: int, reason: str) -> dict:
 
 
 def _rejects_table(rejects: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    return pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA) if rejects else _NO_REJECTS
+
+
+_NO_REJECTS = REJECT_SCHEMA.empty_table()
 
 
 def _blank(texts: pa.Array) -> np.ndarray:
