@@ -337,8 +337,42 @@ class Regex(LineFormat):
         if self.null is not None:
             cols = [pl.when(c == self.null).then(None).otherwise(c).alias(n)
                     for c, n in zip(cols, self.pattern.groupindex)]
-        df = found.filter(pl.Series(keep)).select(cols).to_arrow().to_pandas()
-        return df, np.flatnonzero(keep), rejects
+        rows = found.filter(pl.Series(keep)).select(cols)
+        converted = self._convert_polars(rows)
+        if converted is not None:
+            return converted, np.flatnonzero(keep), rejects
+        return rows.to_arrow().to_pandas(), np.flatnonzero(keep), rejects
+
+    def _convert_polars(self, rows) -> pa.Table | None:
+        """Numbers and a strptime-format time converted by polars, as an Arrow table; None
+        (pandas converts, and makes lines with values that do not fit rejects, with
+        their reasons) when a value does not convert or the time needs pandas' parser."""
+        import polars as pl
+
+        exprs = []
+        for col, kind in self.types.items():
+            if col in rows.columns and kind in ("int", "float"):
+                exprs.append(pl.col(col).cast(pl.Int64 if kind == "int" else pl.Float64, strict=False))
+        times = []
+        if self.timestamp and self.timestamp[0] in rows.columns:
+            col, fmt = self.timestamp
+            fmt = self.time_format or fmt
+            if self._year_less or "%" not in fmt:  # no year, ISO8601, AUTO: pandas
+                return None
+            exprs.append(pl.col(col).str.to_datetime(fmt, time_unit="ns", strict=False))
+            times.append(col)
+        elif not self.timestamp and any(c in rows.columns for c in TIME_FIELDS):
+            return None  # any format, value by value: pandas
+        out = rows.with_columns(exprs)
+        for e in exprs:
+            name = e.meta.output_name()
+            if (out.get_column(name).is_null() & rows.get_column(name).is_not_null()).any():
+                return None
+        for col in times:
+            t = out.get_column(col)
+            t = t.dt.replace_time_zone("UTC") if t.dtype.time_zone is None else t.dt.convert_time_zone("UTC")
+            out = out.with_columns(t.alias(col))
+        return out.to_arrow()
 
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
         bad: dict[int, str] = {}
