@@ -280,13 +280,14 @@ def test_time_format_is_refused_for_csv(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_cli_time_format(tmp_path, procs):
+@pytest.mark.parametrize("threads", [[], ["--parse-threads", "1"]], ids=["default", "one-thread"])
+def test_cli_time_format(tmp_path, procs, threads):
     import pandas as pd
     path = tmp_path / "app.log"
     path.write_text("28.11.2026 10:30 started\n")
     with zp.Subscriber(LOCAL) as sub:
         p = procs.start("publish", str(path), "-f", r"regex:(?P<time>\S+ \S+) (?P<msg>.*)",
-                        "--time-format", "%d.%m.%Y %H:%M", "-e", sub.endpoints[0], "-q")
+                        "--time-format", "%d.%m.%Y %H:%M", "-e", sub.endpoints[0], "-q", *threads)
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
         df = sub.collect(timeout=30)
