@@ -186,7 +186,11 @@ class Producer:
         self._subscriptions: dict[bytes, int] = {}
         self._sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0,
                       "rejects": 0}
-        self._handed: dict[str, int] = {}  # source -> end offset handed to the socket
+        self._handed: dict[str, int] = {}  # source -> end offset surely out of this process
+        # (source, end) of the last data messages sent, which may still be in ZeroMQ's
+        # queues in this process: at most _in_zmq of them (see _send_out).
+        self._unclaimed: collections.deque[tuple[str, int]] = collections.deque()
+        self._in_zmq = self._hwm + _BATCH_MESSAGES
         self._deadline: float | None = None  # close()'s, for the owner's last messages
         self._dropped = False  # "drop" had a full subscriber: its pipe may be parked
         self._abandoned = False  # the owner gave up at close()'s deadline
@@ -319,11 +323,15 @@ class Producer:
         self._push(sock, [b"D", ticket.to_bytes(8, "little"), *frames])
 
     def sent_offsets(self) -> dict[str, int]:
-        """For each ``source``: the end offset of the last rows handed to the socket
-        (rejects do not count: their rows may still be waiting).
+        """For each ``source``: the end offset of the last rows that have surely left
+        this process (rejects do not count: their rows may still be waiting).
 
-        What a checkpoint may safely record: rows up to there have left this process's
-        queues for ZeroMQ's.
+        What a checkpoint may safely record, whatever a slow subscriber holds back:
+        rows up to there are in the kernel's socket buffers or beyond, which deliver
+        them even if this process is killed. A message is counted once ``SNDHWM`` + 16
+        more have been sent after it (ZeroMQ's queue to a subscriber holds at most
+        ``SNDHWM``, its I/O thread one batch more), or when :meth:`close` has sent
+        everything.
         """
         with self._lock:
             return dict(self._handed)
@@ -429,6 +437,11 @@ class Producer:
             # owner is woken by it (ETERM), closes its socket and ends.
             self._ctx.term()
             self._thread.join()
+            if not stuck:  # everything was sent: term() waited for ZeroMQ's queues
+                with self._lock:
+                    for source, end in self._unclaimed:
+                        self._handed[source] = end
+                    self._unclaimed.clear()
         if stuck:
             raise TimeoutError(f"{self._thread.name} had not sent everything within "
                                f"{self._linger if timeout is None else timeout} s; the rest was dropped")
@@ -803,14 +816,27 @@ class Producer:
             # while its rows still wait here (a chunk of only rejects is read again after
             # a restart: its rejects may come twice, no row is lost).
             if m.kind is wire.Kind.DATA and m.source and m.end >= 0:
-                with self._lock:
-                    self._handed[m.source] = m.end
+                # Claimed only once it cannot be in this process any more: ZeroMQ's queue
+                # to each subscriber holds at most SNDHWM messages (send() waits, under
+                # "block", when one is full), and its I/O thread at most one 8 KiB batch
+                # more; so the rows of a message are in the kernel (which delivers them
+                # even if we are killed) once that many messages have been sent after it.
+                self._unclaimed.append((m.source, m.end))
+                if len(self._unclaimed) > self._in_zmq:
+                    source, end = self._unclaimed.popleft()
+                    with self._lock:
+                        self._handed[source] = end
         return waited
 
     def _control(self, kind: wire.Kind) -> list[_Outgoing]:
         """End-of-stream or heartbeat messages, one per topic; numbered when sent."""
         return [_Outgoing(topic, wire.Header(kind=kind, producer=self.id, name=self.name).pack(), b"")
                 for topic in self._topics]
+
+
+#: Data messages ZeroMQ's I/O thread may hold beyond a queue: one 8 KiB batch of them
+#: (each is a header of about 100 bytes and an Arrow IPC body of several hundred).
+_BATCH_MESSAGES = 16
 
 
 @dataclass
@@ -1045,7 +1071,6 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     if poll_interval is None:
         poll_interval = 0.25 if watcher is None else 1.0
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
-    lagged: dict[str, int] = {}              # offsets handed one checkpoint tick ago
     deadline = None if duration is None else time.monotonic() + duration
     next_save = time.monotonic() + 1.0
     next_expiry = time.monotonic()
@@ -1094,10 +1119,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                 ckpt.expire(follower.present)
                 next_expiry = now + 60.0
             if now >= next_save:
-                # Only offsets handed to the socket a whole tick ago: by then ZeroMQ has
-                # passed them to the kernel, which delivers them even if we are killed.
-                save(lagged)
-                lagged = producer.sent_offsets()
+                save(producer.sent_offsets())  # only rows surely out of this process
                 next_save = now + 1.0
             if not follow and not follower.active and not chunks:
                 break
