@@ -1112,8 +1112,6 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                 seen.add(ch.key)
                 parser.submit(ch)
                 publish(wait=False)
-            # Caught up with the files: everything read is sent before waiting for more.
-            publish(wait=not chunks)
             now = time.monotonic()
             if ckpt and now >= next_expiry:
                 ckpt.expire(follower.present)
