@@ -227,6 +227,6 @@ def test_paths_and_globs(tmp_path):
         zp.publish_files(str(tmp_path / "nope.csv"), ">tcp://127.0.0.1:1")
     with pytest.raises(IsADirectoryError, match="give a glob"):
         zp.publish_files(str(tmp_path), ">tcp://127.0.0.1:1")
-    from zpandas.producer import expand_paths
+    from zpandas.sources.publish import expand_paths
     assert [os.path.relpath(p, tmp_path) for p in expand_paths(str(tmp_path / "**/*.csv"))] == [
         "a.csv", "b.csv", os.path.join("sub", "c.csv")]

@@ -21,7 +21,8 @@ from .aggregate import Aggregation
 from .endpoints import Curve
 from .parquet import ParquetSink, to_parquet
 from .plot import LivePlot
-from .producer import Producer, publish_files
+from .producer import Producer
+from .sources.publish import publish_files
 from .proxy import Proxy
 from .subscriber import Subscriber
 

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 def _publish(args) -> int:
     import threading
 
-    from .producer import publish_files
+    from .sources.publish import publish_files
 
     endpoints = args.endpoint or [">" + DEFAULT_ENDPOINT]
     stop = threading.Event()
