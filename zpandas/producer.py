@@ -613,13 +613,16 @@ class Producer:
                 xpub.linger = self._linger_left()
                 lingering = True
             now = time.monotonic()
-            timeout = 0.0 if out else 0.1  # with messages waiting, send() does the waiting
+            # No tick: hand-offs, doorbells (rows starting to wait), close() and
+            # subscriptions all arrive on polled sockets; only times we know of bound the
+            # wait. With messages waiting, send() does the waiting.
+            timeout = 0.0 if out else float("inf")
             with self._lock:
                 for pend in self._pending.values():
                     timeout = min(timeout, pend.since + self.flush_interval - now)
             if self._heartbeat:
                 timeout = min(timeout, next_heartbeat - now)
-            events = dict(poller.poll(max(0, int(timeout * 1000))))
+            events = dict(poller.poll(None if timeout == float("inf") else max(0, int(timeout * 1000))))
 
             if monitor.socket in events:
                 with self._lock:

@@ -97,7 +97,6 @@ class Proxy:
         self._control = self._ctx.socket(zmq.PAIR)
         self._control.linger = 0
         self._control.connect(self._control_address)
-        self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name=f"{self._device.name}-monitor",
                                          daemon=True)
         self._watcher.start()
@@ -171,11 +170,11 @@ class Proxy:
             self._control.close()
         self._device.join(timeout)
         self._device.stop_auth()
-        self._stop.set()
-        self._watcher.join()
-        # A proxy stuck sending to a slow subscriber never reads TERMINATE; terminating
-        # the context wakes it (ETERM), and zmq.devices then closes its sockets.
+        # Terminating the context wakes the monitor watcher (ETERM in its untimed poll: it
+        # closes its sockets and ends) and a proxy stuck sending to a slow subscriber,
+        # which never reads TERMINATE (zmq.devices then closes its sockets).
         self._ctx.term()
+        self._watcher.join()
         self._device.join()
 
     def _watch(self) -> None:
@@ -185,12 +184,14 @@ class Proxy:
         for m in monitors:
             poller.register(m.socket, zmq.POLLIN)
         try:
-            while not self._stop.is_set():
-                ready = dict(poller.poll(100))
+            while True:
+                ready = dict(poller.poll())  # no tick: close() ends it by terminating the context
                 with self._lock:
                     for m in monitors:
                         if m.socket in ready:
                             m.drain()
+        except zmq.ContextTerminated:
+            pass
         finally:
             for m in monitors:
                 m.close(disable=False)  # the proxied sockets belong to the proxy thread

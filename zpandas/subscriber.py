@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
@@ -184,6 +185,7 @@ class Subscriber:
         if dead_after <= 0:
             raise ValueError("dead_after must be positive")
         self._endpoints = parse_endpoints(endpoint, default="bind")
+        self._bell = f"inproc://zpandas-subscriber-bell-{uuid.uuid4().hex}"
         topics = [topics] if isinstance(topics, (str, bytes)) else list(topics)
         self.topics = tuple(t.encode() if isinstance(t, str) else bytes(t) for t in topics) or (b"",)
         self.policy = policy
@@ -467,10 +469,11 @@ class Subscriber:
         """
         with self._cond:
             self._closed = True
+            self._stop.set()  # under the lock: a worker waiting for room sees it when woken
             self._cond.notify_all()
         if self._terminated:
             return
-        self._stop.set()
+        self._ring()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"{self._thread.name} did not stop within {timeout} s; "
@@ -508,6 +511,21 @@ class Subscriber:
 
     def _missed_rows(self) -> int:
         return self._total("missed_rows")
+
+    def _ring(self) -> None:
+        """Wake the worker's poll (a socket of this thread: created, used and closed here)."""
+        try:
+            bell = self._ctx.socket(zmq.PUSH)
+        except zmq.ZMQError:
+            return  # the context is gone: so is the worker
+        try:
+            bell.connect(self._bell)
+            bell.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # a bell already rung and not read yet wakes it as well
+        finally:
+            # Not 0: closing at once would drop the ring before the worker reads it.
+            bell.close(linger=100)
 
     def _pop(self) -> pa.Table:
         table = self._queue.popleft()
@@ -562,30 +580,34 @@ class Subscriber:
             sock.close()
             self._started.set()
             return
+        bell = self._ctx.socket(zmq.PULL)  # close() rings it: the loop's poll has no tick
+        bell.bind(self._bell)
         self._started.set()
         try:
-            self._loop(sock, self._monitor)
+            self._loop(sock, self._monitor, bell)
         except Exception as e:
             with self._cond:
                 self._error = e
                 self._cond.notify_all()
         finally:
+            bell.close(linger=0)
             self._monitor.close()
             sock.close(linger=0)  # only subscriptions could be queued: close() must not wait
             if self._auth is not None:
                 self._auth.stop()
 
-    def _loop(self, sock: zmq.Socket, monitor: Monitor) -> None:
+    def _loop(self, sock: zmq.Socket, monitor: Monitor, bell: zmq.Socket) -> None:
         batcher = self._batcher
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor.socket, zmq.POLLIN)
+        poller.register(bell, zmq.POLLIN)
         while not self._stop.is_set():
-            # Poll continuously, even when idle: a bound SUB only greets new peers (and
-            # sends them its subscriptions) while its thread is inside a zmq call.
+            # Inside a zmq call even when idle (a bound SUB only greets new peers, and
+            # sends them its subscriptions, while its thread is in one), without a tick:
+            # the next batch's due time bounds the wait, close() rings the bell.
             wait = batcher.timeout(time.monotonic())
-            wait = 0.1 if wait is None else min(wait, 0.1)
-            events = dict(poller.poll(int(wait * 1000)))
+            events = dict(poller.poll(None if wait is None else int(wait * 1000)))
             if monitor.socket in events:
                 with self._cond:
                     monitor.drain()
@@ -800,7 +822,7 @@ class Subscriber:
                 # Stop reading until get() makes room: the socket's buffer fills, then
                 # the producers' (which wait, under their own policy="block").
                 while full() and not self._stop.is_set():
-                    self._cond.wait(0.1)
+                    self._cond.wait()  # get() (room) and close() (stop) notify
             while full():
                 old = self._queue.popleft()
                 self._queued_bytes -= old.nbytes
