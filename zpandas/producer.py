@@ -5,8 +5,9 @@ Threads
 One thread (``zpandas-producer-N``) owns the XPUB socket: it alone sends, numbers
 messages, reads subscriptions and sends heartbeats. Callers on any thread encode their
 Arrow IPC bodies themselves (the expensive part, in parallel) and hand the frames to the
-owner over their own inproc PUSH socket (one per calling thread) - never sharing a
-socket. Each hand-off carries a ticket taken under a lock when the rows were accepted;
+owner through a bounded queue and a doorbell pipe in the owner's poller (``_Handoff``) -
+no socket is touched by two threads, and no calling thread leaves one behind. Each
+hand-off carries a ticket taken under a lock when the rows were accepted;
 the owner sends in ticket order, so rows leave in the order ``send()`` accepted them and
 sequence numbers are gap-free.
 """
@@ -195,12 +196,9 @@ class Producer:
         self._monitor: Monitor | None = None
 
         self._ctx = zmq.Context()
-        self._inproc = f"inproc://zpandas-producer-{uuid.uuid4().hex}"
-        self._local = threading.local()
-        # Each calling thread's PUSH socket, with the lock it holds while handing off a
-        # message: close() closes a socket only under its lock, never under a send.
-        self._push_sockets: list[_PushSocket] = []
-        self._pushes_closed = False
+        # Calling threads' messages to the owner (see _Handoff); a full queue makes
+        # send() wait (backpressure), as the owner leaves it alone behind a slow subscriber.
+        self._handoff = _Handoff(capacity=8)
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"zpandas-producer-{next(_ids)}",
                                         daemon=True)
@@ -274,14 +272,12 @@ class Producer:
             if pend.nbytes >= self.frame_bytes:
                 jobs.append(self._take(tkey))
                 started = False
-        if jobs or started:
-            sock = self._push_socket()
-            for job in jobs:
-                self._encode_and_push(sock, *job)
-            if started:
-                # Rows now wait for company: ring the owner, whose poll has no timeout
-                # for them yet, so that they leave flush_interval from now, not later.
-                self._push(sock, [b"W"])
+        for job in jobs:
+            self._encode_and_push(*job)
+        if started and not jobs:
+            # Rows now wait for company: ring the owner, whose poll has no timeout for
+            # them yet, so that they leave flush_interval from now, not later.
+            self._handoff.ring()
 
     def send_rejects(self, rejects, *, topic: str | None = None, source: str = "",
                      offsets: tuple[int, int] = (-1, -1)) -> None:
@@ -315,10 +311,9 @@ class Producer:
             ticket = self._tickets
             self._tickets += 1
             self._sent["rejects"] += table.num_rows
-        sock = self._push_socket()
         for job in jobs:
-            self._encode_and_push(sock, *job)
-        self._push(sock, [b"D", ticket.to_bytes(8, "little"), *frames])
+            self._encode_and_push(*job)
+        self._handoff.put([b"D", ticket, *frames])
 
     def sent_offsets(self) -> dict[str, int]:
         """For each ``source``: the end offset of the last rows that have surely left
@@ -339,11 +334,8 @@ class Producer:
         with self._lock:
             self._check()
             jobs = [self._take(t) for t in list(self._pending)]
-        if not jobs:
-            return
-        sock = self._push_socket()
         for job in jobs:
-            self._encode_and_push(sock, *job)
+            self._encode_and_push(*job)
 
     def wait_for_subscribers(self, n: int = 1, *, topic: str | None = None,
                              timeout: float | None = 30.0) -> None:
@@ -410,31 +402,26 @@ class Producer:
         deadline = time.monotonic() + (self._linger if timeout is None else timeout)
         self._deadline = deadline
         try:
-            sock = self._push_socket()
             for job in jobs:
-                self._encode_and_push(sock, *job, deadline=deadline)
+                self._encode_and_push(*job, deadline=deadline)
             # Wake the owner: it sends what is left, then end-of-stream.
-            self._push(sock, [b"C"], deadline=deadline)
-        except TimeoutError:
-            pass  # the owner is stuck behind a slow subscriber: reported below
+            self._handoff.put([b"C"], deadline=deadline)
+        except (TimeoutError, ProducerBrokenError):
+            pass  # the owner is stuck behind a slow subscriber, or gone: reported below
         finally:
             # The owner notices the deadline itself within one send timeout (it checks
             # between sends); term() must not start before, or libzmq refuses the
             # shorter LINGER the owner sets (ETERM) and waits out the old one.
             self._thread.join(max(0.0, deadline - time.monotonic()) + _OWNER_GRACE)
             stuck = self._abandoned or self._thread.is_alive()
-            # A thread blocked handing off gives up within one send timeout (it sees
-            # _pushes_closed) and releases its socket's lock.
-            self._pushes_closed = True
-            for push in self._push_sockets:
-                with push.lock:
-                    push.sock.close(linger=0)
-            self._push_sockets.clear()
+            # A thread blocked handing off gets ClosedError now.
+            self._handoff.end(closed=True)
             # term() returns once the owner's socket has sent its queue (or lingered):
             # zero-copy buffers are never freed while libzmq may still read them. A stuck
             # owner is woken by it (ETERM), closes its socket and ends.
             self._ctx.term()
             self._thread.join()
+            self._handoff.release()
             if not stuck:  # everything was sent: term() waited for ZeroMQ's queues
                 with self._lock:
                     for source, end in self._unclaimed:
@@ -474,19 +461,6 @@ class Producer:
         self._tickets += 1
         return ticket, tkey, pend
 
-    def _push_socket(self) -> _PushSocket:
-        push = getattr(self._local, "push", None)
-        if push is None:
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.linger = 0
-            sock.sndhwm = 4  # backpressure: a sender waits rather than queueing without bound
-            sock.sndtimeo = 200
-            sock.connect(self._inproc)
-            push = self._local.push = _PushSocket(sock, threading.Lock())
-            with self._lock:
-                self._push_sockets.append(push)
-        return push
-
     def _encode(self, tkey: bytes, pend: _Pending) -> list:
         """Encode pending rows as one message, or several of ~frame_bytes if unsourced."""
         table = pend.tables[0] if len(pend.tables) == 1 else pa.concat_tables(pend.tables)
@@ -499,44 +473,22 @@ class Producer:
             frames += wire.encode(table.slice(i, step), topic=tkey, header=header)
         return frames
 
-    def _encode_and_push(self, sock: _PushSocket, ticket: int, tkey: bytes, pend: _Pending,
+    def _encode_and_push(self, ticket: int, tkey: bytes, pend: _Pending,
                          deadline: float | None = None) -> None:
-        frames: list = [b"S", ticket.to_bytes(8, "little")]  # "skip" if encoding fails
+        item: list = [b"S", ticket]  # "skip" that ticket if encoding fails
         try:
-            frames = [b"D", frames[1], *self._encode(tkey, pend)]
+            item = [b"D", ticket, *self._encode(tkey, pend)]
         finally:
-            self._push(sock, frames, deadline)
-
-    def _push(self, push: _PushSocket, frames: list, deadline: float | None = None) -> None:
-        # Blocks while the owner is behind (backpressure), but never forever: if the
-        # owner thread died there is nobody to wait for, close() has a deadline, and a
-        # close() on another thread makes this give up within one send timeout.
-        with push.lock:
-            sock = push.sock
-            while True:
-                if self._pushes_closed or sock.closed:
-                    raise ClosedError("this Producer was closed while rows were being handed over")
-                try:
-                    sock.send(frames[0], zmq.SNDMORE if len(frames) > 1 else 0)
-                    break
-                except zmq.Again:
-                    if self._error is not None or not self._thread.is_alive():
-                        raise ProducerBrokenError("producer thread is gone") from self._error
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError("the producer thread is not taking messages") from None
-            # Later parts of a multipart message are accepted once its first part is.
-            for i, f in enumerate(frames[1:], 2):
-                more = zmq.SNDMORE if i < len(frames) else 0
-                sock.send(f, more, copy=len(f) < ZERO_COPY_MIN)
+            self._handoff.put(item, deadline)
 
     # -- socket owner thread ------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             xpub = self._ctx.socket(zmq.XPUB)
-            pull = self._ctx.socket(zmq.PULL)
         except zmq.ZMQError as e:
             self._error = e
+            self._handoff.end(dead=True)
             self._started.set()
             return
         monitor = None
@@ -552,8 +504,6 @@ class Producer:
             # cannot tell: an XPUB is always writable (libzmq#1597).
             xpub.setsockopt(zmq.XPUB_NODROP, 1)
             xpub.sndtimeo = _SEND_TIMEOUT_MS
-            pull.linger = 0
-            pull.bind(self._inproc)
             monitor = self._monitor = Monitor(xpub, threading.current_thread().name)
             self._auth = secure(xpub, self._ctx, self._curve, self._endpoints)
             self._resolved = attach(xpub, self._endpoints, multicast=self._multicast)
@@ -564,12 +514,12 @@ class Producer:
             if self._auth is not None:
                 self._auth.stop()
             xpub.close(linger=0)
-            pull.close()
+            self._handoff.end(dead=True)
             self._started.set()
             return
         self._started.set()
         try:
-            self._loop(xpub, pull, monitor)
+            self._loop(xpub, monitor)
         except zmq.ContextTerminated:
             pass  # close() past its deadline woke us: nothing left to do but release
         except Exception as e:
@@ -581,7 +531,8 @@ class Producer:
             # Linger only for what is left of close()'s time: the context's term() waits
             # that long for the queue to leave, and no longer.
             xpub.close(linger=self._linger_left())
-            pull.close()
+            # Callers waiting for room: nobody takes any more (ClosedError if close() ended us).
+            self._handoff.end(dead=True, closed=self._closing)
             if self._auth is not None:
                 self._auth.stop()
 
@@ -594,10 +545,11 @@ class Producer:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _loop(self, xpub: zmq.Socket, pull: zmq.Socket, monitor: Monitor) -> None:
+    def _loop(self, xpub: zmq.Socket, monitor: Monitor) -> None:
+        handoff = self._handoff
         poller = zmq.Poller()
         poller.register(xpub, zmq.POLLIN)
-        poller.register(pull, zmq.POLLIN)
+        poller.register(handoff.fileno(), zmq.POLLIN)
         poller.register(monitor.socket, zmq.POLLIN)
         waiting: dict[int, list | None] = {}   # ticket -> frames, until its turn comes
         out: collections.deque[_Outgoing] = collections.deque()  # in send order
@@ -630,21 +582,13 @@ class Producer:
             if xpub in events:
                 self._read_subscriptions(xpub)
             # While messages wait for a slow subscriber, leave the callers' hand-offs
-            # unread: their PUSH sockets fill and send() blocks - backpressure.
-            if pull in events and len(out) < 2:
-                while True:
-                    try:
-                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    cmd = frames[0].bytes
-                    if cmd == b"C":
+            # where they are: the queue fills and send() waits - backpressure.
+            if handoff.fileno() in events and len(out) < 2:
+                for item in handoff.take():
+                    if item[0] == b"C":
                         closing = True
-                    elif cmd == b"W":
-                        pass  # a doorbell: the timeout below now counts new pending rows
                     else:
-                        t = int.from_bytes(frames[1].bytes, "little")
-                        waiting[t] = frames[2:] if cmd == b"D" else []
+                        waiting[item[1]] = item[2:] if item[0] == b"D" else []
 
             # Rows that waited flush_interval are encoded here, on the owner thread.
             now = time.monotonic()
@@ -840,12 +784,77 @@ class Producer:
 _BATCH_MESSAGES = 16
 
 
-@dataclass
-class _PushSocket:
-    """A calling thread's hand-off socket and the lock held while a message goes through it."""
+class _Handoff:
+    """Messages from calling threads to the owner: a bounded queue and a doorbell.
 
-    sock: zmq.Socket
-    lock: threading.Lock
+    No socket is shared or left behind by a thread: callers append under a condition
+    and write a byte to a pipe, whose read end is in the owner's poller (zmq.Poller
+    takes plain file descriptors), so the owner sleeps in an untimed poll and any
+    thread, short-lived or not, wakes it. A full queue makes callers wait -
+    backpressure - until the owner takes, the Producer closes, or the owner dies.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self.closed = False       # no more messages: callers get ClosedError
+        self.dead = False         # the owner ended: nobody takes messages
+
+    def fileno(self) -> int:
+        return self._read
+
+    def ring(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of unread rings: the owner is awake anyway
+        except OSError:
+            pass  # closed: the Producer is gone
+
+    def put(self, item: list, deadline: float | None = None) -> None:
+        with self._cond:
+            while len(self._items) >= self.capacity:
+                self._check()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("the producer thread is not taking messages")
+                self._cond.wait(left)
+            self._check()
+            self._items.append(item)
+        self.ring()
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ClosedError("this Producer was closed while rows were being handed over")
+        if self.dead:
+            raise ProducerBrokenError("producer thread is gone")
+
+    def take(self) -> list:
+        """Everything queued (owner thread); rings are drained first, so none is lost."""
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return items
+
+    def end(self, *, closed: bool = False, dead: bool = False) -> None:
+        with self._cond:
+            self.closed |= closed
+            self.dead |= dead
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 class _Outgoing:
