@@ -255,3 +255,12 @@ def test_a_thousand_short_lived_sending_threads_leave_no_sockets_behind():
             assert fds() - before < 10
         df = sub.collect(timeout=60)
     assert sorted(df["k"]) == list(range(1000))
+
+
+def test_a_producer_that_cannot_start_leaves_no_file_descriptor_behind():
+    with zp.Producer("@tcp://127.0.0.1:*") as taken:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            with pytest.raises(zp.EndpointError):
+                zp.Producer("@" + taken.endpoints[0])  # the port is in use
+        assert len(os.listdir("/proc/self/fd")) - before < 5

@@ -208,6 +208,7 @@ class Producer:
             error, self._error = self._error, None
             self._thread.join()
             self._ctx.term()
+            self._handoff.release()
             self._closing = True
             raise error
         if wait_for_subscribers:
