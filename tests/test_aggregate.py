@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,3 +127,34 @@ def test_bad_parameters_are_clear():
         zp.Aggregation(values={"v": "sum"}, window="10s", every="3s")
     with pytest.raises(ValueError, match="at least one"):
         zp.Aggregation(values={})
+
+
+def test_a_subscribers_aggregation_folds_on_its_own_thread_and_never_holds_up_receiving(monkeypatch):
+    """The socket thread only hands tables over: with folding stuck, every row still
+    arrives; once it goes on, the result equals pandas over all of them."""
+    threads, go = set(), threading.Event()
+    fold = zp.Aggregation._fold
+
+    def slow_fold(self, data):
+        threads.add(threading.current_thread().name)
+        go.wait(30)
+        fold(self, data)
+
+    monkeypatch.setattr(zp.Aggregation, "_fold", slow_fold)
+    df = frame(20_000, seed=3)
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        with zp.Producer(sub.endpoints, wait_for_subscribers=1) as p:
+            p.send(df.iloc[:1000])
+            wait_for(lambda: sub.stats()["rows"] == 1000, what="the first rows")
+            agg = sub.aggregate(by="host", values={"value": ["count", "sum", "max"]})  # returns at once
+            wait_for(lambda: threads, what="the fold to start")
+            for i in range(1000, 20_000, 1000):
+                p.send(df.iloc[i:i + 1000])
+                p.flush()
+            wait_for(lambda: sub.stats()["rows"] == 20_000, what="every row, the fold stuck")
+            go.set()
+        result = agg.result()
+    expected = df.groupby("host")["value"].agg(["count", "sum", "max"]).reset_index()
+    check_equal(result, expected, ["count", "sum", "max"])
+    assert threads and all(t.startswith("zpandas-aggregate-") or t == "MainThread" for t in threads), threads
+    assert not any(t.name.startswith("zpandas-aggregate-") for t in threading.enumerate())

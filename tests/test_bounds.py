@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 import zpandas as zp
+import zpandas.streams as streams_module
 import zpandas.subscriber as subscriber_module
 from zpandas import wire
 from zpandas.sources.checkpoint import RETENTION, Checkpoint
@@ -51,7 +52,7 @@ ROW = pa.table({"x": [1]})
 
 
 def test_streams_are_capped_and_their_losses_still_counted(monkeypatch):
-    monkeypatch.setattr(subscriber_module, "MAX_STREAMS", 50)
+    monkeypatch.setattr(streams_module, "MAX_STREAMS", 50)
     with zp.Subscriber(LOCAL) as sub:
         peer = RawPeer(sub.endpoints[0])
         try:
@@ -71,8 +72,8 @@ def test_streams_are_capped_and_their_losses_still_counted(monkeypatch):
 
 
 def test_dedup_sources_are_capped(monkeypatch):
-    monkeypatch.setattr(subscriber_module, "MAX_SOURCES", 100)
-    monkeypatch.setattr(subscriber_module, "SOURCES_PER_STREAM", 10)
+    monkeypatch.setattr(streams_module, "MAX_SOURCES", 100)
+    monkeypatch.setattr(streams_module, "SOURCES_PER_STREAM", 10)
     rows = pa.table({"x": [1], "_offset": pa.array([0], pa.int64())})
     with zp.Subscriber(LOCAL) as sub:
         peer = RawPeer(sub.endpoints[0])
@@ -81,8 +82,8 @@ def test_dedup_sources_are_capped(monkeypatch):
             for i in range(1000):
                 peer.send(rows, producer=pid, seq=i, total=i, source=f"src/{i}", start=0, end=10)
             wait_for(lambda: sub.stats()["messages"] == 1000, what="every message")
-            assert len(sub._dedup) == 100
-            assert list(sub._dedup)[-1] == "src/999"  # the most recent are the ones kept
+            assert len(sub._protocol.done) == 100
+            assert list(sub._protocol.done)[-1] == "src/999"  # the most recent are the ones kept
             sources = sub.stats()["producers"].iloc[0]["sources"]
             assert list(sources) == [f"src/{i}" for i in range(990, 1000)]
             assert sub.stats()["rows"] == 1000
@@ -96,10 +97,10 @@ def test_dedup_sources_are_capped(monkeypatch):
 
 
 def test_rate_window_is_a_fixed_number_of_buckets():
-    s = subscriber_module._Stream("p", first_seen=0.0)
+    s = streams_module.StreamState("p", first_seen=0.0)
     for i in range(100_000):
         s.count_rows(i / 1000, 1)   # 100 s of messages, 1,000 a second
-    assert len(s.recent) <= subscriber_module._RATE_WINDOW + 2
+    assert len(s.recent) <= streams_module.RATE_WINDOW + 2
     assert s.rate(100.0) == pytest.approx(1000, rel=0.25)
 
 
@@ -230,7 +231,7 @@ def test_soak_many_short_lived_producers_keep_memory_flat():
             assert st["messages"] == producers * per_producer and st["missed"] == 0
             assert len(st["producers"]) == producers and st["producers"]["finished"].all()
             assert all(len(s.recent) <= 7 for s in sub._streams.values())
-            assert len(sub._dedup) == producers
+            assert len(sub._protocol.done) == producers
             assert len(sub.frame()) == 10_000
     finally:
         ctx.term()
@@ -292,8 +293,8 @@ def test_gaps_and_rejects_keep_the_last_ones_and_count_all(monkeypatch):
 
 def test_documented_limits_are_the_constants():
     """The README's Limits table states these numbers."""
-    from zpandas import subscriber
-    assert (subscriber.MAX_STREAMS, subscriber.MAX_SOURCES, subscriber.SOURCES_PER_STREAM,
+    from zpandas import streams, subscriber
+    assert (streams.MAX_STREAMS, streams.MAX_SOURCES, streams.SOURCES_PER_STREAM,
             subscriber.GAPS_KEPT, subscriber.REJECTS_KEPT, subscriber._BAD_LOG_EVERY,
             subscriber.LIVE_RETAIN) == (10_000, 100_000, 1_000, 10_000, 100_000, 10.0, 1_000_000)
     assert RETENTION == 7 * 24 * 3600

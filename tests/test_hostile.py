@@ -20,7 +20,7 @@ import zmq
 import zpandas as zp
 from zpandas import wire
 from zpandas.sources.lines import REJECT_SCHEMA
-from zpandas.subscriber import MAX_STREAMS
+from zpandas.streams import MAX_STREAMS
 
 from .conftest import wait_for
 

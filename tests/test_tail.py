@@ -355,7 +355,7 @@ def test_rows_are_claimed_once_more_messages_than_zeromq_can_hold_were_sent_afte
 
     with zp.Subscriber(LOCAL) as sub:
         p = zp.Producer(sub.endpoints, wait_for_subscribers=1, buffer_bytes=1 << 20, frame_bytes=1 << 20)
-        held = p._in_zmq  # 16 messages of the queue (its minimum) + 16 of a batch
+        held = p._stream.in_flight  # 16 messages of the queue (its minimum) + 16 of a batch
         try:
             for k in range(held + 5):
                 p.send(pd.DataFrame({"a": [k]}), source="s", offsets=(10 * k, 10 * k + 10))

@@ -14,6 +14,8 @@ too. A row for a window that has already closed is *late*: it is counted and kep
 
 from __future__ import annotations
 
+import collections
+import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +31,7 @@ _MERGE = {"count": "sum", "size": "sum", "sum": "sum", "min": "min", "max": "max
           "first": "first", "last": "last"}
 STATS = ("count", "size", "sum", "mean", "min", "max", "first", "last")
 _LATE_KEPT = 100_000
+_ids = itertools.count(1)
 
 
 class Aggregation:
@@ -93,11 +96,21 @@ class Aggregation:
         self._state: pd.DataFrame | None = None   # open windows (or all groups)
         self._closed: list[pd.DataFrame] = []     # final results, in closing order
         self._late: list[pd.DataFrame] = []
-        self._counts = {"rows": 0, "late_rows": 0, "rejected_batches": 0, "windows_closed": 0}
+        self._counts = {"rows": 0, "late_rows": 0, "rejected_batches": 0, "windows_closed": 0,
+                        "dropped_rows": 0}
         self._errors: list[str] = []
         self._max_event: pd.Timestamp | None = None
         self._last_arrival = time.monotonic()
         self._lock = threading.Lock()
+        # Tables fed by a Subscriber's socket thread, folded on this aggregation's own
+        # thread (or by a caller asking for results first): the socket thread only
+        # hands them over. Popped and folded under _lock, so in the order fed.
+        self._fed: collections.deque[pa.Table] = collections.deque()
+        self._fed_bytes = 0
+        self._fed_limit = 0
+        self._fed_cond = threading.Condition()
+        self._feeding = False
+        self._thread: threading.Thread | None = None
         #: The Subscriber feeding this aggregation, if it was made by ``Subscriber.aggregate``.
         self.subscriber = None
 
@@ -110,15 +123,9 @@ class Aggregation:
         :meth:`stats`, the reason kept), and the aggregation carries on.
         """
         with self._lock:
+            self._fold_fed()
             self._last_arrival = time.monotonic()
-            try:
-                df = data.to_pandas() if isinstance(data, (pa.Table, pa.RecordBatch)) else data
-                self._update(df)
-            except Exception as e:  # one bad batch must not end a live aggregation
-                self._counts["rejected_batches"] += 1
-                self._errors.append(f"{type(e).__name__}: {e}")
-                del self._errors[:-100]
-            self._close_windows()
+            self._fold(data)
 
     def result(self, *, closed_only: bool = False) -> pd.DataFrame:
         """The results now, as a tidy DataFrame.
@@ -128,6 +135,7 @@ class Aggregation:
         closed and will not change). Without windows: one row per group.
         """
         with self._lock:
+            self._fold_fed()
             self._close_windows()
             frames = list(self._closed)
             if not closed_only and self._state is not None and len(self._state):
@@ -140,12 +148,16 @@ class Aggregation:
     def late(self) -> pd.DataFrame:
         """Rows that arrived after their window had closed (the last 100,000 kept)."""
         with self._lock:
+            self._fold_fed()
             return pd.concat(self._late, ignore_index=True) if self._late else pd.DataFrame()
 
     def stats(self) -> dict:
         """``rows`` folded in, ``late_rows``, ``rejected_batches`` (with ``errors``),
-        ``windows_open``, ``windows_closed`` and the ``watermark``."""
+        ``windows_open``, ``windows_closed``, the ``watermark``, and ``dropped_rows``:
+        rows a ``policy="drop"`` Subscriber received faster than they could be folded
+        in (past its ``buffer_bytes`` waiting), left out of the results."""
         with self._lock:
+            self._fold_fed()
             self._close_windows()
             out = dict(self._counts)
             out["windows_open"] = 0 if self._state is None or self.window is None else \
@@ -164,7 +176,85 @@ class Aggregation:
         w = "" if self.window is None else f" window={self.window} every={self.every} on={self.on!r}"
         return f"<zpandas.Aggregation by={self.by} values={self.values}{w}>"
 
+    # -- fed by a Subscriber ------------------------------------------------------------
+
+    def _start_feed(self, tables: list, limit_bytes: int) -> None:
+        """Take tables from a Subscriber from now on, starting with ``tables``."""
+        self._fed.extend(tables)
+        self._fed_bytes = sum(t.nbytes for t in tables)
+        self._fed_limit = limit_bytes
+        self._feeding = True
+        self._thread = threading.Thread(target=self._fold_loop, daemon=True,
+                                        name=f"zpandas-aggregate-{next(_ids)}")
+        self._thread.start()
+
+    def _feed(self, table: pa.Table, block: bool) -> None:
+        """Hand a table over (the Subscriber's socket thread: cheap, no pandas).
+
+        Past ``limit_bytes`` waiting, it waits for the folding to catch up (``block``)
+        or the table is not folded and its rows are counted as ``dropped_rows``.
+        """
+        with self._fed_cond:
+            self._last_arrival = time.monotonic()
+            if self._fed and self._fed_bytes + table.nbytes > self._fed_limit:
+                if not block:
+                    self._counts["dropped_rows"] += table.num_rows
+                    return
+                self._fed_cond.wait_for(lambda: not self._fed or not self._feeding
+                                        or self._fed_bytes + table.nbytes <= self._fed_limit)
+            self._fed.append(table)
+            self._fed_bytes += table.nbytes
+            self._fed_cond.notify_all()
+
+    def _stop_feed(self, timeout: float | None) -> None:
+        """The Subscriber closes: fold what was fed, then end the thread."""
+        with self._fed_cond:
+            self._feeding = False
+            self._fed_cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _fold_loop(self) -> None:
+        while True:
+            with self._fed_cond:
+                self._fed_cond.wait_for(lambda: self._fed or not self._feeding)
+                if not self._fed:
+                    return
+            with self._lock:
+                self._fold_fed()
+
+    def _fold_fed(self) -> None:
+        """Fold the tables fed so far (holds _lock).
+
+        Those waiting now, not any that come meanwhile, so a fast feed never keeps
+        ``result()`` waiting for the lock; and runs of one schema as one table, so a
+        stream of small messages costs one ``to_pandas`` and groupby per run.
+        """
+        with self._fed_cond:
+            tables = list(self._fed)
+            self._fed.clear()
+            self._fed_bytes = 0
+            self._fed_cond.notify_all()  # room for a socket thread waiting to feed
+        run: list[pa.Table] = []
+        for table in tables:
+            if run and not table.schema.equals(run[0].schema):
+                self._fold(pa.concat_tables(run))
+                run = []
+            run.append(table)
+        if run:
+            self._fold(pa.concat_tables(run))
+
     # -- internals (hold _lock) -------------------------------------------------------
+
+    def _fold(self, data) -> None:
+        try:
+            df = data.to_pandas() if isinstance(data, (pa.Table, pa.RecordBatch)) else data
+            self._update(df)
+        except Exception as e:  # one bad batch must not end a live aggregation
+            self._counts["rejected_batches"] += 1
+            self._errors.append(f"{type(e).__name__}: {e}")
+            del self._errors[:-100]
+        self._close_windows()
 
     def _update(self, df: pd.DataFrame) -> None:
         missing = [c for c in [*self.by, *self.values] if c not in df.columns]

@@ -32,6 +32,7 @@ from . import wire
 from .endpoints import MULTICAST_DEFAULTS, Curve, EndpointsLike, attach, parse_endpoints, secure
 from ._monitor import Monitor
 from .errors import ClosedError, ProducerBrokenError
+from .streams import SendStream
 
 __all__ = ["Producer", "to_table"]
 
@@ -177,19 +178,16 @@ class Producer:
 
         self._lock = threading.Condition()
         self._pending: dict[bytes, _Pending] = {}
-        # topic -> [next seq, rows sent]; only the owner thread changes them
-        self._topics: dict[bytes, list[int]] = {_topic_bytes(topic): [0, 0]}
         self._tickets = 0          # tickets handed out, under _lock
         self._closing = False
         self._error: BaseException | None = None
         self._subscriptions: dict[bytes, int] = {}
         self._sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0,
                       "rejects": 0}
-        self._handed: dict[str, int] = {}  # source -> end offset surely out of this process
-        # (source, end) of the last data messages sent, which may still be in ZeroMQ's
-        # queues in this process: at most _in_zmq of them (see _send_out).
-        self._unclaimed: collections.deque[tuple[str, int]] = collections.deque()
-        self._in_zmq = self._hwm + _BATCH_MESSAGES
+        # Numbers and checkpoint claims (sans-IO, under _lock). A message may still be in
+        # ZeroMQ's queues in this process until SNDHWM + one batch more were sent after it.
+        self._stream = SendStream(self.id, self.name, in_flight=self._hwm + _BATCH_MESSAGES)
+        self._stream.add_topic(_topic_bytes(topic))
         self._deadline: float | None = None  # close()'s, for the owner's last messages
         self._dropped = False  # "drop" had a full subscriber: its pipe may be parked
         self._abandoned = False  # the owner gave up at close()'s deadline
@@ -257,7 +255,7 @@ class Producer:
         jobs = []
         with self._lock:
             self._check()
-            self._topics.setdefault(tkey, [0, 0])
+            self._stream.add_topic(tkey)
             if table.num_rows == 0:
                 return
             pend = self._pending.get(tkey)
@@ -306,7 +304,7 @@ class Producer:
         jobs = []
         with self._lock:
             self._check()
-            self._topics.setdefault(tkey, [0, 0])
+            self._stream.add_topic(tkey)
             if tkey in self._pending:  # rows accepted before these rejects leave first
                 jobs.append(self._take(tkey))
             ticket = self._tickets
@@ -328,7 +326,7 @@ class Producer:
         everything.
         """
         with self._lock:
-            return dict(self._handed)
+            return dict(self._stream.claimed)
 
     def flush(self) -> None:
         """Send rows still being coalesced now, without waiting for ``flush_interval``."""
@@ -407,8 +405,10 @@ class Producer:
                 self._encode_and_push(*job, deadline=deadline)
             # Wake the owner: it sends what is left, then end-of-stream.
             self._handoff.put([b"C"], deadline=deadline)
-        except (TimeoutError, ProducerBrokenError):
-            pass  # the owner is stuck behind a slow subscriber, or gone: reported below
+        except (TimeoutError, ClosedError, ProducerBrokenError):
+            # The owner is stuck behind a slow subscriber, gave up at the deadline (and
+            # closed the hand-off: ClosedError) or is gone: reported below.
+            pass
         finally:
             # The owner notices the deadline itself within one send timeout (it checks
             # between sends); term() must not start before, or libzmq refuses the
@@ -425,9 +425,7 @@ class Producer:
             self._handoff.release()
             if not stuck:  # everything was sent: term() waited for ZeroMQ's queues
                 with self._lock:
-                    for source, end in self._unclaimed:
-                        self._handed[source] = end
-                    self._unclaimed.clear()
+                    self._stream.all_sent()
         if stuck:
             raise TimeoutError(f"{self._thread.name} had not sent everything within "
                                f"{self._linger if timeout is None else timeout} s; the rest was dropped")
@@ -711,10 +709,10 @@ class Producer:
         while out:
             m = out[0]
             topic = bytes(m.topic)
-            counters = self._topics[topic]
             if m.sent == 0:
                 # Numbered here, in send order; a retry after EAGAIN keeps the number.
-                wire.stamp(m.header, counters[0], time.time_ns(), counters[1])
+                with self._lock:
+                    self._stream.stamp(topic, m.header, time.time_ns())
             frames = (m.topic, m.header, m.body)
             while m.sent < 3:
                 f = frames[m.sent]
@@ -749,35 +747,20 @@ class Producer:
                             self._sent["blocked_s"] += time.perf_counter() - t0
                 m.sent += 1
             out.popleft()
-            if m.kind is wire.Kind.DATA:
-                if self._first_send is None:
-                    self._first_send = time.monotonic()
-                counters[0] += 1
-                counters[1] += m.rows
-                with self._lock:
+            with self._lock:
+                self._stream.sent(topic, m.kind, m.rows, m.source, m.end)
+                if m.kind is wire.Kind.DATA:
                     self._sent["messages"] += 1
                     self._sent["rows"] += m.rows
                     self._sent["bytes"] += len(topic) + len(m.header) + len(m.body)
-            # Only rows advance what a checkpoint may claim: a chunk's rejects can leave
-            # while its rows still wait here (a chunk of only rejects is read again after
-            # a restart: its rejects may come twice, no row is lost).
-            if m.kind is wire.Kind.DATA and m.source and m.end >= 0:
-                # Claimed only once it cannot be in this process any more: ZeroMQ's queue
-                # to each subscriber holds at most SNDHWM messages (send() waits, under
-                # "block", when one is full), and its I/O thread at most one 8 KiB batch
-                # more; so the rows of a message are in the kernel (which delivers them
-                # even if we are killed) once that many messages have been sent after it.
-                self._unclaimed.append((m.source, m.end))
-                if len(self._unclaimed) > self._in_zmq:
-                    source, end = self._unclaimed.popleft()
-                    with self._lock:
-                        self._handed[source] = end
+            if m.kind is wire.Kind.DATA and self._first_send is None:
+                self._first_send = time.monotonic()
         return waited
 
     def _control(self, kind: wire.Kind) -> list[_Outgoing]:
         """End-of-stream or heartbeat messages, one per topic; numbered when sent."""
-        return [_Outgoing(topic, wire.Header(kind=kind, producer=self.id, name=self.name).pack(), b"")
-                for topic in self._topics]
+        with self._lock:  # send() may add a topic meanwhile
+            return [_Outgoing(topic, header, b"") for topic, header in self._stream.control(kind)]
 
 
 #: Data messages ZeroMQ's I/O thread may hold beyond a queue: one 8 KiB batch of them

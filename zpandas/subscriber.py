@@ -21,10 +21,8 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import zmq
@@ -36,6 +34,7 @@ from ._retained import Retained
 from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, Record, get_format
+from .streams import EndOfStream, Gap, ReceiveStream, Rejects, Rows
 from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
 from .errors import (ClosedError, DataLossWarning, MemoryBudgetWarning, SubscriberBrokenError,
                      WireError)
@@ -52,62 +51,11 @@ Policy = Literal["block", "drop"]
 LIVE_RETAIN = 1_000_000
 #: The frame size RCVHWM is computed with (the producers' default ``frame_bytes``).
 _TYPICAL_FRAME = 4 << 20
-#: Window over which rows/s is measured.
-_RATE_WINDOW = 5.0
-#: Bounds of the per-producer and per-source state (documented in the README): a peer
-#: that invents producer ids or sources makes the oldest entries be forgotten, never
-#: memory grow.
-MAX_STREAMS = 10_000            # (producer, topic) rows of stats()["producers"]
-MAX_SOURCES = 100_000           # sources remembered for deduplication
-SOURCES_PER_STREAM = 1_000      # byte ranges kept per producer in stats()["producers"].sources
+#: Bounds of what is kept for the caller (documented in the README).
 GAPS_KEPT = 10_000              # rows of gaps()
 REJECTS_KEPT = 100_000          # rows of rejects()
 #: The bad-frame log line for one reason is written at most this often (seconds).
 _BAD_LOG_EVERY = 10.0
-
-
-@dataclass
-class _Stream:
-    """What arrived from one (producer, topic)."""
-
-    name: str
-    messages: int = 0
-    rows: int = 0
-    bytes: int = 0
-    next_seq: int = 0
-    next_total: int = 0      # rows the producer had sent before its next message
-    missed: int = 0          # data messages lost (sequence gaps)
-    missed_rows: int = 0
-    skipped_rows: int = 0    # sent before we joined
-    gaps: int = 0            # how many times a gap was seen
-    first_seen: float = 0.0
-    last_seen: float = 0.0
-    lag: float = 0.0         # receive time - send time of the last message, seconds
-    finished: bool = False
-    received: int = 0        # messages of every kind accepted (heartbeats included)
-    bad_frames: int = 0      # messages whose header named this stream but were refused
-    sources: dict = field(default_factory=dict)  # source -> [first byte, end byte] seen
-    # rows per whole second, for the last _RATE_WINDOW seconds: [second, rows]
-    recent: collections.deque = field(
-        default_factory=lambda: collections.deque(maxlen=int(_RATE_WINDOW) + 2))
-
-    def count_rows(self, now: float, rows: int) -> None:
-        second = int(now)
-        if self.recent and self.recent[-1][0] == second:
-            self.recent[-1][1] += rows
-        else:
-            self.recent.append([second, rows])
-
-    def rate(self, now: float) -> float:
-        span = min(_RATE_WINDOW, max(now - self.first_seen, 1e-3))
-        return sum(r for t, r in self.recent if t > now - _RATE_WINDOW - 1) / span
-
-    def add_source(self, source: str, start: int, end: int) -> None:
-        span = self.sources.pop(source, None) or [start, end]
-        span[0], span[1] = min(span[0], start), max(span[1], end)
-        self.sources[source] = span  # re-inserted: the dict is oldest-first
-        if len(self.sources) > SOURCES_PER_STREAM:
-            del self.sources[next(iter(self.sources))]
 
 
 class Subscriber:
@@ -207,19 +155,15 @@ class Subscriber:
         self._retained = Retained(self._retain)
         self._memory_warning: str | None = None   # to warn about on the caller's next call
         self._memory_warned = False
-        # Least recently heard from first; at most MAX_STREAMS.
-        self._streams: collections.OrderedDict[tuple[bytes, bytes], _Stream] = \
-            collections.OrderedDict()
-        self._forgotten = collections.Counter()   # counts of streams dropped past MAX_STREAMS
+        self._protocol = ReceiveStream()   # what the messages mean (sans-IO)
+        self._streams = self._protocol.streams
+        self._counts = self._protocol.counts
         self._gaps: collections.deque[dict] = collections.deque(maxlen=GAPS_KEPT)
         self._warned_missed = 0    # missed rows already warned about
-        self._counts = collections.Counter()
         self._bad = collections.Counter()
         self._bad_logged: dict[str, float] = {}   # reason -> when last logged
         self._monitor: Monitor | None = None
         self._aggregations: list[Aggregation] = []
-        # source -> end offset of rows received; least recently used first, MAX_SOURCES
-        self._dedup: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._rejects: collections.deque[pa.Table] = collections.deque()
         self._rejects_kept = 0
         self._error: BaseException | None = None
@@ -361,7 +305,9 @@ class Subscriber:
         """A running groupby of everything this subscriber receives, kept up to date.
 
         Starts with the rows retained so far, then folds in every message as it arrives
-        (on the subscriber's thread), so memory grows with groups x windows, not rows.
+        (on a thread of the aggregation's own, ``zpandas-aggregate-N``, which ends when
+        the subscriber closes), so memory grows with groups x windows, not rows. Its
+        results include every row received before they are asked for.
         Parameters are those of :class:`~zpandas.Aggregation`.
 
         Examples
@@ -375,8 +321,9 @@ class Subscriber:
         agg.subscriber = self
         with self._cond:
             self._check()
-            for table in self._retained.tables():
-                agg.update(table)
+            # The rows so far first, then every new one: folded on the aggregation's
+            # own thread, never on this subscriber's socket thread or under its lock.
+            agg._start_feed(self._retained.tables(), self._buffer_bytes)
             self._aggregations.append(agg)
         return agg
 
@@ -412,9 +359,9 @@ class Subscriber:
             out = {k: self._counts[k] for k in ("messages", "rows", "bytes", "duplicate_rows",
                                                   "rejects", "dropped_batches", "dropped_rows",
                                                   "evicted_rows")}
-            out["missed"] = self._total("missed")
+            out["missed"] = self._protocol.total("missed")
             out["missed_rows"] = self._missed_rows()
-            out["skipped_rows"] = self._total("skipped_rows")
+            out["skipped_rows"] = self._protocol.total("skipped_rows")
             out["bad_frames"] = dict(self._bad)
             out["queued"] = len(self._queue)
             out["peers"] = self._monitor.peers if self._monitor else 0
@@ -473,6 +420,8 @@ class Subscriber:
             self._cond.notify_all()
         if self._terminated:
             return
+        for agg in self._aggregations:  # folds what it was fed; a socket thread
+            agg._stop_feed(timeout)       # waiting to feed it more goes on at once
         self._ring()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -503,14 +452,10 @@ class Subscriber:
             raise ClosedError("this Subscriber is closed")
 
     def _finished(self) -> set[bytes]:
-        return {p for (p, _), s in self._streams.items() if s.finished}
-
-    def _total(self, counter: str) -> int:
-        """A per-stream counter summed, streams forgotten past MAX_STREAMS included."""
-        return sum(getattr(s, counter) for s in self._streams.values()) + self._forgotten[counter]
+        return self._protocol.finished()
 
     def _missed_rows(self) -> int:
-        return self._total("missed_rows")
+        return self._protocol.total("missed_rows")
 
     def _ring(self) -> None:
         """Wake the worker's poll (a socket of this thread: created, used and closed here)."""
@@ -652,11 +597,7 @@ class Subscriber:
             who = "an unknown peer"
             if header is not None:
                 who = f"{header.name!r} (topic {topic!r})"  # repr: a peer's name, no newlines
-                # Counted on a stream already heard from; a refused message's numbers are
-                # not trusted to start one (they would set its sequence and gaps).
-                s = self._streams.get((header.producer, topic))
-                if s is not None:
-                    s.bad_frames += 1
+                self._protocol.refused((header.producer, topic))
             last = self._bad_logged.get(reason)
             if last is None or now - last >= _BAD_LOG_EVERY:
                 self._bad_logged[reason] = now
@@ -664,145 +605,71 @@ class Subscriber:
                             "so far; stats()['bad_frames'])", self._thread.name, who, reason,
                             detail[:300], self._bad[reason], exc_info=exc)
 
-    def _stream(self, key: tuple[bytes, bytes], h: wire.Header, now: float) -> _Stream:
-        """The stream of ``key``, created on its first message (caller holds ``_cond``)."""
-        s = self._streams.get(key)
-        if s is not None:
-            self._streams.move_to_end(key)
-            return s
-        s = self._streams[key] = _Stream(h.name, first_seen=now, last_seen=now,
-                                         next_seq=h.seq, next_total=h.total)
-        if h.seq:
-            s.skipped_rows = h.total
-            self._record_gap(now, key, s, "joined late", h.seq, h.total)
-        while len(self._streams) > MAX_STREAMS:
-            _, old = self._streams.popitem(last=False)  # heard from least recently
-            for counter in ("missed", "missed_rows", "skipped_rows"):
-                self._forgotten[counter] += getattr(old, counter)
-        return s
-
     def _receive(self, frames) -> pa.Table | None:
-        """Decode one message and account for it; return its rows, if any."""
+        """Decode one message, let the protocol account for it; return its new rows."""
         now = time.time()
         if len(frames) == 1 and self._text_format is not None:
             return self._receive_text(frames[0], now)
         msg = wire.decode(frames, max_bytes=self._max_bytes)
-        h = msg.header
-        key = (h.producer, msg.topic)
         with self._cond:
-            s = self._stream(key, h, now)
-            s.last_seen = now
-            s.received += 1
-            s.lag = max(0.0, now - h.send_ns / 1e9)
-            # Data messages are numbered 0, 1, 2...; control messages carry the count
-            # sent so far, so a lost last message shows up too. ``total`` does the same
-            # in rows.
-            if h.seq > s.next_seq:
-                lost_rows = max(0, h.total - s.next_total)
-                s.missed += h.seq - s.next_seq
-                s.missed_rows += lost_rows
-                s.gaps += 1
-                self._record_gap(now, key, s, "gap", h.seq - s.next_seq, lost_rows)
-            if h.seq >= s.next_seq:
-                is_data = h.kind is wire.Kind.DATA
-                s.next_seq = h.seq + is_data
-                s.next_total = h.total + (h.rows if is_data else 0)
-            if h.kind is wire.Kind.END_OF_STREAM:
-                s.finished = True
-                self._cond.notify_all()
-                return None
-            if h.kind is wire.Kind.REJECTS:
-                self._keep_rejects(s.name, msg.topic, msg.table)
-                return None
-            if h.kind is not wire.Kind.DATA:
-                return None
-            table = self._deduplicate(h, msg.table)
-            s.messages += 1
-            s.rows += h.rows
-            if h.source:
-                s.add_source(h.source, h.start, h.end)
-            s.bytes += msg.nbytes
-            s.count_rows(now, h.rows)
-            self._counts["messages"] += 1
-            self._counts["rows"] += table.num_rows
-            self._counts["bytes"] += msg.nbytes
-            return self._accept(h.producer, table)
+            rows = self._act(self._protocol.receive(msg, now))
+            aggregations = list(self._aggregations)
+        self._feed(aggregations, rows)
+        return rows
 
-    def _accept(self, producer: bytes, table: pa.Table) -> pa.Table | None:
-        """Retain rows and feed the aggregations (caller holds ``_cond``, released here)."""
-        if table.num_rows:
-            self._counts["evicted_rows"] += self._retained.add(producer, table)
-            self._check_memory()
-        aggregations = list(self._aggregations)
-        self._cond.release()
+    def _receive_text(self, frame, now: float) -> pa.Table | None:
+        """A plain ``"topic payload"`` string from an existing ZeroMQ program."""
+        topic, _, payload = bytes(frame).partition(b" ")
+        s = self._streams.get((_LEGACY, topic))   # only this thread changes it
+        line = (s.messages if s else 0) + 1       # a message is a line of its stream
         try:
-            for agg in aggregations:
-                agg.update(table)  # never raises: a bad batch is counted in agg.stats()
-        finally:
-            self._cond.acquire()
-        return table if table.num_rows else None
+            table, rejects = self._text_format.parse([Record(payload, line, -1)],
+                                                     topic.decode("utf-8", "replace"))
+        except Exception as e:  # noqa: BLE001 - a line that breaks the parser is refused
+            raise WireError("text", f"{type(e).__name__}: {e}") from None
+        if table is not None:
+            table = table.drop_columns(["_offset"])
+        with self._cond:
+            rows = self._act(self._protocol.receive_rows((_LEGACY, topic), "text", table,
+                                                         rejects, len(payload), now))
+            aggregations = list(self._aggregations)
+        self._feed(aggregations, rows)
+        return rows
 
-    def _deduplicate(self, h: wire.Header, table: pa.Table) -> pa.Table:
-        """Drop rows of a source already received (a restarted producer resending)."""
-        if not h.source or "_offset" not in table.column_names:
-            return table
-        done = self._dedup.pop(h.source, -1)
-        self._dedup[h.source] = max(done, h.end)  # re-inserted: most recently used last
-        if len(self._dedup) > MAX_SOURCES:
-            self._dedup.popitem(last=False)
-        if done < 0 or not table.num_rows:
-            return table
-        offsets = table.column("_offset").to_numpy()
-        first_new = int(np.searchsorted(offsets, done))  # wire.decode checked they ascend
-        if first_new:
-            self._counts["duplicate_rows"] += first_new
-            table = table.slice(first_new)
-        return table
+    def _feed(self, aggregations: list[Aggregation], rows: pa.Table | None) -> None:
+        """Hand rows to the aggregations, outside the lock (one may make us wait)."""
+        if rows is not None:
+            for agg in aggregations:
+                agg._feed(rows, block=self.policy == "block")
+
+    def _act(self, events: list) -> pa.Table | None:
+        """Do what the protocol's events call for (caller holds ``_cond``)."""
+        rows = None
+        for e in events:
+            if isinstance(e, Rows):
+                rows = e.table
+                self._counts["evicted_rows"] += self._retained.add(e.key[0], e.table)
+                self._check_memory()
+            elif isinstance(e, Gap):
+                self._gaps.append({"time": e.time, "producer": e.key[0].hex()[:12],
+                                   "name": e.name, "topic": e.key[1].decode("utf-8", "replace"),
+                                   "kind": e.kind, "messages": e.messages, "rows": e.rows})
+                if e.kind == "gap":
+                    log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
+                                self._thread.name, e.messages, e.rows, e.name, e.key[1])
+            elif isinstance(e, EndOfStream):
+                self._cond.notify_all()
+            elif isinstance(e, Rejects):
+                self._keep_rejects(e.name, e.key[1], e.table)
+        return rows
 
     def _keep_rejects(self, name: str, topic: bytes, table: pa.Table) -> None:
         n = table.num_rows
-        self._counts["rejects"] += n
         table = table.add_column(0, "topic", pa.array([topic.decode("utf-8", "replace")] * n, pa.string()))
         self._rejects.append(table.add_column(0, "producer", pa.array([name] * n, pa.string())))
         self._rejects_kept += n
         while self._rejects_kept - self._rejects[0].num_rows >= REJECTS_KEPT:
             self._rejects_kept -= self._rejects.popleft().num_rows
-
-    def _receive_text(self, frame, now: float) -> pa.Table | None:
-        """A plain ``"topic payload"`` string from an existing ZeroMQ program."""
-        topic, _, payload = bytes(frame).partition(b" ")
-        key = (_LEGACY, topic)
-        with self._cond:
-            s = self._stream(key, wire.Header(name="text"), now)
-            s.last_seen = now
-            s.messages += 1
-            try:
-                table, rejects = self._text_format.parse([Record(payload, s.messages, -1)],
-                                                         topic.decode("utf-8", "replace"))
-            except Exception as e:  # noqa: BLE001 - a line that breaks the parser is refused
-                raise WireError("text", f"{type(e).__name__}: {e}") from None
-            s.received += 1
-            if rejects.num_rows:
-                self._keep_rejects(s.name, topic, rejects)
-            if table is None:
-                return None
-            table = table.drop_columns(["_offset"])
-            s.rows += table.num_rows
-            s.bytes += len(payload)
-            s.count_rows(now, table.num_rows)
-            self._counts["messages"] += 1
-            self._counts["rows"] += table.num_rows
-            self._counts["bytes"] += len(payload)
-            return self._accept(_LEGACY, table)
-
-    def _record_gap(self, now: float, key: tuple[bytes, bytes], s: _Stream, kind: str,
-                    messages: int, rows: int) -> None:
-        self._gaps.append({"time": now, "producer": key[0].hex()[:12], "name": s.name,
-                           "topic": key[1].decode("utf-8", "replace"), "kind": kind,
-                           "messages": messages, "rows": rows})
-        if kind == "gap":
-            log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
-                        self._thread.name, messages, rows, s.name, key[1])
 
     def _check_memory(self) -> None:
         kept = self._retained
