@@ -76,20 +76,20 @@ def test_publish_schema_option_and_type_drift(tmp_path, procs):
                       "--parquet", str(out))
     assert sub.stdout.readline().startswith("listening on")
     endpoint = f">tcp://127.0.0.1:{port}"
-    # inferred int64, then "A7": widened to string, and said so
-    procs.start("publish", str(drift), "-e", endpoint, "--block-size", "1000", "-q", "-t", "a")
-    # the type given up front: no widening needed
+    # inferred int64, then "A7": a reject, and said so (the rule of followed files too)
+    procs.start("publish", str(drift), "-e", endpoint, "--block-size", "1000", "-t", "a")
+    # the type given up front: every value fits
     procs.start("publish", str(drift), "-e", endpoint, "--schema", "code=string", "-t", "b")
     procs.start("publish", str(drift), "--schema", "code")          # no type
     procs.start("publish", str(drift), "--schema", "code=text")     # no such type
     procs.start("publish", str(drift), "--schema", "code=string", "--follow")
     results = procs.wait_all(timeout=60)
     assert [code for code, _ in results[:3]] == [0, 0, 0], results
-    assert "widened column 'code' int64 -> string" in results[1][1]
-    assert "widened" not in results[2][1] and "published 3,001 rows" in results[2][1]
+    assert "published 3,000 rows" in results[1][1] and "1 lines rejected" in results[1][1]
+    assert "rejected" not in results[2][1] and "published 3,001 rows" in results[2][1]
     assert results[3][0] == 2 and "expected NAME=TYPE" in results[3][1]
     assert results[4][0] == 2 and "unknown type 'text'" in results[4][1]
     assert results[5][0] == 1 and "schema= applies to whole CSV files" in results[5][1]
     got = pd.read_parquet(out)
-    assert len(got) == 6002 and got["code"].dtype != "int64"
-    assert sorted(got["code"].astype(str)) == sorted([str(i) for i in range(3000)] * 2 + ["A7"] * 2)
+    assert len(got) == 6001
+    assert sorted(got["code"].astype(str)) == sorted([str(i) for i in range(3000)] * 2 + ["A7"])

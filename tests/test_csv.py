@@ -167,24 +167,53 @@ def test_same_columns_in_another_order_are_aligned(tmp_path):
     assert pa.concat_tables(tables).to_pydict() == {"x": [1, 2], "y": ["a", "b"]}
 
 
-def test_a_later_value_that_does_not_fit_widens_its_column_as_pandas_would(tmp_path, caplog):
+def test_a_later_value_that_does_not_fit_is_a_reject_and_a_wider_number_widens(tmp_path, caplog):
     path = tmp_path / "drift.csv"
     # typed by the first block: n int64, f int64, t timestamp; later blocks do not fit
     path.write_text("n,f,t\n" + "1,2,2026-01-01T00:00:00Z\n" * 50
-                    + "3,2.5,2026-01-01T00:00:00Z\n" + "oops,4,not a time\n" + "5,6,\n")
+                    + "3,2.5,2026-01-01T00:00:00Z\n" + "oops,4,not a time\n" + "5,6,\n"
+                    + "7,8,2026-01-01T00:00:00Z,extra\n" + "9,NA,2026-01-02T00:00:00Z\n")
     reader = CsvReader(block_size=40)
     tables = [b.table for b in reader.read(path)]
-    assert sorted(reader.widened) == ["'f' int64 -> double", "'n' int64 -> string",
-                                      "'t' timestamp[s, tz=UTC] -> string"]
-    assert any("widened column" in r.getMessage() for r in caplog.records)
+    assert reader.widened == ["'f' int64 -> double"]          # 2.5: still a number
+    assert any("widened column 'f'" in r.getMessage() for r in caplog.records)
     got = zp._tables.concat(tables).to_pandas()
-    want = pd.read_csv(path, dtype={"n": str, "t": str})
-    assert got["f"].tolist() == want["f"].tolist()  # 2.0 ... 2.5, 4.0, 6.0
-    assert got["n"].tolist() == want["n"].tolist()  # "1" ... "3", "oops", "5"
-    assert got["t"].iloc[-2] == "not a time" and pd.isna(got["t"].iloc[-1])
-    # a type given up front never changes: a misfit is named, with the way out
-    with pytest.raises(zp.SourceError, match=r"drift\.csv: bytes \d+-\d+: .*oops"):
-        list(CsvReader(schema={"n": pa.int64()}, block_size=40).read(path))
+    assert got["n"].tolist() == [1] * 50 + [3, 5, 9]
+    assert got["f"].tolist()[-4:-1] == [2.0, 2.5, 6.0] and pd.isna(got["f"].iloc[-1])
+    assert str(got["t"].dtype) == "datetime64[s, UTC]" and pd.isna(got["t"].iloc[-2])
+    assert [(r["line"], r["reason"]) for r in reader.rejects] == [
+        (53, "n='oops' does not fit int64"), (55, "4 fields, the header has 3")]
+    assert [r["text"] for r in reader.rejects] == ["oops,4,not a time", "7,8,2026-01-01T00:00:00Z,extra"]
+    with open(path, "rb") as f:
+        data = f.read()
+    assert [data[r["offset"]:].split(b"\n")[0].decode() for r in reader.rejects] == \
+        [r["text"] for r in reader.rejects]
+    # a type given up front: a misfit is a reject too, named with that type
+    given = CsvReader(schema={"n": pa.int64(), "f": pa.float64()}, block_size=40)
+    assert sum(b.table.num_rows for b in given.read(path)) == 53
+    assert [r["reason"] for r in given.rejects] == ["n='oops' does not fit int64",
+                                                     "4 fields, the header has 3"]
+
+
+@pytest.mark.parametrize("rows,expected", [
+    # "A7" inside the first block (4 MiB), which types the columns: text, as pandas would
+    (500_000, (500_001, "str", [])),
+    # "A7" after the first block, which typed v as int64: a reject
+    (700_000, (700_000, "int64", [[700_002, "v='A7' does not fit int64"]])),
+])
+def test_one_typing_rule_for_whole_and_followed_csv_files(tmp_path, rows, expected):
+    """N int rows then "A7": the same rows, types and rejects with or without a checkpoint
+    (the whole-file reader, or the line reader of followed files)."""
+    path = tmp_path / "v.csv"
+    path.write_text("v\n" + "".join(f"{i}\n" for i in range(rows)) + "A7\n")
+    got = {}
+    for how in ("whole", "checkpoint"):
+        with zp.Subscriber(LOCAL) as sub:
+            zp.publish_files(path, sub.endpoints, wait_for_subscribers=1,
+                             **({"checkpoint": tmp_path / "ck.db"} if how == "checkpoint" else {}))
+            df = sub.collect(producers=1, timeout=60)
+            got[how] = (len(df), str(df["v"].dtype), sub.rejects()[["line", "reason"]].values.tolist())
+    assert got["whole"] == got["checkpoint"] == expected
 
 
 def test_concat_unifies_tables_as_pandas_concat_would():
@@ -199,15 +228,17 @@ def test_concat_unifies_tables_as_pandas_concat_would():
     assert concat([a]) is a and concat([]).num_rows == 0
 
 
-def test_type_drift_arrives_whole_at_the_subscriber(tmp_path):
+def test_a_misfit_arrives_as_a_reject_at_the_subscriber(tmp_path):
     path = tmp_path / "drift.csv"
     path.write_text("id,x\n" + "".join(f"{i},{i}\n" for i in range(2000)) + "2000,unknown\n")
     with zp.Subscriber(LOCAL) as sub:
         result = zp.publish_files(path, sub.endpoints, wait_for_subscribers=1, block_size=1000)
         df = sub.collect(producers=1, timeout=30)
-    assert result["widened"] == ["'x' int64 -> string"]
-    assert df["id"].tolist() == list(range(2001))
-    assert df["x"].tolist() == [str(i) for i in range(2000)] + ["unknown"]
+        rejects = sub.rejects()
+    assert (result["widened"], result["rejects"], result["rows"]) == ([], 1, 2000)
+    assert df["id"].tolist() == df["x"].tolist() == list(range(2000))
+    assert rejects[["line", "reason", "text"]].values.tolist() == [
+        [2002, "x='unknown' does not fit int64", "2000,unknown"]]
 
 
 def test_a_column_empty_in_the_first_block_accepts_later_values(tmp_path):

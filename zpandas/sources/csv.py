@@ -6,9 +6,12 @@ each block starts and ends in the file is what lets a header say which bytes a f
 holds - and lets a follower resume at a record boundary.
 
 Column types are inferred from the first block and then kept (or given by the caller),
-so tables of a stream share one schema - until a later value does not fit an inferred
-type: that column is then widened (int64 to float64, anything else to string) from that
-block on, as pandas would type the whole column, and receivers unify the two.
+so tables of a stream share one schema. A later number that needs a wider number type
+widens its column (int64 to float64) from that block on, and receivers unify the two. A
+value that is no number for a number column (or no time for a time column, and so on),
+and a record with another number of fields than the header, is a reject with its file,
+line, offset and reason: the rule of followed CSV files (:class:`~zpandas.sources.lines.CsvLines`),
+so a file's rows have the same types however it is published.
 
 Parsing is single-threaded on purpose: a producer runs beside the job that writes its
 files, and Arrow's threaded reader spends a third more CPU for its speed-up. Whole
@@ -26,11 +29,11 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .._tables import common_type
 from ..errors import SchemaMismatchError, SourceError
-from .records import record_ends
+from .records import Records, record_ends
 
 __all__ = ["CsvReader", "Block", "first_record_end", "last_record_end", "unique_names"]
 
@@ -119,8 +122,9 @@ class CsvReader:
     ----------
     schema : pyarrow.Schema or mapping of column name to type, optional
         Types for some or all columns. The rest are inferred from the first block of
-        the first file and kept, unless a later value does not fit: then that column
-        is widened (listed in :attr:`widened`).
+        the first file and kept: a later number that needs a wider type widens its
+        column (listed in :attr:`widened`); a value of another kind, or a record with
+        another number of fields, is a reject (:attr:`rejects`).
     delimiter : str, default ","
     quote_char : str or False, default '"'
     block_size : int, default 4 MiB
@@ -141,9 +145,10 @@ class CsvReader:
         self.schema: pa.Schema | None = None
         self._schema_from: str | None = None
         self.widened: list[str] = []  # "'col' int64 -> double", as types were widened
-        #: Records that can never parse - an unclosed quote at the end of a file, which
-        #: Arrow would take as one field swallowing the rest - as rows of the reject
-        #: schema: ``file``, ``line``, ``offset``, ``reason``, ``text``.
+        #: Records that do not parse or fit - another number of fields than the header,
+        #: a value not of its column's type, an unclosed quote at the end of a file
+        #: (which Arrow would take as one field swallowing the rest) - as rows of the
+        #: reject schema: ``file``, ``line``, ``offset``, ``reason``, ``text``.
         self.rejects: list[dict] = []
 
     def read(self, path: str | os.PathLike) -> Iterator[Block]:
@@ -154,7 +159,7 @@ class CsvReader:
         SchemaMismatchError
             If the file's columns differ from the schema fixed by an earlier file.
         SourceError
-            If a value does not fit a given type, or the file cannot be parsed.
+            If the header cannot be parsed.
         """
         path = os.fspath(path)
         names: list[str] | None = None  # from this file's header line
@@ -164,6 +169,7 @@ class CsvReader:
         buf = bytearray(self.block_size)
         filled = 0  # bytes of buf holding data: the carried partial record, then new
         offset = 0  # file offset of buf[0]
+        line = 1    # line number of buf[0]
         with open(path, "rb") as f:
             eof = False
             while not eof:
@@ -187,11 +193,15 @@ class CsvReader:
                     names = self._header(path, buf, lead, start, offset)
                     self._check_names(path, names)
                 if not _EMPTY_LINES.fullmatch(buf, start, cut):
-                    table = self._conform(path, self._rows(path, buf, start, cut, offset, names))
+                    table, rows = self._rows(path, buf, start, cut, offset, names,
+                                             line + buf.count(b"\n", 0, start))
+                    table = self._conform(path, table)
                     if table.num_rows:
-                        rows = _row_starts(buf, start, cut, self._quote, table.num_rows)
-                        yield Block(path, offset + start, offset + cut, table,
-                                    None if rows is None else rows + offset)
+                        if rows is None:
+                            rows = _row_starts(buf, start, cut, self._quote, table.num_rows)
+                            rows = None if rows is None else rows + offset
+                        yield Block(path, offset + start, offset + cut, table, rows)
+                line += buf.count(b"\n", 0, cut)
                 buf[:filled - cut] = buf[cut:filled]  # the partial record moves to the front
                 filled -= cut
                 offset += cut
@@ -224,13 +234,103 @@ class CsvReader:
         return unique_names(names)
 
     def _rows(self, path: str, buf: bytearray, start: int, end: int, offset: int,
-              names: list[str]) -> pa.Table:
+              names: list[str], line: int) -> tuple[pa.Table, np.ndarray | None]:
+        """The rows of ``buf[start:end]`` (file offset ``offset + start``, line ``line``),
+        and where each starts in the file when the records had to be parsed one by one."""
         chunk = memoryview(buf)[start:end]
         try:
-            return self._convert(path, chunk, offset + start,
-                                 pacsv.ReadOptions(column_names=names, use_threads=False))
+            table = self._convert(path, chunk, offset + start,
+                                  pacsv.ReadOptions(column_names=names, use_threads=False))
+            if table is not None:
+                return table, None
+            table = self._by_record(path, bytes(chunk), offset + start, line, names)
+            return table.drop_columns(["_offset"]), table["_offset"].to_numpy()
         finally:
             chunk.release()
+
+    def _by_record(self, path: str, data: bytes, offset: int, line: int,
+                   names: list[str]) -> pa.Table:
+        """A block some record of which does not fit: each record on its own, as a
+        followed file's are. Records that do not parse (another number of fields, an
+        unclosed quote) and values that do not fit their column's type become rejects
+        (:attr:`rejects`); the rest are rows, with an ``_offset`` column."""
+        from .lines import CsvLines
+        quoted = self._quote is not None
+        ends = record_ends(data, quoted=quoted)
+        if not len(ends) or ends[-1] < len(data):
+            ends = np.append(ends, len(data))
+        bounds = np.concatenate([[0], ends]).astype(np.int64)
+        newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        records = Records(data, bounds, line + np.searchsorted(newlines, bounds[:-1]),
+                          offset + bounds[:-1])
+        text = CsvLines(delimiter=self._parse.delimiter, names=names)
+        text.schema = pa.schema([pa.field(n, pa.string()) for n in names])  # no typing there
+        table, rejects = text.parse_body(records, path)
+        self.rejects += rejects.to_pylist()
+        if table is None:
+            return pa.table({**{n: pa.array([], pa.string()) for n in names},
+                             "_offset": pa.array([], pa.int64())}).cast(self._typed(names))
+        if self.schema is None:  # the first block: types from its records that parse
+            valid = b"\n".join(records.raw(int(i)) for i in
+                               np.searchsorted(records.offsets, table["_offset"].to_numpy()))
+            inferred = pacsv.read_csv(
+                pa.py_buffer(valid), parse_options=self._parse,
+                read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in self._given}, strings_can_be_null=True))
+            self.schema = pa.schema([pa.field(f.name, self._given.get(
+                f.name, pa.string() if pa.types.is_null(f.type) else f.type)) for f in inferred.schema])
+            self._schema_from = path
+        return self._fit(path, table, records)
+
+    def _typed(self, names: list[str]) -> pa.Schema:
+        fixed = {f.name: f.type for f in self.schema} if self.schema is not None else {}
+        fixed.update(self._given)
+        return pa.schema([pa.field(n, fixed.get(n, pa.string())) for n in names]
+                         + [pa.field("_offset", pa.int64())])
+
+    def _fit(self, path: str, table: pa.Table, records: Records) -> pa.Table:
+        """Text columns cast to the fixed types. A row with a value that does not fit is
+        a reject, named by its first misfit; an inferred int64 column whose misfits are
+        numbers widens to float64 instead."""
+        from .lines import _reject
+        types = self._typed([n for n in table.column_names if n != "_offset"])
+        nulls = pa.array(pacsv.ConvertOptions().null_values, pa.string())
+        bad: dict[int, str] = {}
+        columns = []
+        for f in types:
+            col = table[f.name]
+            if f.name != "_offset":  # what pyarrow's reader takes as missing
+                col = pc.if_else(pc.is_in(col, nulls), pa.scalar(None, pa.string()), col)
+            if f.name == "_offset" or pa.types.is_string(f.type):
+                columns.append(col)
+                continue
+            target = f.type
+            fits = _fits(col, target)
+            if (not fits.all() and f.name not in self._given and pa.types.is_integer(target)
+                    and (_fits(col, pa.float64()) & ~fits).any()):
+                target = pa.float64()  # 2.5 in an int64 column: a wider number, not a misfit
+                fits = _fits(col, target)
+                self._widen_to(path, f.name, target)
+            for i in np.flatnonzero(~fits):
+                bad.setdefault(int(i), f"{f.name}={col[int(i)].as_py()!r} does not fit {target}")
+            columns.append(pc.if_else(pa.array(fits), col, pa.scalar(None, pa.string())).cast(target))
+        out = pa.table(columns, names=types.names)
+        if bad:
+            at = np.searchsorted(records.offsets, table["_offset"].to_numpy())
+            for i, why in sorted(bad.items()):
+                self.rejects.append(_reject(path, records, int(at[i]), why))
+            keep = np.ones(out.num_rows, bool)
+            keep[list(bad)] = False
+            out = out.filter(pa.array(keep))
+        return out
+
+    def _widen_to(self, path: str, name: str, wider: pa.DataType) -> None:
+        old = self.schema.field(name).type
+        self.schema = self.schema.set(self.schema.get_field_index(name), pa.field(name, wider))
+        self.widened.append(f"{name!r} {old} -> {wider}")
+        log.warning("%s: values that need a wider type than the first block's: widened column "
+                    "%r from %s to %s", path, name, old, wider)
 
     def _conform(self, path: str, table: pa.Table) -> pa.Table:
         """Check ``table`` against the fixed schema, or fix the schema from it."""
@@ -253,51 +353,65 @@ class CsvReader:
             raise SchemaMismatchError(f"{path}: columns {names} do not match {self.schema.names} "
                                       f"(fixed by {self._schema_from})")
 
-    def _convert(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> pa.Table:
-        while True:
-            types = self._given if self.schema is None else {f.name: f.type for f in self.schema}
-            try:
-                return self._parse_block(chunk, read, types)
-            except pa.ArrowInvalid as e:
-                error = e
-            # After widening, what is left is a malformed block or a misfit of a given type.
-            if self.schema is None or not self._widen(path, chunk, offset, read):
-                raise SourceError(f"{path}: bytes {offset}-{offset + len(chunk)}: {error}") from error
-
-    def _parse_block(self, chunk, read: pacsv.ReadOptions, types: Mapping) -> pa.Table:
+    def _convert(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> pa.Table | None:
+        """The block parsed whole with the fixed types; None if some record does not fit."""
+        types = self._given if self.schema is None else {f.name: f.type for f in self.schema}
         convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
-        return pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
-                              parse_options=self._parse, convert_options=convert)
-
-    def _widen(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> bool:
-        """Widen the inferred types that this block's values do not fit; False if none.
-
-        A column typed int64 by the first block that later holds ``3.5`` becomes
-        float64, one that later holds ``A7`` becomes string - as pandas would type the
-        whole column. (The wider type is pyarrow's permissive promotion of the two,
-        else string: the same rule receivers use to unify tables.) Rows already sent keep their type; receivers unify the two (see
-        ``zpandas._tables.concat``). Types given by the caller never change.
-        """
         try:
-            inferred = self._parse_block(chunk, read, self._given).schema
+            return pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
+                                  parse_options=self._parse, convert_options=convert)
         except pa.ArrowInvalid:
-            return False  # not a type drift: a malformed block, or a given type misfits
-        fields, changed = [], []
-        for f in self.schema:
-            new = f.type
-            if f.name not in self._given and f.name in inferred.names:
-                # what receivers' concat would promote the two to; else text
-                new = common_type([f.type, inferred.field(f.name).type]) or pa.string()
-            if new != f.type:
-                changed.append(f"{f.name!r} {f.type} -> {new}")
-            fields.append(pa.field(f.name, new))
-        if not changed:
-            return False
-        self.schema = pa.schema(fields)
-        self.widened += changed
-        log.warning("%s: bytes %d-%d: values that do not fit the types inferred from the first "
-                    "block; widened column %s", path, offset, offset + len(chunk), ", ".join(changed))
-        return True
+            return None
+
+
+#: What pyarrow's CSV reader takes as a number (numbers are the common misfit: a
+#: pattern finds them at once; other types are found by halving, below).
+_NUMBER = {"int": r"^[+-]?[0-9]+$",
+           "float": r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$|^[+-]?(?i:inf|infinity|nan)$"}
+
+
+def _fits(col, kind: pa.DataType) -> np.ndarray:
+    """Which values of a text column cast to ``kind`` (missing ones do)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    try:
+        col.cast(kind)
+        return np.ones(len(col), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    pattern = _NUMBER["int" if pa.types.is_integer(kind) else "float"] \
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) else None
+    if pattern is not None:
+        fits = pc.fill_null(pc.match_substring_regex(col, pattern), True).to_numpy(zero_copy_only=False)
+        try:
+            col.filter(pa.array(fits)).cast(kind)  # e.g. an int64 overflow would not
+            return fits
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    # Each distinct value once (misfits tend to repeat: "-", "n/a", "unknown"), found by
+    # halving: a misfit costs about 2 log2(n) casts, dense ones value by value.
+    values = pc.unique(col.drop_null())
+    good = np.ones(len(values), bool)
+
+    def halve(lo: int, hi: int) -> None:
+        try:
+            values.slice(lo, hi - lo).cast(kind)
+            return
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        if hi - lo <= 16:
+            for i in range(lo, hi):
+                try:
+                    values.slice(i, 1).cast(kind)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    good[i] = False
+            return
+        mid = (lo + hi) // 2
+        halve(lo, mid)
+        halve(mid, hi)
+
+    halve(0, len(values))
+    ok = pc.or_(pc.is_in(col, values.filter(pa.array(good))), pc.is_null(col))
+    return ok.to_numpy(zero_copy_only=False)
 
 
 def _row_starts(buf, start: int, end: int, quote: bytes | None, rows: int) -> np.ndarray | None:

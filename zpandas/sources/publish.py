@@ -101,9 +101,10 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         ``"syslog"`` (RFC 3164), ``"syslog5424"``), or ``"regex:<pattern>"`` with named
         groups. Lines that do not parse are sent as rejects (``Subscriber.rejects()``).
     schema : pyarrow.Schema or dict of column name to type, optional
-        Whole CSV files: column types. The rest are inferred from the first block; a
-        later value that does not fit widens its column (int64 to float64, or to
-        string), with a warning on the ``zpandas`` logger.
+        Whole CSV files: column types. The rest are inferred from the first block. A
+        later number that needs a wider type widens its column (int64 to float64, with
+        a warning on the ``zpandas`` logger); a value of another kind is a reject, as
+        in followed files.
     delimiter : str, default ","
     follow : bool, default False
         Keep reading as the files grow, rotate or appear, until ``stop`` is set or
@@ -149,8 +150,7 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     SchemaMismatchError
         Whole CSV files: a file's columns differ from the first file's.
     SourceError
-        Whole CSV files: a value does not fit a type given in ``schema``, or the file
-        cannot be parsed.
+        Whole CSV files: the header cannot be parsed.
     """
     own = not isinstance(endpoint, Producer)
     lines = format != "csv" or follow or checkpoint is not None or multiline is not None
@@ -299,5 +299,5 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
             ckpt.close()
     out["files"] = len(seen)
     out["lost_truncations"] = follower.lost_truncations
-    out["widened"] = []  # line formats turn values that do not fit into rejects
+    out["widened"] = []  # line formats widen numbers silently (receivers unify the types)
     return out

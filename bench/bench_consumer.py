@@ -1,0 +1,244 @@
+"""What one Subscriber costs the notebook it runs in: rows per consumer CPU-second, and memory.
+
+The producers are not measured: sender processes replay pre-encoded wire messages
+(5 columns, 2 of them strings) as fast as ZeroMQ takes them, each as its own producer
+(its id, numbered messages, end-of-stream), so the Subscriber is the only thing that
+does zpandas work. The clock is the Subscriber process's CPU time (all its threads) from
+"go" to ``collect()``'s DataFrame of every row: what a notebook pays when the producers
+run on their own nodes. Memory: the process's RSS with that DataFrame held, against the
+DataFrame's own ``memory_usage(deep=True)``.
+
+The baseline, in the same run, is the same rows decoded in this process with no
+sockets (``wire.decode`` of every message, then one ``to_pandas``): what any consumer
+of these messages has to pay.
+
+Targets (issue 13): >= 30 M rows per consumer CPU-second; RSS <= 1.5x the DataFrame's
+memory_usage(deep=True) + 150 MB; 64 producer processes at >= 0.8x the rows per
+consumer CPU-second of 2.
+
+    python bench/bench_consumer.py [--rows 4000000] [--frame-kib 1024] [--producers 2 64] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import zpandas as zp  # noqa: E402
+from zpandas import wire  # noqa: E402
+
+SENDER = r"""
+import sys, zmq
+address, path = sys.argv[1:]
+with open(path, "rb") as f:
+    blob = f.read()
+messages, pos = [], 0
+while pos < len(blob):
+    sizes = [int.from_bytes(blob[pos + 8 * i:pos + 8 * i + 8], "little") for i in range(3)]
+    pos += 24
+    parts = []
+    for n in sizes:
+        parts.append(blob[pos:pos + n])
+        pos += n
+    messages.append(parts)
+ctx = zmq.Context()
+pub = ctx.socket(zmq.XPUB)
+pub.sndhwm = 0
+pub.setsockopt(zmq.XPUB_NODROP, 1)
+pub.connect(address)
+pub.recv()
+print("ready", flush=True)
+sys.stdin.readline()
+for m in messages:
+    pub.send_multipart(m, copy=len(m[2]) < 65536)
+pub.close(linger=-1)
+ctx.term()
+"""
+
+
+def rows_table(n: int, seed: int = 1) -> pa.Table:
+    """5 columns, 2 strings: what a metrics log looks like."""
+    rng = np.random.default_rng(seed)
+    hosts = np.array([f"node{i:03d}" for i in range(64)])
+    metrics = np.array(["cpu", "mem", "disk", "net_in", "net_out"])
+    ts = pd.Timestamp("2026-11-28", tz="UTC") + pd.to_timedelta(np.arange(n) * 1000, unit="us")
+    return pa.table({
+        "timestamp": pa.array(ts),
+        "host": pa.array(hosts[rng.integers(0, len(hosts), n)], pa.string()),
+        "metric": pa.array(metrics[rng.integers(0, len(metrics), n)], pa.string()),
+        "value": rng.normal(50, 10, n),
+        "id": np.arange(n, dtype=np.int64),
+    })
+
+
+def encode_messages(table: pa.Table, rows_per_message: int, producer: bytes) -> list[list[bytes]]:
+    out, total = [], 0
+    for seq, start in enumerate(range(0, table.num_rows, rows_per_message)):
+        part = table.slice(start, rows_per_message)
+        header = wire.Header(producer=producer, seq=seq, total=total, name=producer.hex()[:8],
+                             send_ns=time.time_ns())
+        out.append([bytes(f) for f in wire.encode(part, topic=b"t", header=header)])
+        total += part.num_rows
+    eos = wire.Header(kind=wire.Kind.END_OF_STREAM, producer=producer, seq=len(out), total=total,
+                      name=producer.hex()[:8])
+    out.append([bytes(f) for f in wire.encode(None, topic=b"t", header=eos)])
+    return out
+
+
+def write_blob(path: str, messages: list[list[bytes]]) -> None:
+    with open(path, "wb") as f:
+        for m in messages:
+            f.write(b"".join(len(x).to_bytes(8, "little") for x in m))
+            f.write(b"".join(m))
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def consume(blobs: list[str], rows: int) -> dict:
+    """One Subscriber run: "go" to collect()'s DataFrame of every row."""
+    gc.collect()
+    base = rss()
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        procs = [subprocess.Popen([sys.executable, "-c", SENDER, sub.endpoints[0], b],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                 for b in blobs]
+        try:
+            for p in procs:
+                assert p.stdout.readline().strip() == "ready"
+            (u0, s0), t0 = cpu(), time.perf_counter()
+            for p in procs:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            df = sub.collect(producers=len(blobs), timeout=600)
+            (u1, s1), wall = cpu(), time.perf_counter() - t0
+            st = sub.stats()
+            assert len(df) == rows and st["missed"] == 0 and not st["bad_frames"], (len(df), st)
+            held = rss() - base
+            frame_bytes = int(df.memory_usage(deep=True).sum())
+        finally:
+            for p in procs:
+                p.stdin.close()
+                p.wait()
+    return {"user": u1 - u0, "sys": s1 - s0, "wall": wall, "rss": held, "df": frame_bytes}
+
+
+def decode_only(blobs: list[str], rows: int) -> dict:
+    """The floor: decode every message and make one DataFrame; no sockets, no threads."""
+    messages = [m for b in blobs for m in read_blob(b)]
+    gc.collect()
+    u0, s0 = cpu()
+    tables = [m.table for m in map(wire.decode, messages) if m.table is not None]
+    df = pa.concat_tables(tables).to_pandas()
+    u1, s1 = cpu()
+    assert len(df) == rows
+    return {"user": u1 - u0, "sys": s1 - s0}
+
+
+def read_blob(path: str) -> list[list[bytes]]:
+    with open(path, "rb") as f:
+        blob = f.read()
+    out, pos = [], 0
+    while pos < len(blob):
+        sizes = [int.from_bytes(blob[pos + 8 * i:pos + 8 * i + 8], "little") for i in range(3)]
+        pos += 24
+        out.append([blob[pos:pos + sizes[0]], blob[pos + sizes[0]:pos + sizes[0] + sizes[1]],
+                    blob[pos + sizes[0] + sizes[1]:pos + sum(sizes)]])
+        pos += sum(sizes)
+    return out
+
+
+def child(kind: str, rows: int, blobs: list[str]) -> None:
+    """A fresh process: the first run pays for memory it touches first (a new kernel's
+    first collect()); the second reuses what the first freed (a notebook that has run)."""
+    run = consume if kind == "consume" else decode_only
+    print(json.dumps([run(blobs, rows) for _ in range(2)]))
+
+
+def in_child(kind: str, rows: int, blobs: list[str]) -> list[dict]:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--rows", str(rows), *blobs],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=4_000_000)
+    ap.add_argument("--frame-kib", type=int, default=1024)
+    ap.add_argument("--producers", type=int, nargs="+", default=[2, 64])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("blobs", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.rows, args.blobs)
+    table = rows_table(args.rows)
+    per = max(1, int(args.frame_kib * 1024 / (table.nbytes / table.num_rows)))
+    print(f"{args.rows:,} rows (5 columns, 2 strings), {per:,} rows (~{args.frame_kib} KiB) "
+          f"per message; each run in a fresh process: cold (first run) and warm (second); "
+          f"best of {args.repeat} by CPU, RSS the median\n")
+    results: dict[str, list[list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        plans = {}
+        bounds = np.linspace(0, args.rows, max(args.producers) + 1).astype(int)
+        for n in args.producers:
+            cuts = np.linspace(0, args.rows, n + 1).astype(int)
+            blobs = []
+            for i in range(n):
+                path = os.path.join(tmp, f"p{n}-{i}.bin")
+                write_blob(path, encode_messages(table.slice(cuts[i], cuts[i + 1] - cuts[i]), per,
+                                                 (n * 1000 + i).to_bytes(16, "big")))
+                blobs.append(path)
+            plans[f"Subscriber, {n} producers"] = blobs
+        del bounds
+        plans = {"decode only (no sockets)": plans[next(iter(plans))], **plans}
+        for _ in range(args.repeat):  # round-robin: a drifting VM drifts under all of them
+            for name, blobs in plans.items():
+                kind = "decode" if name.startswith("decode") else "consume"
+                results.setdefault(name, []).append(in_child(kind, args.rows, blobs))
+    print("| run | memory | user s | sys s | M rows per CPU-s | wall s | RSS held ÷ DataFrame |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rates = {}
+    for name, runs in results.items():
+        for i, state in enumerate(("cold", "warm")):
+            best = min((r[i] for r in runs), key=lambda r: r["user"] + r["sys"])
+            rate = args.rows / (best["user"] + best["sys"])
+            rates[(name, state)] = rate
+            wall = f"{best['wall']:.2f}" if "wall" in best else ""
+            mem = ""
+            if "rss" in best:
+                held = float(np.median([r[i]["rss"] for r in runs]))
+                mem = f"{held / best['df']:.2f}x ({held / 1e6:.0f} / {best['df'] / 1e6:.0f} MB)"
+            print(f"| {name} | {state} | {best['user']:.3f} | {best['sys']:.3f} | {rate / 1e6:.1f} "
+                  f"| {wall} | {mem} |")
+    subs = [n for n in results if n.startswith("Subscriber")]
+    if len(subs) >= 2:
+        for state in ("cold", "warm"):
+            print(f"\n{subs[-1]} ÷ {subs[0]}, {state}: "
+                  f"{rates[(subs[-1], state)] / rates[(subs[0], state)]:.2f}x the rows per consumer "
+                  "CPU-second (target >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()
