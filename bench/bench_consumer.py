@@ -39,35 +39,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import zpandas as zp  # noqa: E402
+from _replay import read_blob, write_blob  # noqa: E402
 from zpandas import wire  # noqa: E402
 
-SENDER = r"""
-import sys, zmq
-address, path = sys.argv[1:]
-with open(path, "rb") as f:
-    blob = f.read()
-messages, pos = [], 0
-while pos < len(blob):
-    sizes = [int.from_bytes(blob[pos + 8 * i:pos + 8 * i + 8], "little") for i in range(3)]
-    pos += 24
-    parts = []
-    for n in sizes:
-        parts.append(blob[pos:pos + n])
-        pos += n
-    messages.append(parts)
-ctx = zmq.Context()
-pub = ctx.socket(zmq.XPUB)
-pub.sndhwm = 0
-pub.setsockopt(zmq.XPUB_NODROP, 1)
-pub.connect(address)
-pub.recv()
-print("ready", flush=True)
-sys.stdin.readline()
-for m in messages:
-    pub.send_multipart(m, copy=len(m[2]) < 65536)
-pub.close(linger=-1)
-ctx.term()
-"""
+REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_replay.py")
 
 
 def rows_table(n: int, seed: int = 1) -> pa.Table:
@@ -99,13 +74,6 @@ def encode_messages(table: pa.Table, rows_per_message: int, producer: bytes) -> 
     return out
 
 
-def write_blob(path: str, messages: list[list[bytes]]) -> None:
-    with open(path, "wb") as f:
-        for m in messages:
-            f.write(b"".join(len(x).to_bytes(8, "little") for x in m))
-            f.write(b"".join(m))
-
-
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -121,7 +89,7 @@ def consume(blobs: list[str], rows: int) -> dict:
     gc.collect()
     base = rss()
     with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
-        procs = [subprocess.Popen([sys.executable, "-c", SENDER, sub.endpoints[0], b],
+        procs = [subprocess.Popen([sys.executable, REPLAY, sub.endpoints[0], b],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                  for b in blobs]
         try:
@@ -156,19 +124,6 @@ def decode_only(blobs: list[str], rows: int) -> dict:
     return {"user": u1 - u0, "sys": s1 - s0}
 
 
-def read_blob(path: str) -> list[list[bytes]]:
-    with open(path, "rb") as f:
-        blob = f.read()
-    out, pos = [], 0
-    while pos < len(blob):
-        sizes = [int.from_bytes(blob[pos + 8 * i:pos + 8 * i + 8], "little") for i in range(3)]
-        pos += 24
-        out.append([blob[pos:pos + sizes[0]], blob[pos + sizes[0]:pos + sizes[0] + sizes[1]],
-                    blob[pos + sizes[0] + sizes[1]:pos + sum(sizes)]])
-        pos += sum(sizes)
-    return out
-
-
 def child(kind: str, rows: int, blobs: list[str]) -> None:
     """A fresh process: the first run pays for memory it touches first (a new kernel's
     first collect()); the second reuses what the first freed (a notebook that has run)."""
@@ -201,7 +156,6 @@ def main() -> None:
     results: dict[str, list[list[dict]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         plans = {}
-        bounds = np.linspace(0, args.rows, max(args.producers) + 1).astype(int)
         for n in args.producers:
             cuts = np.linspace(0, args.rows, n + 1).astype(int)
             blobs = []
@@ -211,7 +165,6 @@ def main() -> None:
                                                  (n * 1000 + i).to_bytes(16, "big")))
                 blobs.append(path)
             plans[f"Subscriber, {n} producers"] = blobs
-        del bounds
         plans = {"decode only (no sockets)": plans[next(iter(plans))], **plans}
         for _ in range(args.repeat):  # round-robin: a drifting VM drifts under all of them
             for name, blobs in plans.items():

@@ -34,34 +34,9 @@ import generate  # noqa: E402
 
 import zpandas as zp  # noqa: E402
 from zpandas import _validate, wire  # noqa: E402
+from _replay import write_blob  # noqa: E402
 
-SENDER = r"""
-import sys, zmq
-address, path = sys.argv[1:]
-with open(path, "rb") as f:
-    blob = f.read()
-messages, pos = [], 0
-while pos < len(blob):
-    sizes = [int.from_bytes(blob[pos + 8 * i:pos + 8 * i + 8], "little") for i in range(3)]
-    pos += 24
-    parts = []
-    for n in sizes:
-        parts.append(blob[pos:pos + n])
-        pos += n
-    messages.append(parts)
-ctx = zmq.Context()
-pub = ctx.socket(zmq.XPUB)
-pub.sndhwm = 0
-pub.setsockopt(zmq.XPUB_NODROP, 1)
-pub.connect(address)
-pub.recv()
-print("ready", flush=True)
-sys.stdin.readline()
-for m in messages:
-    pub.send_multipart(m, copy=len(m[2]) < 65536)
-pub.close(linger=-1)
-ctx.term()
-"""
+REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_replay.py")
 
 
 def basic_decode(frames):
@@ -101,7 +76,7 @@ def consumer_cpu(path: str, count: int, rows: int, validate: bool) -> float:
         wire.check_table = lambda table, fp, **kw: table
     try:
         with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
-            p = subprocess.Popen([sys.executable, "-c", SENDER, sub.endpoints[0], path],
+            p = subprocess.Popen([sys.executable, REPLAY, sub.endpoints[0], path],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert p.stdout.readline().strip() == "ready"
             c0 = time.process_time()
@@ -151,10 +126,7 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         msgs = messages(table, sizes["4 MiB frames"])
         path = os.path.join(tmp, "messages.bin")
-        with open(path, "wb") as f:
-            for m in msgs:
-                f.write(b"".join(len(x).to_bytes(8, "little") for x in m))
-                f.write(b"".join(m))
+        write_blob(path, msgs)
         cpu = {True: [], False: []}
         for _ in range(args.repeat):  # alternating, so a drifting VM drifts under both
             for validate in (False, True):

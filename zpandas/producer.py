@@ -31,6 +31,7 @@ import zmq
 from . import wire
 from .endpoints import MULTICAST_DEFAULTS, Curve, EndpointsLike, attach, parse_endpoints, secure
 from ._monitor import Monitor
+from ._owner import OwnerThread
 from .errors import ClosedError, ProducerBrokenError
 from .streams import SendStream
 
@@ -197,18 +198,15 @@ class Producer:
         # Calling threads' messages to the owner (see _Handoff); a full queue makes
         # send() wait (backpressure), as the owner leaves it alone behind a slow subscriber.
         self._handoff = _Handoff(capacity=8)
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"zpandas-producer-{next(_ids)}",
-                                        daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._thread.join()
+        self._thread = OwnerThread(f"zpandas-producer-{next(_ids)}", self._setup, self._serve,
+                                   self._teardown, self._failed)
+        try:
+            self._thread.start()
+        except BaseException:
             self._ctx.term()
             self._handoff.release()
             self._closing = True
-            raise error
+            raise
         if wait_for_subscribers:
             try:
                 self.wait_for_subscribers(wait_for_subscribers, timeout=wait_timeout)
@@ -482,14 +480,13 @@ class Producer:
 
     # -- socket owner thread ------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _setup(self) -> tuple[zmq.Socket, Monitor]:
+        """The XPUB socket, set up on the owner thread (which alone uses and closes it)."""
         try:
             xpub = self._ctx.socket(zmq.XPUB)
-        except zmq.ZMQError as e:
-            self._error = e
+        except zmq.ZMQError:
             self._handoff.end(dead=True)
-            self._started.set()
-            return
+            raise
         monitor = None
         try:
             xpub.linger = int(self._linger * 1000)
@@ -506,34 +503,37 @@ class Producer:
             monitor = self._monitor = Monitor(xpub, threading.current_thread().name)
             self._auth = secure(xpub, self._ctx, self._curve, self._endpoints)
             self._resolved = attach(xpub, self._endpoints, multicast=self._multicast)
-        except Exception as e:
-            self._error = e
+        except Exception:
             if monitor is not None:
                 monitor.close()
             if self._auth is not None:
                 self._auth.stop()
             xpub.close(linger=0)
             self._handoff.end(dead=True)
-            self._started.set()
-            return
-        self._started.set()
+            raise
+        return xpub, monitor
+
+    def _serve(self, state: tuple[zmq.Socket, Monitor]) -> None:
         try:
-            self._loop(xpub, monitor)
+            self._loop(*state)
         except zmq.ContextTerminated:
             pass  # close() past its deadline woke us: nothing left to do but release
-        except Exception as e:
-            with self._lock:
-                self._error = e
-                self._lock.notify_all()
-        finally:
-            monitor.close()
-            # Linger only for what is left of close()'s time: the context's term() waits
-            # that long for the queue to leave, and no longer.
-            xpub.close(linger=self._linger_left())
-            # Callers waiting for room: nobody takes any more (ClosedError if close() ended us).
-            self._handoff.end(dead=True, closed=self._closing)
-            if self._auth is not None:
-                self._auth.stop()
+
+    def _failed(self, error: BaseException) -> None:
+        with self._lock:
+            self._error = error
+            self._lock.notify_all()
+
+    def _teardown(self, state: tuple[zmq.Socket, Monitor]) -> None:
+        xpub, monitor = state
+        monitor.close()
+        # Linger only for what is left of close()'s time: the context's term() waits
+        # that long for the queue to leave, and no longer.
+        xpub.close(linger=self._linger_left())
+        # Callers waiting for room: nobody takes any more (ClosedError if close() ended us).
+        self._handoff.end(dead=True, closed=self._closing)
+        if self._auth is not None:
+            self._auth.stop()
 
     def _linger_left(self) -> int:
         """Milliseconds the socket may still linger: what remains of close()'s deadline."""

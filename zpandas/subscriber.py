@@ -30,6 +30,7 @@ import zmq
 from . import wire
 from ._batcher import MicroBatcher
 from ._monitor import Monitor
+from ._owner import OwnerThread
 from ._retained import Retained
 from ._tables import concat
 from .aggregate import Aggregation
@@ -173,17 +174,14 @@ class Subscriber:
 
         self._ctx = zmq.Context()
         self._resolved: list[str] = []
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"zpandas-subscriber-{next(_ids)}",
-                                        daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            self._thread.join()
+        self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._setup, self._loop,
+                                   self._teardown, self._failed)
+        try:
+            self._thread.start()
+        except BaseException:
             self._ctx.term()
             self._closed = True
-            error, self._error = self._error, None
-            raise error
+            raise
 
     # -- public API -------------------------------------------------------------------
 
@@ -497,13 +495,9 @@ class Subscriber:
 
     # -- worker thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            sock = self._ctx.socket(zmq.SUB)
-        except zmq.ZMQError as e:
-            self._error = e
-            self._started.set()
-            return
+    def _setup(self) -> tuple[zmq.Socket, Monitor, zmq.Socket]:
+        """The SUB socket and the bell, set up on the worker (which alone uses and closes them)."""
+        sock = self._ctx.socket(zmq.SUB)
         try:
             # Not 0: on a peer's disconnect libzmq drops the messages still queued for us
             # unless the socket lingers (session_base_t: pipe terminate(delay=linger != 0)),
@@ -516,32 +510,32 @@ class Subscriber:
             self._monitor = Monitor(sock, threading.current_thread().name)
             self._auth = secure(sock, self._ctx, self._curve, self._endpoints)
             self._resolved = attach(sock, self._endpoints, multicast=self._multicast)
-        except Exception as e:
-            self._error = e
+            bell = self._ctx.socket(zmq.PULL)  # close() rings it: the loop's poll has no tick
+            bell.bind(self._bell)
+        except Exception:
             if self._monitor is not None:
                 self._monitor.close()
             if self._auth is not None:
                 self._auth.stop()
             sock.close()
-            self._started.set()
-            return
-        bell = self._ctx.socket(zmq.PULL)  # close() rings it: the loop's poll has no tick
-        bell.bind(self._bell)
-        self._started.set()
-        try:
-            self._loop(sock, self._monitor, bell)
-        except Exception as e:
-            with self._cond:
-                self._error = e
-                self._cond.notify_all()
-        finally:
-            bell.close(linger=0)
-            self._monitor.close()
-            sock.close(linger=0)  # only subscriptions could be queued: close() must not wait
-            if self._auth is not None:
-                self._auth.stop()
+            raise
+        return sock, self._monitor, bell
 
-    def _loop(self, sock: zmq.Socket, monitor: Monitor, bell: zmq.Socket) -> None:
+    def _failed(self, error: BaseException) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def _teardown(self, state: tuple[zmq.Socket, Monitor, zmq.Socket]) -> None:
+        sock, monitor, bell = state
+        bell.close(linger=0)
+        monitor.close()
+        sock.close(linger=0)  # only subscriptions could be queued: close() must not wait
+        if self._auth is not None:
+            self._auth.stop()
+
+    def _loop(self, state: tuple[zmq.Socket, Monitor, zmq.Socket]) -> None:
+        sock, monitor, bell = state
         batcher = self._batcher
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
