@@ -2,8 +2,9 @@
 
 Threads
 -------
-One thread (``zpandas-producer-N``) owns the XPUB socket: it alone sends, numbers
-messages, reads subscriptions and sends heartbeats. Callers on any thread encode their
+One thread (``zpandas-producer-N``, see :mod:`zpandas._owner`) owns the XPUB socket: it
+alone sends, numbers messages (:class:`zpandas.streams.SendStream`), reads subscriptions
+and sends heartbeats. Callers on any thread encode their
 Arrow IPC bodies themselves (the expensive part, in parallel) and hand the frames to the
 owner through a bounded queue and a doorbell pipe in the owner's poller (``_Handoff``) -
 no socket is touched by two threads, and no calling thread leaves one behind. Each

@@ -2,13 +2,15 @@
 
 Threads
 -------
-A named worker thread (``zpandas-subscriber-N``) owns the SUB socket from creation to
-close. It decodes messages zero-copy, keeps per-producer counters and sequence gaps,
-retains the Arrow tables for :meth:`Subscriber.frame` and :meth:`Subscriber.collect`, and
-hands micro-batches (Arrow tables) to a bounded queue. Conversion to pandas happens on
-the caller's thread, in :meth:`Subscriber.get`, so the worker stays light and never
-holds the GIL for long. An error in the worker is kept and re-raised on the caller's
-next call, with the original as ``__cause__``.
+A named worker thread (``zpandas-subscriber-N``, see :mod:`zpandas._owner`) owns the SUB
+socket from creation to close. It decodes messages zero-copy, feeds them to the stream
+protocol (:class:`zpandas.streams.ReceiveStream`: counters, gaps, end of stream, dedup)
+and acts on its events: it retains the Arrow tables for :meth:`Subscriber.frame` and
+:meth:`Subscriber.collect`, hands micro-batches (Arrow tables) to a bounded queue, and
+hands tables to aggregations, which fold on threads of their own. Conversion to pandas
+happens on the caller's thread, in :meth:`Subscriber.get`, so the worker stays light and
+never holds the GIL for long. An error in the worker is kept and re-raised on the
+caller's next call, with the original as ``__cause__``.
 """
 
 from __future__ import annotations
