@@ -14,8 +14,8 @@ import pytest
 import zmq
 
 import zpandas as zp
+import zpandas._receiver as receiver_module
 import zpandas.streams as streams_module
-import zpandas.subscriber as subscriber_module
 from zpandas import wire
 from zpandas.sources.checkpoint import RETENTION, Checkpoint
 from zpandas.sources.follow import Follower
@@ -82,8 +82,8 @@ def test_dedup_sources_are_capped(monkeypatch):
             for i in range(1000):
                 peer.send(rows, producer=pid, seq=i, total=i, source=f"src/{i}", start=0, end=10)
             wait_for(lambda: sub.stats()["messages"] == 1000, what="every message")
-            assert len(sub._protocol.done) == 100
-            assert list(sub._protocol.done)[-1] == "src/999"  # the most recent are the ones kept
+            assert len(sub._rx.protocol.done) == 100
+            assert list(sub._rx.protocol.done)[-1] == "src/999"  # the most recent are the ones kept
             sources = sub.stats()["producers"].iloc[0]["sources"]
             assert list(sources) == [f"src/{i}" for i in range(990, 1000)]
             assert sub.stats()["rows"] == 1000
@@ -230,8 +230,8 @@ def test_soak_many_short_lived_producers_keep_memory_flat():
             st = sub.stats()
             assert st["messages"] == producers * per_producer and st["missed"] == 0
             assert len(st["producers"]) == producers and st["producers"]["finished"].all()
-            assert all(len(s.recent) <= 7 for s in sub._streams.values())
-            assert len(sub._protocol.done) == producers
+            assert all(len(s.recent) <= 7 for s in sub._rx.protocol.streams.values())
+            assert len(sub._rx.protocol.done) == producers
             assert len(sub.frame()) == 10_000
     finally:
         ctx.term()
@@ -271,8 +271,8 @@ def test_retained_large_tables_are_kept_as_they_are():
 
 
 def test_gaps_and_rejects_keep_the_last_ones_and_count_all(monkeypatch):
-    monkeypatch.setattr(subscriber_module, "GAPS_KEPT", 10)
-    monkeypatch.setattr(subscriber_module, "REJECTS_KEPT", 20)
+    monkeypatch.setattr(receiver_module, "GAPS_KEPT", 10)
+    monkeypatch.setattr(receiver_module, "REJECTS_KEPT", 20)
     from zpandas.sources.lines import REJECT_SCHEMA
     reject = pa.Table.from_pylist([{"file": "f", "line": 1, "offset": 0, "reason": "r", "text": "t"}],
                                   schema=REJECT_SCHEMA)
@@ -295,13 +295,13 @@ def test_documented_limits_are_the_constants():
     """The README's Limits table states these numbers."""
     from zpandas import streams, subscriber
     assert (streams.MAX_STREAMS, streams.MAX_SOURCES, streams.SOURCES_PER_STREAM,
-            subscriber.GAPS_KEPT, subscriber.REJECTS_KEPT, subscriber._BAD_LOG_EVERY,
+            receiver_module.GAPS_KEPT, receiver_module.REJECTS_KEPT, receiver_module._BAD_LOG_EVERY,
             subscriber.LIVE_RETAIN) == (10_000, 100_000, 1_000, 10_000, 100_000, 10.0, 1_000_000)
     assert RETENTION == 7 * 24 * 3600
     assert subscriber._default_budget() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     sub = zp.Subscriber(LOCAL)
     try:
-        assert (sub._max_bytes, sub._buffer_bytes) == (256 << 20, 256 << 20)
+        assert (sub._rx._max_bytes, sub._rx.buffer_bytes) == (256 << 20, 256 << 20)
     finally:
         sub.close()
 

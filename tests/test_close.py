@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 import zpandas as zp
+from zpandas._receiver import Receiver
 from zpandas import wire
 
 from .conftest import wait_for
@@ -92,14 +93,14 @@ def test_producer_close_timeout_holds_behind_a_stuck_subscriber():
 def test_subscriber_close_after_a_timeout_finishes_the_job(monkeypatch):
     release = threading.Event()
     entered = threading.Event()
-    real = zp.Subscriber._receive
+    real = Receiver._receive
 
     def slow(self, frames):
         entered.set()
         release.wait(30)  # a worker busy with one message (a huge aggregation, say)
         return real(self, frames)
 
-    monkeypatch.setattr(zp.Subscriber, "_receive", slow)
+    monkeypatch.setattr(Receiver, "_receive", slow)
     sub = zp.Subscriber(LOCAL)
     try:
         with zp.Producer(sub.endpoints, wait_for_subscribers=1, heartbeat=0) as p:

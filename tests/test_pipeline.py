@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 import zpandas as zp
+from zpandas._receiver import Receiver
 from zpandas import wire
 
 from .conftest import ROOT, wait_for
@@ -305,7 +306,7 @@ def test_a_failing_worker_is_reported_on_the_next_call(monkeypatch):
     def boom(self, table):
         raise RuntimeError("hand-off exploded")
 
-    monkeypatch.setattr(zp.Subscriber, "_enqueue", boom)
+    monkeypatch.setattr(Receiver, "_enqueue", boom)
     with zp.Subscriber(LOCAL, latency=0) as sub:
         with zp.Producer(sub.endpoints, wait_for_subscribers=1) as p:
             p.send(pd.DataFrame({"a": [1]}))
@@ -319,7 +320,7 @@ def test_a_failing_worker_is_reported_on_the_next_call(monkeypatch):
 
 def test_a_message_that_breaks_the_receive_path_is_counted_and_skipped(monkeypatch, caplog):
     """Whatever one message makes the receive path raise, the next message still arrives."""
-    real = zp.Subscriber._receive
+    real = Receiver._receive
     calls = []
 
     def flaky(self, frames):
@@ -328,7 +329,7 @@ def test_a_message_that_breaks_the_receive_path_is_counted_and_skipped(monkeypat
             raise RuntimeError("this message broke something")
         return real(self, frames)
 
-    monkeypatch.setattr(zp.Subscriber, "_receive", flaky)
+    monkeypatch.setattr(Receiver, "_receive", flaky)
     with zp.Subscriber(LOCAL) as sub:
         with zp.Producer(sub.endpoints, wait_for_subscribers=1, name="p1", heartbeat=0) as p:
             for a in (1, 2, 3):

@@ -3,21 +3,21 @@
 Threads
 -------
 A named worker thread (``zpandas-subscriber-N``, see :mod:`zpandas._owner`) owns the SUB
-socket from creation to close. It decodes messages zero-copy, feeds them to the stream
-protocol (:class:`zpandas.streams.ReceiveStream`: counters, gaps, end of stream, dedup)
-and acts on its events: it retains the Arrow tables for :meth:`Subscriber.frame` and
+socket from creation to close and does all the receiving (:mod:`zpandas._receiver`): it
+decodes messages zero-copy, feeds them to the stream protocol
+(:class:`zpandas.streams.ReceiveStream`: counters, gaps, end of stream, dedup) and acts
+on its events - it retains the Arrow tables for :meth:`Subscriber.frame` and
 :meth:`Subscriber.collect`, hands micro-batches (Arrow tables) to a bounded queue, and
-hands tables to aggregations, which fold on threads of their own. Conversion to pandas
-happens on the caller's thread, in :meth:`Subscriber.get`, so the worker stays light and
-never holds the GIL for long. An error in the worker is kept and re-raised on the
-caller's next call, with the original as ``__cause__``.
+hands tables to aggregations, which fold on threads of their own. This class is the
+caller's side: conversion to pandas happens on the caller's thread, in
+:meth:`Subscriber.get`, so the worker stays light and never holds the GIL for long. An
+error in the worker is kept and re-raised on the caller's next call, with the original
+as ``__cause__``.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
-import logging
 import os
 import threading
 import time
@@ -29,22 +29,17 @@ import pandas as pd
 import pyarrow as pa
 import zmq
 
-from . import wire
 from ._batcher import MicroBatcher
-from ._monitor import Monitor
 from ._owner import OwnerThread
-from ._retained import Retained
+from ._receiver import Receiver
 from ._tables import concat
 from .aggregate import Aggregation
-from .sources.lines import REJECT_SCHEMA, Record, get_format
-from .streams import EndOfStream, Gap, ReceiveStream, Rejects, Rows
-from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
-from .errors import (ClosedError, DataLossWarning, MemoryBudgetWarning, SubscriberBrokenError,
-                     WireError)
+from .sources.lines import REJECT_SCHEMA, get_format
+from .endpoints import Curve, EndpointsLike, parse_endpoints
+from .errors import (ClosedError, DataLossWarning, MemoryBudgetWarning, SubscriberBrokenError)
 
 __all__ = ["Subscriber"]
 
-log = logging.getLogger("zpandas")
 
 _ids = itertools.count(1)
 Policy = Literal["block", "drop"]
@@ -52,15 +47,6 @@ Policy = Literal["block", "drop"]
 
 #: Rows kept for frame() under policy="drop" unless ``retain`` says otherwise.
 LIVE_RETAIN = 1_000_000
-#: The frame size RCVHWM is computed with (the producers' default ``frame_bytes``).
-_TYPICAL_FRAME = 4 << 20
-#: Bounds of what is kept for the caller (documented in the README).
-GAPS_KEPT = 10_000              # rows of gaps()
-REJECTS_KEPT = 100_000          # rows of rejects()
-#: The bad-frame log line for one reason is written at most this often (seconds).
-_BAD_LOG_EVERY = 10.0
-
-
 class Subscriber:
     """Receive rows from any number of producers as pandas DataFrames.
 
@@ -140,44 +126,24 @@ class Subscriber:
         topics = [topics] if isinstance(topics, (str, bytes)) else list(topics)
         self.topics = tuple(t.encode() if isinstance(t, str) else bytes(t) for t in topics) or (b"",)
         self.policy = policy
-        self._batcher = MicroBatcher(batch_rows, latency)
-        self._buffer_bytes = buffer_bytes
         self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
-        self._memory_budget = _default_budget() if memory_budget is None else memory_budget
         self._dead_after = dead_after
-        self._max_bytes = max_message_bytes
-        self._text_format = None if text_format is None else get_format(text_format)
-        self._curve = curve
-        self._multicast = multicast
-        self._auth = None
-
-        self._cond = threading.Condition()
-        self._queue: collections.deque[pa.Table] = collections.deque()
-        self._queued_bytes = 0
-        self._consuming = False    # get() or iteration has been used
-        self._retained = Retained(self._retain)
-        self._memory_warning: str | None = None   # to warn about on the caller's next call
-        self._memory_warned = False
-        self._protocol = ReceiveStream()   # what the messages mean (sans-IO)
-        self._streams = self._protocol.streams
-        self._counts = self._protocol.counts
-        self._gaps: collections.deque[dict] = collections.deque(maxlen=GAPS_KEPT)
         self._warned_missed = 0    # missed rows already warned about
-        self._bad = collections.Counter()
-        self._bad_logged: dict[str, float] = {}   # reason -> when last logged
-        self._monitor: Monitor | None = None
-        self._aggregations: list[Aggregation] = []
-        self._rejects: collections.deque[pa.Table] = collections.deque()
-        self._rejects_kept = 0
-        self._error: BaseException | None = None
         self._closed = False
         self._terminated = False
-        self._stop = threading.Event()
-
+        # One condition for what the caller and the worker share (see _receiver).
+        self._cond = threading.Condition()
         self._ctx = zmq.Context()
-        self._resolved: list[str] = []
-        self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._setup, self._loop,
-                                   self._teardown, self._failed)
+        self._rx = Receiver(
+            ctx=self._ctx, cond=self._cond, endpoints=self._endpoints, topics=self.topics,
+            bell=self._bell, policy=policy, buffer_bytes=buffer_bytes,
+            batcher=MicroBatcher(batch_rows, latency), retain=self._retain,
+            memory_budget=_default_budget() if memory_budget is None else memory_budget,
+            max_bytes=max_message_bytes,
+            text_format=None if text_format is None else get_format(text_format),
+            curve=curve, multicast=multicast)
+        self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._rx.setup,
+                                   self._rx.loop, self._rx.teardown, self._rx.failed)
         try:
             self._thread.start()
         except BaseException:
@@ -190,7 +156,7 @@ class Subscriber:
     @property
     def endpoints(self) -> list[str]:
         """Addresses bound or connected to, with ``*`` ports resolved (give these to producers)."""
-        return list(self._resolved)
+        return list(self._rx.resolved)
 
     @property
     def closed(self) -> bool:
@@ -210,10 +176,10 @@ class Subscriber:
             If the subscriber is closed and nothing is left in the queue.
         """
         with self._cond:
-            self._consuming = True
-            ok = self._cond.wait_for(lambda: self._queue or self._closed or self._error, timeout)
-            if self._queue:
-                table = self._pop()
+            self._rx.consuming = True
+            ok = self._cond.wait_for(lambda: self._rx.queue or self._closed or self._rx.error, timeout)
+            if self._rx.queue:
+                table = self._rx.pop()
             else:
                 self._check()
                 if not ok:
@@ -234,7 +200,7 @@ class Subscriber:
         """Everything retained so far as one DataFrame (only the last ``last`` rows if given)."""
         with self._cond:
             self._check_error()
-            tables = self._retained.tables()
+            tables = self._rx.retained.tables()
         self._warn_new_losses()
         table = concat(tables)
         if last is not None and table.num_rows > last:
@@ -258,9 +224,9 @@ class Subscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                while self._queue:
-                    self._pop()  # these rows are retained too; taking them makes room
-                if (self._error is not None or self._closed
+                while self._rx.queue:
+                    self._rx.pop()  # these rows are retained too; taking them makes room
+                if (self._rx.error is not None or self._closed
                         or len(self._finished()) >= producers):
                     break
                 left = None if deadline is None else deadline - time.monotonic()
@@ -272,11 +238,11 @@ class Subscriber:
             if len(done) < producers:
                 why = "before the subscriber was closed" if self._closed else f"within {timeout} s"
                 raise TimeoutError(f"{len(done)} of {producers} producers finished {why}; "
-                                   f"{self._counts['rows']} rows from "
-                                   f"{len({p for p, _ in self._streams})} producers so far")
-            tables = self._retained.tables(done)
-            lost = [s for (p, _), s in self._streams.items() if p in done and s.missed_rows]
-            evicted = self._counts["evicted_rows"]
+                                   f"{self._rx.protocol.counts['rows']} rows from "
+                                   f"{len({p for p, _ in self._rx.protocol.streams})} producers so far")
+            tables = self._rx.retained.tables(done)
+            lost = [s for (p, _), s in self._rx.protocol.streams.items() if p in done and s.missed_rows]
+            evicted = self._rx.protocol.counts["evicted_rows"]
             self._warned_missed = self._missed_rows()
         if lost:
             warnings.warn(f"{sum(s.missed_rows for s in lost)} rows in "
@@ -323,8 +289,8 @@ class Subscriber:
             self._check()
             # The rows so far first, then every new one: folded on the aggregation's
             # own thread, never on this subscriber's socket thread or under its lock.
-            agg._start_feed(self._retained.tables(), self._buffer_bytes)
-            self._aggregations.append(agg)
+            agg._start_feed(self._rx.retained.tables(), self._rx.buffer_bytes)
+            self._rx.aggregations.append(agg)
         return agg
 
     def stats(self) -> dict:
@@ -356,16 +322,16 @@ class Subscriber:
         now = time.time()
         with self._cond:
             self._check_error()
-            out = {k: self._counts[k] for k in ("messages", "rows", "bytes", "duplicate_rows",
+            out = {k: self._rx.protocol.counts[k] for k in ("messages", "rows", "bytes", "duplicate_rows",
                                                   "rejects", "dropped_batches", "dropped_rows",
                                                   "evicted_rows")}
-            out["missed"] = self._protocol.total("missed")
+            out["missed"] = self._rx.protocol.total("missed")
             out["missed_rows"] = self._missed_rows()
-            out["skipped_rows"] = self._protocol.total("skipped_rows")
-            out["bad_frames"] = dict(self._bad)
-            out["queued"] = len(self._queue)
-            out["peers"] = self._monitor.peers if self._monitor else 0
-            out["auth_failures"] = self._monitor.auth_failures if self._monitor else 0
+            out["skipped_rows"] = self._rx.protocol.total("skipped_rows")
+            out["bad_frames"] = dict(self._rx.bad)
+            out["queued"] = len(self._rx.queue)
+            out["peers"] = self._rx.monitor.peers if self._rx.monitor else 0
+            out["auth_failures"] = self._rx.monitor.auth_failures if self._rx.monitor else 0
             rows = [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
                      "messages": s.messages, "rows": s.rows, "bytes": s.bytes,
                      "missed": s.missed, "missed_rows": s.missed_rows,
@@ -376,7 +342,7 @@ class Subscriber:
                      "alive": not s.finished and now - s.last_seen <= self._dead_after,
                      "received": s.received, "bad_frames": s.bad_frames,
                      "sources": {k: tuple(v) for k, v in s.sources.items()}}
-                    for (p, t), s in self._streams.items()]
+                    for (p, t), s in self._rx.protocol.streams.items()]
         out["producers"] = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         self._warn_memory()
         return out
@@ -388,7 +354,7 @@ class Subscriber:
         """
         with self._cond:
             self._check_error()
-            tables = list(self._rejects)
+            tables = list(self._rx.rejects)
         if not tables:
             return pd.DataFrame(columns=["producer", "topic", *REJECT_SCHEMA.names])
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
@@ -402,7 +368,7 @@ class Subscriber:
         """
         with self._cond:
             self._check_error()
-            rows = list(self._gaps)
+            rows = list(self._rx.gaps)
         df = pd.DataFrame(rows, columns=["time", "producer", "name", "topic", "kind",
                                          "messages", "rows"])
         df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
@@ -416,11 +382,11 @@ class Subscriber:
         """
         with self._cond:
             self._closed = True
-            self._stop.set()  # under the lock: a worker waiting for room sees it when woken
+            self._rx.stop.set()  # under the lock: a worker waiting for room sees it when woken
             self._cond.notify_all()
         if self._terminated:
             return
-        for agg in self._aggregations:  # folds what it was fed; a socket thread
+        for agg in self._rx.aggregations:  # folds what it was fed; a socket thread
             agg._stop_feed(timeout)       # waiting to feed it more goes on at once
         self._ring()
         self._thread.join(timeout)
@@ -438,13 +404,13 @@ class Subscriber:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<zpandas.Subscriber {state} {self._resolved or self._endpoints} topics={self.topics}>"
+        return f"<zpandas.Subscriber {state} {self._rx.resolved or self._endpoints} topics={self.topics}>"
 
     # -- caller side helpers (hold _cond) ------------------------------------------------
 
     def _check_error(self) -> None:
-        if self._error is not None:
-            raise SubscriberBrokenError(f"subscriber thread failed: {self._error!r}") from self._error
+        if self._rx.error is not None:
+            raise SubscriberBrokenError(f"subscriber thread failed: {self._rx.error!r}") from self._rx.error
 
     def _check(self) -> None:
         self._check_error()
@@ -452,10 +418,10 @@ class Subscriber:
             raise ClosedError("this Subscriber is closed")
 
     def _finished(self) -> set[bytes]:
-        return self._protocol.finished()
+        return self._rx.protocol.finished()
 
     def _missed_rows(self) -> int:
-        return self._protocol.total("missed_rows")
+        return self._rx.protocol.total("missed_rows")
 
     def _ring(self) -> None:
         """Wake the worker's poll (a socket of this thread: created, used and closed here)."""
@@ -472,12 +438,6 @@ class Subscriber:
             # Not 0: closing at once would drop the ring before the worker reads it.
             bell.close(linger=100)
 
-    def _pop(self) -> pa.Table:
-        table = self._queue.popleft()
-        self._queued_bytes -= table.nbytes
-        self._cond.notify_all()  # room for a worker waiting under policy="block"
-        return table
-
     def _warn_new_losses(self) -> None:
         with self._cond:
             missed = self._missed_rows()
@@ -491,213 +451,10 @@ class Subscriber:
         """Warn on the caller's thread (the worker only logs): a warning raised as an
         error there (``-W error``) would end the worker instead of reaching the user."""
         with self._cond:
-            message, self._memory_warning = self._memory_warning, None
+            message, self._rx.memory_warning = self._rx.memory_warning, None
         if message:
             warnings.warn(message, MemoryBudgetWarning, stacklevel=4)
 
-    # -- worker thread ------------------------------------------------------------------
-
-    def _setup(self) -> tuple[zmq.Socket, Monitor, zmq.Socket]:
-        """The SUB socket and the bell, set up on the worker (which alone uses and closes them)."""
-        sock = self._ctx.socket(zmq.SUB)
-        try:
-            # Not 0: on a peer's disconnect libzmq drops the messages still queued for us
-            # unless the socket lingers (session_base_t: pipe terminate(delay=linger != 0)),
-            # and a fast producer's last messages - end-of-stream - would go with them.
-            sock.linger = 1000
-            sock.rcvhwm = max(16, self._buffer_bytes // _TYPICAL_FRAME)
-            sock.maxmsgsize = self._max_bytes
-            for t in self.topics:
-                sock.subscribe(t)
-            self._monitor = Monitor(sock, threading.current_thread().name)
-            self._auth = secure(sock, self._ctx, self._curve, self._endpoints)
-            self._resolved = attach(sock, self._endpoints, multicast=self._multicast)
-            bell = self._ctx.socket(zmq.PULL)  # close() rings it: the loop's poll has no tick
-            bell.bind(self._bell)
-        except Exception:
-            if self._monitor is not None:
-                self._monitor.close()
-            if self._auth is not None:
-                self._auth.stop()
-            sock.close()
-            raise
-        return sock, self._monitor, bell
-
-    def _failed(self, error: BaseException) -> None:
-        with self._cond:
-            self._error = error
-            self._cond.notify_all()
-
-    def _teardown(self, state: tuple[zmq.Socket, Monitor, zmq.Socket]) -> None:
-        sock, monitor, bell = state
-        bell.close(linger=0)
-        monitor.close()
-        sock.close(linger=0)  # only subscriptions could be queued: close() must not wait
-        if self._auth is not None:
-            self._auth.stop()
-
-    def _loop(self, state: tuple[zmq.Socket, Monitor, zmq.Socket]) -> None:
-        sock, monitor, bell = state
-        batcher = self._batcher
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor.socket, zmq.POLLIN)
-        poller.register(bell, zmq.POLLIN)
-        while not self._stop.is_set():
-            # Inside a zmq call even when idle (a bound SUB only greets new peers, and
-            # sends them its subscriptions, while its thread is in one), without a tick:
-            # the next batch's due time bounds the wait, close() rings the bell.
-            wait = batcher.timeout(time.monotonic())
-            events = dict(poller.poll(None if wait is None else int(wait * 1000)))
-            if monitor.socket in events:
-                with self._cond:
-                    monitor.drain()
-            if sock in events:
-                for _ in range(1000):  # bounded, so batches still leave on time under load
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    table = self._isolated(frames)
-                    if table is not None:
-                        for batch in batcher.add(table, time.monotonic()):
-                            self._enqueue(batch)
-            for batch in batcher.due(time.monotonic()):
-                self._enqueue(batch)
-
-    def _isolated(self, frames) -> pa.Table | None:
-        """:meth:`_receive`, with whatever one message makes it raise counted and skipped.
-
-        A peer's message never ends this thread: only errors of the socket (in
-        :meth:`_loop`) and of the queue hand-off do.
-        """
-        try:
-            return self._receive(frames)
-        except WireError as e:
-            self._refuse(frames, e.reason, e.detail)
-        except Exception as e:  # noqa: BLE001 - per-message isolation, counted and logged
-            self._refuse(frames, "error", f"{type(e).__name__}: {e}", exc=e)
-        return None
-
-    def _refuse(self, frames, reason: str, detail: str, exc: BaseException | None = None) -> None:
-        """Count a refused message under ``reason`` and under its stream, if its header reads."""
-        now = time.time()
-        header = topic = None
-        if len(frames) == 3:
-            try:
-                header, topic = wire.Header.unpack(frames[1]), bytes(frames[0])
-            except WireError:
-                pass
-        with self._cond:
-            self._bad[reason] += 1
-            who = "an unknown peer"
-            if header is not None:
-                who = f"{header.name!r} (topic {topic!r})"  # repr: a peer's name, no newlines
-                self._protocol.refused((header.producer, topic))
-            last = self._bad_logged.get(reason)
-            if last is None or now - last >= _BAD_LOG_EVERY:
-                self._bad_logged[reason] = now
-                log.warning("%s: refused a message from %s: %s: %s (%d refused for this reason "
-                            "so far; stats()['bad_frames'])", self._thread.name, who, reason,
-                            detail[:300], self._bad[reason], exc_info=exc)
-
-    def _receive(self, frames) -> pa.Table | None:
-        """Decode one message, let the protocol account for it; return its new rows."""
-        now = time.time()
-        if len(frames) == 1 and self._text_format is not None:
-            return self._receive_text(frames[0], now)
-        msg = wire.decode(frames, max_bytes=self._max_bytes)
-        with self._cond:
-            rows = self._act(self._protocol.receive(msg, now))
-            aggregations = list(self._aggregations)
-        self._feed(aggregations, rows)
-        return rows
-
-    def _receive_text(self, frame, now: float) -> pa.Table | None:
-        """A plain ``"topic payload"`` string from an existing ZeroMQ program."""
-        topic, _, payload = bytes(frame).partition(b" ")
-        s = self._streams.get((_LEGACY, topic))   # only this thread changes it
-        line = (s.messages if s else 0) + 1       # a message is a line of its stream
-        try:
-            table, rejects = self._text_format.parse([Record(payload, line, -1)],
-                                                     topic.decode("utf-8", "replace"))
-        except Exception as e:  # noqa: BLE001 - a line that breaks the parser is refused
-            raise WireError("text", f"{type(e).__name__}: {e}") from None
-        if table is not None:
-            table = table.drop_columns(["_offset"])
-        with self._cond:
-            rows = self._act(self._protocol.receive_rows((_LEGACY, topic), "text", table,
-                                                         rejects, len(payload), now))
-            aggregations = list(self._aggregations)
-        self._feed(aggregations, rows)
-        return rows
-
-    def _feed(self, aggregations: list[Aggregation], rows: pa.Table | None) -> None:
-        """Hand rows to the aggregations, outside the lock (one may make us wait)."""
-        if rows is not None:
-            for agg in aggregations:
-                agg._feed(rows, block=self.policy == "block")
-
-    def _act(self, events: list) -> pa.Table | None:
-        """Do what the protocol's events call for (caller holds ``_cond``)."""
-        rows = None
-        for e in events:
-            if isinstance(e, Rows):
-                rows = e.table
-                self._counts["evicted_rows"] += self._retained.add(e.key[0], e.table)
-                self._check_memory()
-            elif isinstance(e, Gap):
-                self._gaps.append({"time": e.time, "producer": e.key[0].hex()[:12],
-                                   "name": e.name, "topic": e.key[1].decode("utf-8", "replace"),
-                                   "kind": e.kind, "messages": e.messages, "rows": e.rows})
-                if e.kind == "gap":
-                    log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
-                                self._thread.name, e.messages, e.rows, e.name, e.key[1])
-            elif isinstance(e, EndOfStream):
-                self._cond.notify_all()
-            elif isinstance(e, Rejects):
-                self._keep_rejects(e.name, e.key[1], e.table)
-        return rows
-
-    def _keep_rejects(self, name: str, topic: bytes, table: pa.Table) -> None:
-        n = table.num_rows
-        table = table.add_column(0, "topic", pa.array([topic.decode("utf-8", "replace")] * n, pa.string()))
-        self._rejects.append(table.add_column(0, "producer", pa.array([name] * n, pa.string())))
-        self._rejects_kept += n
-        while self._rejects_kept - self._rejects[0].num_rows >= REJECTS_KEPT:
-            self._rejects_kept -= self._rejects.popleft().num_rows
-
-    def _check_memory(self) -> None:
-        kept = self._retained
-        if self._retain is None and kept.nbytes > self._memory_budget and not self._memory_warned:
-            self._memory_warned = True
-            self._memory_warning = (
-                f"rows kept for frame() and collect() passed memory_budget={self._memory_budget} "
-                f"bytes ({kept.rows} rows, {kept.nbytes} bytes) and grow without bound: pass "
-                "retain=N to keep only the last N rows, or take rows with get() and retain=0")
-            log.warning("%s: %s", self._thread.name, self._memory_warning)
-
-    def _enqueue(self, table: pa.Table) -> None:
-        with self._cond:
-            def full() -> bool:
-                return bool(self._queue) and self._queued_bytes + table.nbytes > self._buffer_bytes
-            if self.policy == "block" and self._consuming:
-                # Stop reading until get() makes room: the socket's buffer fills, then
-                # the producers' (which wait, under their own policy="block").
-                while full() and not self._stop.is_set():
-                    self._cond.wait()  # get() (room) and close() (stop) notify
-            while full():
-                old = self._queue.popleft()
-                self._queued_bytes -= old.nbytes
-                if self.policy == "drop":
-                    self._counts["dropped_batches"] += 1
-                    self._counts["dropped_rows"] += old.num_rows
-            self._queue.append(table)
-            self._queued_bytes += table.nbytes
-            self._cond.notify_all()
-
-
-_LEGACY = b"text".ljust(16, b"\0")   # the "producer" of plain text messages
 
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",

@@ -1,0 +1,284 @@
+"""The Subscriber's worker: one thread receives, validates, accounts and queues.
+
+:class:`Receiver` is what the worker thread (``zpandas-subscriber-N``, run by
+:class:`~zpandas._owner.OwnerThread`) does with the SUB socket it alone creates, uses and
+closes: decode each message zero-copy (a bad one is counted by reason and skipped, never
+the end of the thread), feed it to the stream protocol
+(:class:`~zpandas.streams.ReceiveStream`) and act on the events - retain the rows, keep
+gaps and rejects, hand tables to aggregations (which fold on threads of their own) and
+micro-batches (Arrow tables) to the bounded queue that :meth:`Subscriber.get` takes
+from. It waits in an untimed poll: the next batch's due time bounds the wait, and
+``close()`` rings an inproc bell.
+
+The Subscriber and its Receiver share one Condition: what it guards (queue, kept rows,
+protocol state, gaps, rejects, counts) is changed here and read by the caller's methods.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import pyarrow as pa
+import zmq
+
+from . import wire
+from ._batcher import MicroBatcher
+from ._monitor import Monitor
+from ._retained import Retained
+from .endpoints import Curve, Endpoint, attach, secure
+from .errors import WireError
+from .sources.lines import Record
+from .streams import EndOfStream, Gap, ReceiveStream, Rejects, Rows
+
+log = logging.getLogger("zpandas")
+
+#: The frame size RCVHWM is computed with (the producers' default ``frame_bytes``).
+_TYPICAL_FRAME = 4 << 20
+#: Bounds of what is kept for the caller (documented in the README).
+GAPS_KEPT = 10_000              # rows of gaps()
+REJECTS_KEPT = 100_000          # rows of rejects()
+#: The bad-frame log line for one reason is written at most this often (seconds).
+_BAD_LOG_EVERY = 10.0
+#: The "producer" of plain text messages.
+LEGACY = b"text".ljust(16, b"\0")
+
+
+class Receiver:
+    """The work of a Subscriber's worker thread (see the module's docstring)."""
+
+    def __init__(self, *, ctx: zmq.Context, cond: threading.Condition, endpoints: list[Endpoint],
+                 topics: tuple[bytes, ...], bell: str, policy: str, buffer_bytes: int,
+                 batcher: MicroBatcher, retain: int | None, memory_budget: int,
+                 max_bytes: int, text_format, curve: Curve | None, multicast: dict | None) -> None:
+        self._ctx, self._cond, self._endpoints, self.topics = ctx, cond, endpoints, topics
+        self._bell, self.policy, self.buffer_bytes, self._batcher = bell, policy, buffer_bytes, batcher
+        self._retain, self._memory_budget, self._max_bytes = retain, memory_budget, max_bytes
+        self._text_format, self._curve, self._multicast = text_format, curve, multicast
+        # Read by the Subscriber under the condition.
+        self.queue: collections.deque[pa.Table] = collections.deque()
+        self.queued_bytes = 0
+        self.consuming = False    # get() or iteration has been used
+        self.retained = Retained(retain)
+        self.protocol = ReceiveStream()   # what the messages mean (sans-IO)
+        self.gaps: collections.deque[dict] = collections.deque(maxlen=GAPS_KEPT)
+        self.rejects: collections.deque[pa.Table] = collections.deque()
+        self.bad = collections.Counter()
+        self.aggregations: list = []
+        self.memory_warning: str | None = None   # for the caller to warn about
+        self.error: BaseException | None = None  # what ended the loop
+        self.stop = threading.Event()
+        self.monitor: Monitor | None = None
+        self.auth = None
+        self.resolved: list[str] = []
+        self._rejects_kept = 0
+        self._bad_logged: dict[str, float] = {}   # reason -> when last logged
+        self._memory_warned = False
+
+    def pop(self) -> pa.Table:
+        """The oldest micro-batch (caller holds the condition)."""
+        table = self.queue.popleft()
+        self.queued_bytes -= table.nbytes
+        self._cond.notify_all()  # room for a worker waiting under policy="block"
+        return table
+
+    def setup(self) -> tuple[zmq.Socket, Monitor, zmq.Socket]:
+        """The SUB socket and the bell, set up on the worker (which alone uses and closes them)."""
+        sock = self._ctx.socket(zmq.SUB)
+        try:
+            # Not 0: on a peer's disconnect libzmq drops the messages still queued for us
+            # unless the socket lingers (session_base_t: pipe terminate(delay=linger != 0)),
+            # and a fast producer's last messages - end-of-stream - would go with them.
+            sock.linger = 1000
+            sock.rcvhwm = max(16, self.buffer_bytes // _TYPICAL_FRAME)
+            sock.maxmsgsize = self._max_bytes
+            for t in self.topics:
+                sock.subscribe(t)
+            self.monitor = Monitor(sock, threading.current_thread().name)
+            self.auth = secure(sock, self._ctx, self._curve, self._endpoints)
+            self.resolved = attach(sock, self._endpoints, multicast=self._multicast)
+            bell = self._ctx.socket(zmq.PULL)  # close() rings it: the loop's poll has no tick
+            bell.bind(self._bell)
+        except Exception:
+            if self.monitor is not None:
+                self.monitor.close()
+            if self.auth is not None:
+                self.auth.stop()
+            sock.close()
+            raise
+        return sock, self.monitor, bell
+
+    def failed(self, error: BaseException) -> None:
+        with self._cond:
+            self.error = error
+            self._cond.notify_all()
+
+    def teardown(self, state: tuple[zmq.Socket, Monitor, zmq.Socket]) -> None:
+        sock, monitor, bell = state
+        bell.close(linger=0)
+        monitor.close()
+        sock.close(linger=0)  # only subscriptions could be queued: close() must not wait
+        if self.auth is not None:
+            self.auth.stop()
+
+    def loop(self, state: tuple[zmq.Socket, Monitor, zmq.Socket]) -> None:
+        sock, monitor, bell = state
+        batcher = self._batcher
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor.socket, zmq.POLLIN)
+        poller.register(bell, zmq.POLLIN)
+        while not self.stop.is_set():
+            # Inside a zmq call even when idle (a bound SUB only greets new peers, and
+            # sends them its subscriptions, while its thread is in one), without a tick:
+            # the next batch's due time bounds the wait, close() rings the bell.
+            wait = batcher.timeout(time.monotonic())
+            events = dict(poller.poll(None if wait is None else int(wait * 1000)))
+            if monitor.socket in events:
+                with self._cond:
+                    monitor.drain()
+            if sock in events:
+                for _ in range(1000):  # bounded, so batches still leave on time under load
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    table = self._isolated(frames)
+                    if table is not None:
+                        for batch in batcher.add(table, time.monotonic()):
+                            self._enqueue(batch)
+            for batch in batcher.due(time.monotonic()):
+                self._enqueue(batch)
+
+    def _isolated(self, frames) -> pa.Table | None:
+        """:meth:`_receive`, with whatever one message makes it raise counted and skipped.
+
+        A peer's message never ends this thread: only errors of the socket (in
+        :meth:`_loop`) and of the queue hand-off do.
+        """
+        try:
+            return self._receive(frames)
+        except WireError as e:
+            self._refuse(frames, e.reason, e.detail)
+        except Exception as e:  # noqa: BLE001 - per-message isolation, counted and logged
+            self._refuse(frames, "error", f"{type(e).__name__}: {e}", exc=e)
+        return None
+
+    def _refuse(self, frames, reason: str, detail: str, exc: BaseException | None = None) -> None:
+        """Count a refused message under ``reason`` and under its stream, if its header reads."""
+        now = time.time()
+        header = topic = None
+        if len(frames) == 3:
+            try:
+                header, topic = wire.Header.unpack(frames[1]), bytes(frames[0])
+            except WireError:
+                pass
+        with self._cond:
+            self.bad[reason] += 1
+            who = "an unknown peer"
+            if header is not None:
+                who = f"{header.name!r} (topic {topic!r})"  # repr: a peer's name, no newlines
+                self.protocol.refused((header.producer, topic))
+            last = self._bad_logged.get(reason)
+            if last is None or now - last >= _BAD_LOG_EVERY:
+                self._bad_logged[reason] = now
+                log.warning("%s: refused a message from %s: %s: %s (%d refused for this reason "
+                            "so far; stats()['bad_frames'])", threading.current_thread().name, who, reason,
+                            detail[:300], self.bad[reason], exc_info=exc)
+
+    def _receive(self, frames) -> pa.Table | None:
+        """Decode one message, let the protocol account for it; return its new rows."""
+        now = time.time()
+        if len(frames) == 1 and self._text_format is not None:
+            return self._receive_text(frames[0], now)
+        msg = wire.decode(frames, max_bytes=self._max_bytes)
+        with self._cond:
+            rows = self._act(self.protocol.receive(msg, now))
+            aggregations = list(self.aggregations)
+        self._feed(aggregations, rows)
+        return rows
+
+    def _receive_text(self, frame, now: float) -> pa.Table | None:
+        """A plain ``"topic payload"`` string from an existing ZeroMQ program."""
+        topic, _, payload = bytes(frame).partition(b" ")
+        s = self.protocol.streams.get((LEGACY, topic))   # only this thread changes it
+        line = (s.messages if s else 0) + 1       # a message is a line of its stream
+        try:
+            table, rejects = self._text_format.parse([Record(payload, line, -1)],
+                                                     topic.decode("utf-8", "replace"))
+        except Exception as e:  # noqa: BLE001 - a line that breaks the parser is refused
+            raise WireError("text", f"{type(e).__name__}: {e}") from None
+        if table is not None:
+            table = table.drop_columns(["_offset"])
+        with self._cond:
+            rows = self._act(self.protocol.receive_rows((LEGACY, topic), "text", table,
+                                                         rejects, len(payload), now))
+            aggregations = list(self.aggregations)
+        self._feed(aggregations, rows)
+        return rows
+
+    def _feed(self, aggregations: list, rows: pa.Table | None) -> None:
+        """Hand rows to the aggregations, outside the lock (one may make us wait)."""
+        if rows is not None:
+            for agg in aggregations:
+                agg._feed(rows, block=self.policy == "block")
+
+    def _act(self, events: list) -> pa.Table | None:
+        """Do what the protocol's events call for (caller holds ``_cond``)."""
+        rows = None
+        for e in events:
+            if isinstance(e, Rows):
+                rows = e.table
+                self.protocol.counts["evicted_rows"] += self.retained.add(e.key[0], e.table)
+                self._check_memory()
+            elif isinstance(e, Gap):
+                self.gaps.append({"time": e.time, "producer": e.key[0].hex()[:12],
+                                   "name": e.name, "topic": e.key[1].decode("utf-8", "replace"),
+                                   "kind": e.kind, "messages": e.messages, "rows": e.rows})
+                if e.kind == "gap":
+                    log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
+                                threading.current_thread().name, e.messages, e.rows, e.name, e.key[1])
+            elif isinstance(e, EndOfStream):
+                self._cond.notify_all()
+            elif isinstance(e, Rejects):
+                self._keep_rejects(e.name, e.key[1], e.table)
+        return rows
+
+    def _keep_rejects(self, name: str, topic: bytes, table: pa.Table) -> None:
+        n = table.num_rows
+        table = table.add_column(0, "topic", pa.array([topic.decode("utf-8", "replace")] * n, pa.string()))
+        self.rejects.append(table.add_column(0, "producer", pa.array([name] * n, pa.string())))
+        self._rejects_kept += n
+        while self._rejects_kept - self.rejects[0].num_rows >= REJECTS_KEPT:
+            self._rejects_kept -= self.rejects.popleft().num_rows
+
+    def _check_memory(self) -> None:
+        kept = self.retained
+        if self._retain is None and kept.nbytes > self._memory_budget and not self._memory_warned:
+            self._memory_warned = True
+            self.memory_warning = (
+                f"rows kept for frame() and collect() passed memory_budget={self._memory_budget} "
+                f"bytes ({kept.rows} rows, {kept.nbytes} bytes) and grow without bound: pass "
+                "retain=N to keep only the last N rows, or take rows with get() and retain=0")
+            log.warning("%s: %s", threading.current_thread().name, self.memory_warning)
+
+    def _enqueue(self, table: pa.Table) -> None:
+        with self._cond:
+            def full() -> bool:
+                return bool(self.queue) and self.queued_bytes + table.nbytes > self.buffer_bytes
+            if self.policy == "block" and self.consuming:
+                # Stop reading until get() makes room: the socket's buffer fills, then
+                # the producers' (which wait, under their own policy="block").
+                while full() and not self.stop.is_set():
+                    self._cond.wait()  # get() (room) and close() (stop) notify
+            while full():
+                old = self.queue.popleft()
+                self.queued_bytes -= old.nbytes
+                if self.policy == "drop":
+                    self.protocol.counts["dropped_batches"] += 1
+                    self.protocol.counts["dropped_rows"] += old.num_rows
+            self.queue.append(table)
+            self.queued_bytes += table.nbytes
+            self._cond.notify_all()
