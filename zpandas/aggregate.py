@@ -14,8 +14,6 @@ too. A row for a window that has already closed is *late*: it is counted and kep
 
 from __future__ import annotations
 
-import collections
-import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ._feed import Feed
+
 __all__ = ["Aggregation"]
 
 #: Reductions offered, and how two partial results of each combine.
@@ -31,7 +31,6 @@ _MERGE = {"count": "sum", "size": "sum", "sum": "sum", "min": "min", "max": "max
           "first": "first", "last": "last"}
 STATS = ("count", "size", "sum", "mean", "min", "max", "first", "last")
 _LATE_KEPT = 100_000
-_ids = itertools.count(1)
 
 
 class Aggregation:
@@ -102,15 +101,7 @@ class Aggregation:
         self._max_event: pd.Timestamp | None = None
         self._last_arrival = time.monotonic()
         self._lock = threading.Lock()
-        # Tables fed by a Subscriber's socket thread, folded on this aggregation's own
-        # thread (or by a caller asking for results first): the socket thread only
-        # hands them over. Popped and folded under _lock, so in the order fed.
-        self._fed: collections.deque[pa.Table] = collections.deque()
-        self._fed_bytes = 0
-        self._fed_limit = 0
-        self._fed_cond = threading.Condition()
-        self._feeding = False
-        self._thread: threading.Thread | None = None
+        self._fed: Feed | None = None   # tables from a Subscriber, folded on their own thread
         #: The Subscriber feeding this aggregation, if it was made by ``Subscriber.aggregate``.
         self.subscriber = None
 
@@ -176,73 +167,28 @@ class Aggregation:
         w = "" if self.window is None else f" window={self.window} every={self.every} on={self.on!r}"
         return f"<zpandas.Aggregation by={self.by} values={self.values}{w}>"
 
-    # -- fed by a Subscriber ------------------------------------------------------------
+    # -- fed by a Subscriber (see zpandas._feed) ----------------------------------------
 
     def _start_feed(self, tables: list, limit_bytes: int) -> None:
         """Take tables from a Subscriber from now on, starting with ``tables``."""
-        self._fed.extend(tables)
-        self._fed_bytes = sum(t.nbytes for t in tables)
-        self._fed_limit = limit_bytes
-        self._feeding = True
-        self._thread = threading.Thread(target=self._fold_loop, daemon=True,
-                                        name=f"zpandas-aggregate-{next(_ids)}")
-        self._thread.start()
+        self._fed = Feed(self._fold, self._lock, tables, limit_bytes)
 
     def _feed(self, table: pa.Table, block: bool) -> None:
-        """Hand a table over (the Subscriber's socket thread: cheap, no pandas).
-
-        Past ``limit_bytes`` waiting, it waits for the folding to catch up (``block``)
-        or the table is not folded and its rows are counted as ``dropped_rows``.
-        """
-        with self._fed_cond:
-            self._last_arrival = time.monotonic()
-            if self._fed and self._fed_bytes + table.nbytes > self._fed_limit:
-                if not block:
-                    self._counts["dropped_rows"] += table.num_rows
-                    return
-                self._fed_cond.wait_for(lambda: not self._fed or not self._feeding
-                                        or self._fed_bytes + table.nbytes <= self._fed_limit)
-            self._fed.append(table)
-            self._fed_bytes += table.nbytes
-            self._fed_cond.notify_all()
+        """Hand a table over (the Subscriber's socket thread); past the backlog's bound,
+        wait (``block``) or count its rows as ``dropped_rows``."""
+        self._last_arrival = time.monotonic()
+        if not self._fed.put(table, block):
+            # No lock: a fold may hold it, and this thread must not wait. It alone
+            # writes this counter.
+            self._counts["dropped_rows"] += table.num_rows
 
     def _stop_feed(self, timeout: float | None) -> None:
-        """The Subscriber closes: fold what was fed, then end the thread."""
-        with self._fed_cond:
-            self._feeding = False
-            self._fed_cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _fold_loop(self) -> None:
-        while True:
-            with self._fed_cond:
-                self._fed_cond.wait_for(lambda: self._fed or not self._feeding)
-                if not self._fed:
-                    return
-            with self._lock:
-                self._fold_fed()
+        self._fed.close(timeout)
 
     def _fold_fed(self) -> None:
-        """Fold the tables fed so far (holds _lock).
-
-        Those waiting now, not any that come meanwhile, so a fast feed never keeps
-        ``result()`` waiting for the lock; and runs of one schema as one table, so a
-        stream of small messages costs one ``to_pandas`` and groupby per run.
-        """
-        with self._fed_cond:
-            tables = list(self._fed)
-            self._fed.clear()
-            self._fed_bytes = 0
-            self._fed_cond.notify_all()  # room for a socket thread waiting to feed
-        run: list[pa.Table] = []
-        for table in tables:
-            if run and not table.schema.equals(run[0].schema):
-                self._fold(pa.concat_tables(run))
-                run = []
-            run.append(table)
-        if run:
-            self._fold(pa.concat_tables(run))
+        """Fold what a Subscriber fed so far (holds _lock)."""
+        if self._fed is not None:
+            self._fed.drain()
 
     # -- internals (hold _lock) -------------------------------------------------------
 
