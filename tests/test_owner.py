@@ -56,3 +56,16 @@ def test_owners_raise_their_setup_error_and_leave_no_thread(make):
     finally:
         taken.close(linger=0)
         ctx.term()
+
+
+def test_a_proxy_whose_thread_fails_says_so_on_the_next_call(monkeypatch, caplog):
+    def broken(*sockets):
+        raise RuntimeError("forwarding broke")
+
+    monkeypatch.setattr(zmq, "proxy_steerable", broken)
+    with zp.Proxy("@tcp://127.0.0.1:*", "@tcp://127.0.0.1:*") as proxy:
+        proxy._thread.join(10)
+        with pytest.raises(RuntimeError, match="proxy thread failed") as info:
+            proxy.stats()
+        assert isinstance(info.value.__cause__, RuntimeError)
+    assert any("stopped forwarding" in r.getMessage() for r in caplog.records)

@@ -6,9 +6,9 @@ restarted: ZeroMQ reconnects everyone, and subscribers report what they missed).
 
 Threads
 -------
-The forwarding is libzmq's own ``zmq_proxy_steerable``, run by pyzmq's
-``zmq.devices.ThreadProxySteerable`` on a thread of its own (``zpandas-proxy-N``), which
-creates, uses and closes both sockets. :meth:`Proxy.stats` and :meth:`Proxy.close` talk to
+The forwarding is libzmq's own ``zmq_proxy_steerable``, run on a thread of its own
+(``zpandas-proxy-N``, with the owner lifecycle of :mod:`zpandas._owner` that the
+Producer and Subscriber use too), which creates, uses and closes both sockets. :meth:`Proxy.stats` and :meth:`Proxy.close` talk to
 it over its control socket (``STATISTICS`` and ``TERMINATE``); the caller's end of that
 inproc pair is used only under a lock. The sockets' connection events (ZeroMQ's socket
 monitor) are read, logged and counted by a second thread, ``zpandas-proxy-N-monitor``,
@@ -18,6 +18,7 @@ which owns the two event sockets.
 from __future__ import annotations
 
 import itertools
+import logging
 import struct
 import threading
 import time
@@ -25,13 +26,15 @@ import uuid
 from typing import Literal
 
 import zmq
-from zmq.devices import ThreadProxySteerable
 
 from ._monitor import Monitor
+from ._owner import OwnerThread
 from .endpoints import Curve, EndpointsLike, attach, parse_endpoints, secure
 from .errors import ClosedError
 
 __all__ = ["Proxy"]
+
+log = logging.getLogger("zpandas")
 
 _ids = itertools.count(1)
 _TYPICAL_FRAME = 4 << 20
@@ -77,27 +80,28 @@ class Proxy:
         self.policy = policy
         self._ctx = zmq.Context()
         self._control_address = f"inproc://zpandas-proxy-{uuid.uuid4().hex}"
+        name = f"zpandas-proxy-{next(_ids)}"
         self._device = _Device(self._ctx, self._control_address,
                                parse_endpoints(frontend, default="bind"),
                                parse_endpoints(backend, default="bind"),
                                hwm=max(16, buffer_bytes // _TYPICAL_FRAME),
-                               nodrop=policy == "block", name=f"zpandas-proxy-{next(_ids)}",
+                               nodrop=policy == "block", name=name,
                                curve=curve, max_message_bytes=max_message_bytes)
         self._lock = threading.Lock()
         self._closed = False
         self._unanswered = 0   # STATISTICS requests whose reply has not been read
-        self._device.start()
-        self._device.started.wait()
-        if self._device.error is not None:
-            self._device.join()
-            self._device.stop_auth()
+        self._thread = OwnerThread(name, self._device.setup, self._device.loop,
+                                   self._device.teardown, self._device.failed)
+        try:
+            self._thread.start()  # a setup error (a port in use) is raised here
+        except BaseException:
             self._ctx.term()
             self._closed = True
-            raise self._device.error
+            raise
         self._control = self._ctx.socket(zmq.PAIR)
         self._control.linger = 0
         self._control.connect(self._control_address)
-        self._watcher = threading.Thread(target=self._watch, name=f"{self._device.name}-monitor",
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-monitor",
                                          daemon=True)
         self._watcher.start()
 
@@ -134,11 +138,16 @@ class Proxy:
         TimeoutError
             If the proxy thread does not answer (it is waiting for a slow subscriber
             under ``policy="block"``).
+        RuntimeError
+            If the proxy thread failed; the original error is ``__cause__``.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 raise ClosedError("this Proxy is closed")
+            if self._device.error is not None:
+                raise RuntimeError(f"the proxy thread failed: {self._device.error!r}") \
+                    from self._device.error
             # The control socket carries no request ids: replies to requests that timed
             # out arrive later, in order, and are read and dropped here first.
             while self._unanswered:
@@ -166,16 +175,19 @@ class Proxy:
             if self._closed:
                 return
             self._closed = True
-            self._control.send(b"TERMINATE")
+            try:
+                self._control.send(b"TERMINATE", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no proxy thread takes it: it has failed and closed its end
             self._control.close()
-        self._device.join(timeout)
+        self._thread.join(timeout)
         self._device.stop_auth()
         # Terminating the context wakes the monitor watcher (ETERM in its untimed poll: it
         # closes its sockets and ends) and a proxy stuck sending to a slow subscriber,
         # which never reads TERMINATE (zmq.devices then closes its sockets).
         self._ctx.term()
         self._watcher.join()
-        self._device.join()
+        self._thread.join()
 
     def _watch(self) -> None:
         """Log and count both sockets' connection events until close()."""
@@ -207,12 +219,12 @@ class Proxy:
         return f"<zpandas.Proxy {state} frontend={self.frontend} backend={self.backend}>"
 
 
-class _Device(ThreadProxySteerable):
-    """pyzmq's steerable proxy thread, with our endpoints and a start-up handshake."""
+class _Device:
+    """The proxy thread's work: the XSUB and XPUB sockets and the control pair, created,
+    used and closed on that thread (see :class:`~zpandas._owner.OwnerThread`)."""
 
     def __init__(self, ctx: zmq.Context, control: str, frontend, backend, *, hwm: int,
                  nodrop: bool, name: str, curve: Curve | None, max_message_bytes: int) -> None:
-        super().__init__(zmq.XSUB, zmq.XPUB, ctrl_type=zmq.PAIR)
         self.name = name
         self._ctx = ctx
         self._control_address = control
@@ -220,7 +232,6 @@ class _Device(ThreadProxySteerable):
         self._hwm = hwm
         self._nodrop = nodrop
         self.resolved: dict[str, list[str]] = {"frontend": [], "backend": []}
-        self.started = threading.Event()
         self.error: BaseException | None = None
         self._curve = curve
         self._max_bytes = max_message_bytes
@@ -232,49 +243,52 @@ class _Device(ThreadProxySteerable):
             self._auth.stop()
             self._auth = None
 
-    def start(self) -> None:
-        # As BackgroundDevice.start, with a thread name that says whose it is.
-        self.launcher = threading.Thread(target=self.run, name=self.name, daemon=True)
-        self.launcher.start()
-
-    def context_factory(self) -> zmq.Context:
-        return self._ctx
-
-    def _setup_sockets(self):
-        ctx = self._context = self.context_factory()
-        front = ctx.socket(zmq.XSUB)
-        self._sockets.append(front)
-        back = ctx.socket(zmq.XPUB)
-        self._sockets.append(back)
-        control = ctx.socket(zmq.PAIR)
-        self._sockets.append(control)
-        for s in (back, control):
-            s.linger = 0
-        front.linger = 1000  # keep what a departing producer sent (see Subscriber._run)
-        front.rcvhwm = back.sndhwm = self._hwm
-        front.maxmsgsize = self._max_bytes
-        back.maxmsgsize = 64 << 10  # it receives only subscriptions
-        # Pass every subscription upstream, so producers can count subscribers.
-        back.setsockopt(zmq.XPUB_VERBOSER, 1)
-        if self._nodrop:
-            back.setsockopt(zmq.XPUB_NODROP, 1)
-        control.bind(self._control_address)
-        self.monitors = {"frontend": Monitor(front, f"{self.name} frontend"),
-                         "backend": Monitor(back, f"{self.name} backend")}
-        self._auth = secure(front, ctx, self._curve, self._endpoints["frontend"])
-        secure(back, ctx, self._curve, self._endpoints["backend"], auth=self._auth)
-        self.resolved["frontend"] = attach(front, self._endpoints["frontend"])
-        self.resolved["backend"] = attach(back, self._endpoints["backend"])
-        return front, back, None, control
-
-    def run_device(self) -> None:
+    def setup(self) -> list[zmq.Socket]:
+        sockets = []
         try:
-            front, back, _, control = self._setup_sockets()
-        except Exception as e:  # e.g. a port in use: re-raised by Proxy()
-            self.error = e
+            front = self._ctx.socket(zmq.XSUB)
+            sockets.append(front)
+            back = self._ctx.socket(zmq.XPUB)
+            sockets.append(back)
+            control = self._ctx.socket(zmq.PAIR)
+            sockets.append(control)
+            for s in (back, control):
+                s.linger = 0
+            front.linger = 1000  # keep what a departing producer sent (see the Subscriber's)
+            front.rcvhwm = back.sndhwm = self._hwm
+            front.maxmsgsize = self._max_bytes
+            back.maxmsgsize = 64 << 10  # it receives only subscriptions
+            # Pass every subscription upstream, so producers can count subscribers.
+            back.setsockopt(zmq.XPUB_VERBOSER, 1)
+            if self._nodrop:
+                back.setsockopt(zmq.XPUB_NODROP, 1)
+            control.bind(self._control_address)
+            self.monitors = {"frontend": Monitor(front, f"{self.name} frontend"),
+                             "backend": Monitor(back, f"{self.name} backend")}
+            self._auth = secure(front, self._ctx, self._curve, self._endpoints["frontend"])
+            secure(back, self._ctx, self._curve, self._endpoints["backend"], auth=self._auth)
+            self.resolved["frontend"] = attach(front, self._endpoints["frontend"])
+            self.resolved["backend"] = attach(back, self._endpoints["backend"])
+        except Exception:  # e.g. a port in use: re-raised by Proxy()
             for m in self.monitors.values():
                 m.close()
-            self.started.set()
-            return
-        self.started.set()
-        zmq.proxy_steerable(front, back, None, control)
+            self.stop_auth()
+            for s in sockets:
+                s.close(linger=0)
+            raise
+        return sockets
+
+    def loop(self, sockets: list[zmq.Socket]) -> None:
+        front, back, control = sockets
+        try:
+            zmq.proxy_steerable(front, back, None, control)  # until TERMINATE
+        except zmq.ContextTerminated:
+            pass  # close() past its timeout: the proxy was stuck sending
+
+    def failed(self, error: BaseException) -> None:
+        self.error = error  # re-raised by Proxy.stats()
+        log.error("%s: the proxy stopped forwarding: %r", self.name, error, exc_info=error)
+
+    def teardown(self, sockets: list[zmq.Socket]) -> None:
+        for s in sockets:
+            s.close()
