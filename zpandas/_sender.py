@@ -32,6 +32,7 @@ from .streams import SendStream
 
 ZERO_COPY_MIN = 64 * 1024  # below this a copy is cheaper than zero-copy bookkeeping
 _SEND_TIMEOUT_MS = 100     # longest a blocked send holds the owner away from its loop
+_REPAIR_BEAT = 0.1         # seconds between heartbeats while a multicast socket drains
 
 
 class Sender:
@@ -256,10 +257,19 @@ class Sender:
         end = time.monotonic() + min(max(left, 0.5), self._linger)
         if self.deadline is not None:
             end = min(end, self.deadline)
-        while time.monotonic() < end:
-            for m in self._control(wire.Kind.HEARTBEAT):
-                self._send_out(xpub, collections.deque([m]))
-            time.sleep(0.1)  # pacing heartbeats while the socket drains; nothing to wait on
+        # Heartbeats every _REPAIR_BEAT while the socket drains; in between the owner
+        # waits in its poll (for those times only), still serving subscriptions.
+        poller = zmq.Poller()
+        poller.register(xpub, zmq.POLLIN)
+        beat = time.monotonic()
+        while (now := time.monotonic()) < end:
+            if now >= beat:
+                for m in self._control(wire.Kind.HEARTBEAT):
+                    self._send_out(xpub, collections.deque([m]))
+                beat = now + _REPAIR_BEAT
+            wait = max(0.0, min(beat, end) - time.monotonic())
+            if xpub in dict(poller.poll(int(wait * 1000) + 1)):
+                self._read_subscriptions(xpub)
 
     def _read_subscriptions(self, xpub: zmq.Socket) -> None:
         while True:
