@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import zpandas as zp
@@ -158,3 +159,20 @@ def test_a_subscribers_aggregation_folds_on_its_own_thread_and_never_holds_up_re
     check_equal(result, expected, ["count", "sum", "max"])
     assert threads and all(t.startswith("zpandas-aggregate-") or t == "MainThread" for t in threads), threads
     assert not any(t.name.startswith("zpandas-aggregate-") for t in threading.enumerate())
+
+
+def test_rows_a_drop_subscriber_could_not_hand_over_in_time_are_counted():
+    """Past the backlog's bound, policy="drop" leaves a table out of the aggregation and
+    counts its rows in stats()["dropped_rows"]; the socket thread does not wait."""
+    agg = zp.Aggregation(by="host", values={"value": "sum"})
+    df = frame(1000, seed=5)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    with agg._lock:  # a fold in progress: nothing is taken from the backlog
+        agg._start_feed([], limit_bytes=table.nbytes)
+        agg._feed(table, block=False)
+        agg._feed(table, block=False)     # over the bound: left out, at once
+    agg._stop_feed(10)
+    stats = agg.stats()
+    assert (stats["rows"], stats["dropped_rows"]) == (1000, 1000)
+    expected = df.groupby("host")["value"].agg(["sum"]).reset_index()
+    check_equal(agg.result(), expected, ["sum"])
