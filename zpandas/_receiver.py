@@ -156,7 +156,7 @@ class Receiver:
         """:meth:`_receive`, with whatever one message makes it raise counted and skipped.
 
         A peer's message never ends this thread: only errors of the socket (in
-        :meth:`_loop`) and of the queue hand-off do.
+        :meth:`loop`) and of the queue hand-off do.
         """
         try:
             return self._receive(frames)
