@@ -40,10 +40,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import numpy as np
-
-from .csv import last_record_end
-from .records import Records, line_starts_matching, record_ends
+from .framing import Framer
+from .records import Records
 
 __all__ = ["Follower", "Chunk", "HEAD_BYTES"]
 
@@ -119,6 +117,7 @@ class Follower:
         self.multiline_timeout = multiline_timeout
         self.release_after = release_after
         self.max_line_bytes = max_line_bytes
+        self._framer = Framer(quoted=quoted, multiline=self.multiline, max_line_bytes=max_line_bytes)
         # A block always holds a whole record of the longest length allowed, and more.
         self._block = max(_READ, max_line_bytes + 2)
         self._resume = dict(resume or {})
@@ -343,10 +342,10 @@ class Follower:
                     c.head = head
         eof = len(data) < self._block
         self.behind |= not eof
-        if c.skipping or (not eof and self._no_record_end(data)):
-            records, used = self._skip_long(c, data)
+        if c.skipping or (not eof and self._framer.no_record_end(data)):
+            records, used = self._framer.skip_long(c, data)
         else:
-            records, used = self._records(c, data, final=final and eof)
+            records, used = self._framer.records(c, data, final=final and eof)
         if used:
             c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
             c.offset += used
@@ -356,7 +355,7 @@ class Follower:
                                          (c.detached or os.fstat(c.f.fileno()).st_nlink == 0)))
         end, line = c.offset, c.line
         if self.multiline is not None:
-            records = self._group(c, records, flush=finished or quiet >= self.multiline_timeout)
+            records = self._framer.group(c, records, flush=finished or quiet >= self.multiline_timeout)
             if c.pending is not None:
                 end, line = int(c.pending.offsets[0]), int(c.pending.lines[0])
         if finished:
@@ -366,84 +365,6 @@ class Follower:
         if not len(records):
             return None
         return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino)
-
-    def _no_record_end(self, data: bytes) -> bool:
-        """A full block without the end of its first record: that record is too long."""
-        if self.quoted:
-            return last_record_end(data) == 0
-        return data.find(b"\n") < 0
-
-    def _skip_long(self, c: _Cursor, data: bytes) -> tuple[Records, int]:
-        """Return a too-long record's head (once), and skip the rest of it to its newline."""
-        records = Records.empty()
-        if not c.skipping:
-            cut = self.max_line_bytes + 1
-            records = Records(data[:cut], np.array([0, cut], np.int64),
-                              np.array([c.line], np.int64), np.array([c.offset], np.int64))
-            c.skipping = True
-        nl = data.find(b"\n")
-        if nl < 0:
-            return records, len(data)
-        c.skipping = False
-        c.line += 1
-        return records, nl + 1
-
-    def _records(self, c: _Cursor, data: bytes, *, final: bool) -> tuple[Records, int]:
-        """The complete records of ``data`` (read at ``c.offset``), and the bytes they use.
-
-        A last line without a newline is complete only at the end of a one-pass read
-        (where an unclosed quote's remainder is a record too, which a format rejects); a
-        followed file's partial line waits for its newline.
-        """
-        ends = record_ends(data, quoted=self.quoted)
-        if final and len(data) and (not len(ends) or ends[-1] < len(data)):
-            ends = np.append(ends, len(data))
-        bounds = np.zeros(len(ends) + 1, np.int64)
-        bounds[1:] = ends
-        used = int(bounds[-1])
-        if self.quoted:  # a record may span lines: number each by the newlines before it
-            newlines = np.flatnonzero(np.frombuffer(data, np.uint8)[:used] == 10)
-            lines = c.line + np.searchsorted(newlines, bounds[:-1])
-            c.line += len(newlines)
-        else:
-            lines = c.line + np.arange(len(ends), dtype=np.int64)
-            c.line += len(ends) - (1 if used and not data[used - 1:used] == b"\n" else 0)
-        return Records(data, bounds, lines, c.offset + bounds[:-1]), used
-
-    def _group(self, c: _Cursor, lines: Records, *, flush: bool) -> Records:
-        """Lines -> multiline records; the last record stays pending (it may grow) unless
-        ``flush``, or unless it is already longer than ``max_line_bytes``."""
-        if c.pending is not None:
-            lines = _concat(c.pending, lines)
-            c.pending = None
-        if not len(lines):
-            return lines
-        texts = lines.texts()
-        if texts is None:  # not UTF-8: each line on its own, as a format will see it
-            starts = np.fromiter((self.multiline.match(r.raw.decode("utf-8", "replace")) is not None
-                                  for r in lines), bool, len(lines))
-        else:
-            starts = line_starts_matching(texts, self.multiline)
-        starts[0] = True  # lines before the first start line are a record of their own
-        first = np.flatnonzero(starts)
-        last = int(first[-1])
-        if not flush and lines.bounds[-1] - lines.bounds[last] <= self.max_line_bytes:
-            c.pending = lines[last:]
-            first = first[:-1]
-            end = last
-        else:
-            end = len(lines)
-        bounds = np.append(lines.bounds[first], lines.bounds[end])
-        return Records(lines.data, bounds, lines.lines[first], lines.offsets[first])
-
-
-def _concat(a: Records, b: Records) -> Records:
-    """Records of ``a`` then ``b`` (consecutive in their file), in one buffer."""
-    a0, a1, b0, b1 = (int(x) for x in (a.bounds[0], a.bounds[-1], b.bounds[0], b.bounds[-1]))
-    data = a.data[a0:a1] + b.data[b0:b1]
-    bounds = np.concatenate([a.bounds - a0, b.bounds[1:] - b0 + (a1 - a0)])
-    return Records(data, bounds, np.concatenate([a.lines, b.lines]),
-                   np.concatenate([a.offsets, b.offsets]))
 
 
 def _head(path: str, n: int) -> bytes:
