@@ -225,3 +225,13 @@ def test_reasons_are_documented():
         doc = f.read()
     for r in wire.REASONS:
         assert f"`{r}`" in doc, r
+
+
+@pytest.mark.parametrize("values", [["x", "x"], ["x", None]])
+def test_a_dictionary_pandas_cannot_take_is_refused(values):
+    """Arrow allows repeated or null dictionary values; pandas' categories do not (found
+    by the byte-flip fuzzing above: "Categorical categories must be unique")."""
+    column = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array(values))
+    with pytest.raises(WireError) as info:
+        wire.decode(frames_of(pa.table({"d": column})))
+    assert info.value.reason == "invalid"

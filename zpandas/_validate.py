@@ -42,7 +42,7 @@ __all__ = ["check_body_messages", "check_table", "REASONS"]
 REASONS = {
     "compressed": "the body uses IPC buffer compression, which zpandas does not accept",
     "type": "a column's type is not accepted, names repeat, or the schema does not convert",
-    "invalid": "offsets, lengths, UTF-8 or dictionary indices are wrong",
+    "invalid": "offsets, lengths, UTF-8 or dictionary indices are wrong, or a dictionary's values are null or repeated",
     "size": "an array claims far more elements than its bytes can hold",
     "value": "a date or time that pandas cannot represent",
     "columns": "a zpandas column (_offset, or a rejects message's columns) is malformed",
@@ -279,6 +279,12 @@ def _check_string(arr: pa.Array, *, utf8: bool = True) -> bool:
 
 def _check_values(arr: pa.Array) -> None:
     t = arr.type
+    if pa.types.is_dictionary(t):
+        # Arrow allows any dictionary; pandas' categories must be distinct and not null.
+        values = arr.dictionary
+        if values.null_count or pc.count_distinct(values, mode="all").as_py() != len(values):
+            raise WireError("invalid", "a dictionary's values are null or not distinct")
+        return
     if pa.types.is_date(t) or pa.types.is_time(t):
         if not len(arr) or arr.null_count == len(arr):
             return
