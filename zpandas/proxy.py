@@ -254,7 +254,7 @@ class _Device:
             sockets.append(control)
             for s in (back, control):
                 s.linger = 0
-            front.linger = 1000  # keep what a departing producer sent (see the Subscriber's)
+            front.linger = 1000  # keep what a departing producer sent (see Receiver.setup)
             front.rcvhwm = back.sndhwm = self._hwm
             front.maxmsgsize = self._max_bytes
             back.maxmsgsize = 64 << 10  # it receives only subscriptions

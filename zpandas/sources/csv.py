@@ -378,8 +378,8 @@ def _fits(col, kind: pa.DataType) -> np.ndarray:
         return np.ones(len(col), bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    pattern = _NUMBER["int" if pa.types.is_integer(kind) else "float"] \
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) else None
+    pattern = (_NUMBER["int"] if pa.types.is_integer(kind)
+               else _NUMBER["float"] if pa.types.is_floating(kind) else None)
     if pattern is not None:
         fits = pc.fill_null(pc.match_substring_regex(col, pattern), True).to_numpy(zero_copy_only=False)
         try:
