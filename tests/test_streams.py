@@ -242,6 +242,21 @@ def test_plain_rows_are_counted_without_numbers():
     assert (st.messages, st.rows, st.bytes, st.missed) == (2, 2, 10, 0)
 
 
+def test_the_report_has_a_row_per_stream_and_alive_follows_the_clock():
+    a, b, r = Sender(pid=1, name="a"), Sender(pid=2, name="b"), Receiver()
+    r.feed(a.data(3))
+    r.feed(b.data(4, topic=b"u"))
+    r.now = T0 + 5
+    r.feed(b.control(wire.Kind.HEARTBEAT)[0])
+    report = {row["name"]: row for row in r.stream.report(r.now, dead_after=2)}
+    assert (report["a"]["rows"], report["a"]["topic"], report["a"]["alive"]) == (3, "t", False)
+    assert (report["b"]["rows"], report["b"]["topic"], report["b"]["alive"]) == (4, "u", True)
+    assert report["b"]["last_seen"] == T0 + 5 and report["a"]["producer"] == a.id.hex()[:12]
+    r.feed(b.control(wire.Kind.END_OF_STREAM)[0])
+    (row,) = [x for x in r.stream.report(r.now, dead_after=2) if x["name"] == "b"]
+    assert row["finished"] and not row["alive"]   # heard from just now, but finished
+
+
 def test_random_losses_are_counted_exactly():
     """Whatever is lost, received + missed = sent, in messages and rows, once the stream ends."""
     rng = random.Random(7)

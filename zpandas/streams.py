@@ -239,6 +239,21 @@ class ReceiveStream:
         """Producers that ended a stream."""
         return {p for (p, _), s in self.streams.items() if s.finished}
 
+    def report(self, now: float, dead_after: float) -> list[dict]:
+        """One dict per stream, least recently heard from first: its counters, its rate
+        over the last RATE_WINDOW seconds, and ``alive`` (not finished, and heard from
+        within ``dead_after`` seconds)."""
+        return [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
+                 "messages": s.messages, "rows": s.rows, "bytes": s.bytes,
+                 "missed": s.missed, "missed_rows": s.missed_rows,
+                 "skipped_rows": s.skipped_rows, "gaps": s.gaps,
+                 "rows_per_s": s.rate(now), "lag_s": s.lag, "last_seen": s.last_seen,
+                 "finished": s.finished,
+                 "alive": not s.finished and now - s.last_seen <= dead_after,
+                 "received": s.received, "bad_frames": s.bad_frames,
+                 "sources": {k: tuple(v) for k, v in s.sources.items()}}
+                for (p, t), s in self.streams.items()]
+
     def refused(self, key: Key) -> None:
         """A message whose header named ``key`` was refused; counted on a stream already
         heard from (a refused message's numbers are not trusted to start one)."""

@@ -332,18 +332,10 @@ class Subscriber:
             out["queued"] = len(self._rx.queue)
             out["peers"] = self._rx.monitor.peers if self._rx.monitor else 0
             out["auth_failures"] = self._rx.monitor.auth_failures if self._rx.monitor else 0
-            rows = [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
-                     "messages": s.messages, "rows": s.rows, "bytes": s.bytes,
-                     "missed": s.missed, "missed_rows": s.missed_rows,
-                     "skipped_rows": s.skipped_rows, "gaps": s.gaps,
-                     "rows_per_s": s.rate(now), "lag_s": s.lag,
-                     "last_seen": pd.Timestamp(s.last_seen, unit="s", tz="UTC"),
-                     "finished": s.finished,
-                     "alive": not s.finished and now - s.last_seen <= self._dead_after,
-                     "received": s.received, "bad_frames": s.bad_frames,
-                     "sources": {k: tuple(v) for k, v in s.sources.items()}}
-                    for (p, t), s in self._rx.protocol.streams.items()]
-        out["producers"] = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
+            rows = self._rx.protocol.report(now, self._dead_after)
+        producers = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
+        producers["last_seen"] = pd.to_datetime(producers["last_seen"], unit="s", utc=True).dt.as_unit("ns")
+        out["producers"] = producers
         self._warn_memory()
         return out
 
