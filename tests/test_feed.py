@@ -12,18 +12,25 @@ from zpandas._feed import Feed
 def test_tables_are_folded_in_order_a_run_of_one_schema_at_a_time():
     folded, lock, go = [], threading.Lock(), threading.Event()
 
-    def fold(table):
+    def fold(table, sources):
         go.wait(10)
-        folded.append(table.column(0).to_pylist())
+        assert sum(n for _, n in sources) == table.num_rows
+        folded.append((table.column(0).to_pylist(), [s for s, _ in sources]))
 
-    feed = Feed(fold, lock, [pa.table({"a": [1]})], limit_bytes=1 << 20)
-    for t in (pa.table({"a": [2]}), pa.table({"b": ["x"]}), pa.table({"a": [3]})):
-        assert feed.put(t, block=True)
+    feed = Feed(fold, lambda s: folded.append(("end", s)), lock, [(b"p", pa.table({"a": [1]}))],
+                limit_bytes=1 << 20)
+    for source, t in ((b"q", pa.table({"a": [2, 3]})), (b"p", pa.table({"b": ["x"]})),
+                      (b"q", pa.table({"a": [4]}))):
+        assert feed.put(source, t, block=True)
+    feed.put_end(b"q")
     go.set()
     feed.close(10)
     # the first table may be folded alone before the others were put
-    assert sum(folded, []) == [1, 2, "x", 3]
-    assert all(len({type(v) for v in run}) == 1 for run in folded)
+    runs = [run for run in folded if run[0] != "end"]
+    assert sum((values for values, _ in runs), []) == [1, 2, 3, "x", 4]
+    assert sum((sources for _, sources in runs), []) == [b"p", b"q", b"p", b"q"]
+    assert all(len({type(v) for v in values}) == 1 for values, _ in runs)
+    assert folded[-1] == ("end", b"q")   # after the rows of q, in order
     assert not any(t.name.startswith("zpandas-aggregate-") for t in threading.enumerate())
 
 
@@ -31,10 +38,11 @@ def test_a_full_backlog_leaves_tables_out_or_makes_the_feeder_wait():
     lock, folded = threading.Lock(), []
     table = pa.table({"a": list(range(1000))})
     with lock:  # folding is held up: the backlog fills
-        feed = Feed(lambda t: folded.append(t.num_rows), lock, [], limit_bytes=table.nbytes)
-        assert feed.put(table, block=False)
-        assert not feed.put(table, block=False)       # over the bound: left out, said so
-        waiting = threading.Thread(target=feed.put, args=(table, True))
+        feed = Feed(lambda t, _: folded.append(t.num_rows), lambda s: None, lock, [],
+                    limit_bytes=table.nbytes)
+        assert feed.put(b"p", table, block=False)
+        assert not feed.put(b"p", table, block=False)   # over the bound: left out, said so
+        waiting = threading.Thread(target=feed.put, args=(b"p", table, True))
         waiting.start()
         waiting.join(0.2)
         assert waiting.is_alive()                      # block: waits for room

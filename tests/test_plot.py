@@ -25,7 +25,7 @@ def rows(start: str, n: int = 100) -> pd.DataFrame:
 def test_widget_state_changes_as_data_arrives():
     with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
         agg = sub.aggregate(by="host", values={"value": ["mean", "count"]}, window="10s")
-        plot = zp.LivePlot(agg, interval=0.1)
+        plot = zp.LivePlot(agg, y="value_mean", interval=0.1)
         assert not plot.running  # no event loop here: refresh() by hand
         empty = plot.png
         assert empty.startswith(PNG) and plot.table.value == ""
@@ -58,12 +58,41 @@ def test_plot_of_raw_rows_and_headless_png(tmp_path):
     assert png.startswith(PNG) and (tmp_path / "plot.png").read_bytes() == png
 
 
-def test_a_failing_refresh_is_shown_not_raised():
+def test_a_failing_refresh_is_shown_not_raised(monkeypatch):
     agg = zp.Aggregation(by="host", values={"value": "sum"}, window="1s")
-    plot = zp.LivePlot(agg, y="no_such_column", start=False)
+    plot = zp.LivePlot(agg, start=False)
     agg.update(rows("2026-11-01T10:00:00", 10))
+
+    def broken(**kwargs):
+        raise RuntimeError("a bad moment")
+
+    monkeypatch.setattr(agg, "result", broken)
     plot.refresh()
-    assert plot.last_error and "refresh failed" in plot.status.value
+    assert plot.last_error and "refresh failed" in plot.status.value and "a bad moment" in plot.status.value
+
+
+def test_the_plot_shows_the_column_its_title_and_axis_name():
+    agg = zp.Aggregation(by="host", values={"value": ["count", "mean", "max"]}, window="10s",
+                         where="value >= 0")
+    agg.update(rows("2026-11-01T10:00:00", 100))
+    with pytest.raises(ValueError, match="say which.*value_mean"):
+        zp.LivePlot(agg, start=False)              # three results: which one is not guessed
+    with pytest.raises(ValueError, match="not a result.*value_count"):
+        zp.LivePlot(agg, y="value_median", start=False)
+    plot = zp.LivePlot(agg, y="value_mean", start=False)
+    assert plot.title == "mean of value, 10s windows where value >= 0, by host"
+    result = agg.result()
+    ax = plot._figure(plot._data()).axes[0]
+    assert ax.get_title() == plot.title and ax.get_ylabel() == "mean of value"
+    assert [line.get_label() for line in ax.lines] == ["a", "b"]
+    for line, (_, want) in zip(ax.lines, result.groupby("host")):
+        assert list(line.get_ydata()) == want["value_mean"].tolist()   # the mean, not the count
+    # a title of one's own is used as given; the axis still names what is drawn
+    own = zp.LivePlot(agg, y="value_max", title="hottest hosts", start=False)
+    ax = own._figure(own._data()).axes[0]
+    assert (ax.get_title(), ax.get_ylabel()) == ("hottest hosts", "max of value")
+    plot.refresh()
+    assert "mean of value" in plot.table.value and "10:01:30" in plot.table.value  # times, short
 
 
 def test_bad_sources_are_clear():

@@ -21,44 +21,58 @@ _ids = itertools.count(1)
 
 
 class Feed:
-    """A backlog of tables, folded by ``fold(table)`` under ``lock`` on a thread of its own.
+    """A backlog of tables, folded by ``fold`` under ``lock`` on a thread of its own.
+
+    Every table comes from a *source* (a producer's id): a run of one schema is folded
+    as one table together with the sources of its rows, so that event-time progress can
+    be kept per producer.
 
     Parameters
     ----------
-    fold : callable (pyarrow.Table) -> None
-        Folds a run of tables of one schema, concatenated (called with ``lock`` held).
+    fold : callable (pyarrow.Table, list of (source, rows)) -> None
+        Folds a run of tables of one schema, concatenated, with the source and row count
+        of each table in order (called with ``lock`` held).
+    end : callable (source) -> None
+        A source ended its stream (called with ``lock`` held, after its rows were folded).
     lock : threading.Lock
         The aggregation's lock.
-    tables : list of pyarrow.Table
+    items : list of (source, pyarrow.Table)
         The backlog to start with (rows received before the aggregation existed).
     limit_bytes : int
         The backlog's bound.
     """
 
-    def __init__(self, fold: Callable[[pa.Table], None], lock: threading.Lock, tables: list,
-                 limit_bytes: int) -> None:
-        self._fold, self._lock, self._limit = fold, lock, limit_bytes
-        self._tables: collections.deque[pa.Table] = collections.deque(tables)
-        self._bytes = sum(t.nbytes for t in tables)
+    def __init__(self, fold: Callable[[pa.Table, list], None], end: Callable[[object], None],
+                 lock: threading.Lock, items: list, limit_bytes: int) -> None:
+        self._fold, self._end, self._lock, self._limit = fold, end, lock, limit_bytes
+        # (source, table), or (source, None) for "source ended"
+        self._items: collections.deque[tuple[object, pa.Table | None]] = collections.deque(items)
+        self._bytes = sum(t.nbytes for _, t in items)
         self._cond = threading.Condition()
         self._open = True
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"zpandas-aggregate-{next(_ids)}")
         self._thread.start()
 
-    def put(self, table: pa.Table, block: bool) -> bool:
+    def put(self, source, table: pa.Table, block: bool) -> bool:
         """Hand a table over (cheap, no pandas); False if it was left out (backlog full
         and not ``block``)."""
         with self._cond:
-            if self._tables and self._bytes + table.nbytes > self._limit:
+            if self._items and self._bytes + table.nbytes > self._limit:
                 if not block:
                     return False
-                self._cond.wait_for(lambda: not self._tables or not self._open
+                self._cond.wait_for(lambda: not self._items or not self._open
                                     or self._bytes + table.nbytes <= self._limit)
-            self._tables.append(table)
+            self._items.append((source, table))
             self._bytes += table.nbytes
             self._cond.notify_all()
         return True
+
+    def put_end(self, source) -> None:
+        """``source`` ended its stream: said after its last table, in order."""
+        with self._cond:
+            self._items.append((source, None))
+            self._cond.notify_all()
 
     def drain(self) -> None:
         """Fold the tables waiting now (caller holds ``lock``).
@@ -68,18 +82,23 @@ class Feed:
         table, so a stream of small messages costs one ``to_pandas`` and groupby per run.
         """
         with self._cond:
-            tables = list(self._tables)
-            self._tables.clear()
+            items = list(self._items)
+            self._items.clear()
             self._bytes = 0
             self._cond.notify_all()  # room for a socket thread waiting to put
         run: list[pa.Table] = []
-        for table in tables:
-            if run and not table.schema.equals(run[0].schema):
-                self._fold(pa.concat_tables(run))
-                run = []
-            run.append(table)
+        sources: list[tuple[object, int]] = []
+        for source, table in items:
+            if run and (table is None or not table.schema.equals(run[0].schema)):
+                self._fold(pa.concat_tables(run), sources)
+                run, sources = [], []
+            if table is None:
+                self._end(source)
+            else:
+                run.append(table)
+                sources.append((source, table.num_rows))
         if run:
-            self._fold(pa.concat_tables(run))
+            self._fold(pa.concat_tables(run), sources)
 
     def close(self, timeout: float | None) -> None:
         """No more tables come: fold what waits, then end the thread. A put after this
@@ -92,8 +111,8 @@ class Feed:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._tables or not self._open)
-                if not self._tables:
+                self._cond.wait_for(lambda: self._items or not self._open)
+                if not self._items:
                     return
             with self._lock:
                 self.drain()

@@ -195,9 +195,9 @@ class Receiver:
             return self._receive_text(frames[0], now)
         msg = wire.decode(frames, max_bytes=self._max_bytes)
         with self._cond:
-            rows = self._act(self.protocol.receive(msg, now))
+            rows, ended = self._act(self.protocol.receive(msg, now))
             aggregations = list(self.aggregations)
-        self._feed(aggregations, rows)
+        self._feed(aggregations, msg.header.producer, rows, ended)
         return rows
 
     def _receive_text(self, frame, now: float) -> pa.Table | None:
@@ -213,21 +213,26 @@ class Receiver:
         if table is not None:
             table = table.drop_columns(["_offset"])
         with self._cond:
-            rows = self._act(self.protocol.receive_rows((LEGACY, topic), "text", table,
-                                                         rejects, len(payload), now))
+            rows, _ = self._act(self.protocol.receive_rows((LEGACY, topic), "text", table,
+                                                            rejects, len(payload), now))
             aggregations = list(self.aggregations)
-        self._feed(aggregations, rows)
+        self._feed(aggregations, LEGACY, rows, False)
         return rows
 
-    def _feed(self, aggregations: list, rows: pa.Table | None) -> None:
-        """Hand rows to the aggregations, outside the lock (one may make us wait)."""
-        if rows is not None:
-            for agg in aggregations:
-                agg._feed(rows, block=self.policy == "block")
+    def _feed(self, aggregations: list, producer: bytes, rows: pa.Table | None,
+              ended: bool) -> None:
+        """Hand a producer's rows, and the end of its stream, to the aggregations,
+        outside the lock (one may make us wait)."""
+        for agg in aggregations:
+            if rows is not None:
+                agg._feed(producer, rows, block=self.policy == "block")
+            if ended:
+                agg._feed_end(producer)
 
-    def _act(self, events: list) -> pa.Table | None:
-        """Do what the protocol's events call for (caller holds ``_cond``)."""
-        rows = None
+    def _act(self, events: list) -> tuple[pa.Table | None, bool]:
+        """Do what the protocol's events call for (caller holds ``_cond``): the new rows,
+        and whether the stream ended."""
+        rows, ended = None, False
         for e in events:
             if isinstance(e, Rows):
                 rows = e.table
@@ -241,10 +246,11 @@ class Receiver:
                     log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
                                 threading.current_thread().name, e.messages, e.rows, e.name, e.key[1])
             elif isinstance(e, EndOfStream):
+                ended = True
                 self._cond.notify_all()
             elif isinstance(e, Rejects):
                 self._keep_rejects(e.name, e.key[1], e.table)
-        return rows
+        return rows, ended
 
     def _keep_rejects(self, name: str, topic: bytes, table: pa.Table) -> None:
         n = table.num_rows

@@ -71,9 +71,13 @@ class Retained:
 
     def tables(self, producers: set[bytes] | None = None) -> list[pa.Table]:
         """The tables kept, oldest first (only those of ``producers`` if given)."""
-        out = [t for p, t in self._entries if producers is None or p in producers]
-        if self._tail is not None and (producers is None or self._tail[0] in producers):
-            out += self._tail[1]
+        return [t for p, t in self.items() if producers is None or p in producers]
+
+    def items(self) -> list[tuple[bytes, pa.Table]]:
+        """(producer, table) for every table kept, oldest first."""
+        out = list(self._entries)
+        if self._tail is not None:
+            out += [(self._tail[0], t) for t in self._tail[1]]
         return out
 
     def _close_tail(self) -> None:

@@ -5,15 +5,22 @@ max, first, last - and merged into the running state, so the rows themselves are
 kept. ``mean`` is sum / count. The results equal pandas' groupby over all the rows fed,
 in the order they were fed.
 
-Windows close when the watermark passes their end. The watermark is the latest event
-time seen minus ``lateness``; when no rows arrive for ``idle`` seconds of wall-clock
-time it keeps moving with the wall clock, so the last windows of a quiet stream close
-too. A row for a window that has already closed is *late*: it is counted and kept aside
-(:meth:`Aggregation.late`), never silently dropped or merged into a final result.
+Event time, as Flink treats it with idle sources. Each producer's *progress* is the latest
+event time it has sent. The *watermark* is the slowest active producer's progress minus
+``lateness``: a producer is active until it ends its stream or sends nothing for ``idle``
+seconds, so a node that is a little behind (a busy CPU, a slower link, a file read
+later) holds the watermark back instead of having its rows called late. A window becomes
+*final* once the watermark has been past its end for ``idle`` seconds of wall-clock
+time - the time a producer that starts late, or stalls, has to catch up - or at once
+when every producer has been quiet for ``idle`` seconds; the watermark then follows the
+wall clock, so the last windows of a quiet stream close too. A row for a window that is
+already final is *late*: it is counted and kept aside (:meth:`Aggregation.late`), never
+silently dropped or merged into a final result.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -52,22 +59,33 @@ class Aggregation:
         (tumbling windows).
     on : str, default "timestamp"
         The event-time column (windows only). Strings are parsed as datetimes.
+    where : str or callable, optional
+        Only rows that match: a :meth:`pandas.DataFrame.query` expression
+        (``"metric == 'cpu_pct'"``) or a function of a batch returning a boolean mask.
+        Aggregate one metric at a time: a mean over CPU percent and memory megabytes
+        together means nothing.
     lateness : str or pandas.Timedelta, default "0s"
-        How far behind the latest event time a row may be and still count.
+        How far behind its producer's own latest event time a row may be (out of
+        order within one producer) and still count. Rarely needed: a window stays open
+        ``idle`` seconds after the watermark passes it anyway, which covers rows that
+        arrive out of order within those seconds.
     idle : float, default 5.0
-        Seconds without rows after which the watermark follows the wall clock.
+        Wall-clock patience, in seconds: a producer silent this long stops holding the
+        watermark back, and a window is final this long after the watermark passed its
+        end. Lower it for windows that must become final sooner; raise it when
+        producers start or stall further apart.
 
     Examples
     --------
     >>> agg = zpandas.Aggregation(by="host", values={"value": ["mean", "max"]},
-    ...                           window="1min", on="timestamp")          # doctest: +SKIP
+    ...                           window="1min", where="metric == 'cpu_pct'")  # doctest: +SKIP
     >>> agg.update(df); agg.result()                                     # doctest: +SKIP
     """
 
     def __init__(self, by: str | Sequence[str] | None = None, *,
                  values: Mapping[str, str | Sequence[str]],
                  window: str | pd.Timedelta | None = None, every: str | pd.Timedelta | None = None,
-                 on: str = "timestamp", lateness: str | pd.Timedelta = "0s",
+                 on: str = "timestamp", where=None, lateness: str | pd.Timedelta = "0s",
                  idle: float = 5.0) -> None:
         self.by = [by] if isinstance(by, str) else list(by or [])
         if not values:
@@ -86,8 +104,13 @@ class Aggregation:
             if self.window % self.every:
                 raise ValueError(f"every ({self.every}) must divide window ({self.window})")
         self.on = on
+        if where is not None and not isinstance(where, str) and not callable(where):
+            raise TypeError(f"where is a query string or a function of a DataFrame, not {where!r}")
+        self.where = where
         self.lateness = pd.Timedelta(lateness)
-        self.idle = idle
+        if not idle >= 0:
+            raise ValueError(f"idle must be >= 0 seconds, not {idle!r}")
+        self.idle = float(idle)
         # partial reductions to keep per value column
         self._parts = {col: sorted({p for s in stats for p in _parts_of(s)})
                        for col, stats in self.values.items()}
@@ -98,8 +121,15 @@ class Aggregation:
         self._counts = {"rows": 0, "late_rows": 0, "rejected_batches": 0, "windows_closed": 0,
                         "dropped_rows": 0}
         self._errors: list[str] = []
-        self._max_event: pd.Timestamp | None = None
-        self._last_arrival = time.monotonic()
+        # Event-time progress per source: a producer's id, or None for update()'s caller.
+        self._progress: dict[object, pd.Timestamp] = {}
+        self._ended: set = set()
+        # source -> time.monotonic() of its last rows; written by a Subscriber's socket
+        # thread as they arrive (not as they are folded), hence a lock of its own.
+        self._arrivals: dict[object, float] = {}
+        self._arrivals_lock = threading.Lock()
+        self._marks: collections.deque = collections.deque()  # (monotonic, watermark) as it changed
+        self._final_through: pd.Timestamp | None = None  # windows ending by then are final
         self._lock = threading.Lock()
         self._fed: Feed | None = None   # tables from a Subscriber, folded on their own thread
         #: The Subscriber feeding this aggregation, if it was made by ``Subscriber.aggregate``.
@@ -115,7 +145,7 @@ class Aggregation:
         """
         with self._lock:
             self._fold_fed()
-            self._last_arrival = time.monotonic()
+            self._arrived(None)
             self._fold(data)
 
     def result(self, *, closed_only: bool = False) -> pd.DataFrame:
@@ -143,17 +173,34 @@ class Aggregation:
             return pd.concat(self._late, ignore_index=True) if self._late else pd.DataFrame()
 
     def stats(self) -> dict:
-        """``rows`` folded in, ``late_rows``, ``rejected_batches`` (with ``errors``),
-        ``windows_open``, ``windows_closed``, the ``watermark``, and ``dropped_rows``:
-        rows a ``policy="drop"`` Subscriber received faster than they could be folded
-        in (past its ``buffer_bytes`` waiting), left out of the results."""
+        """How the aggregation is doing.
+
+        Returns
+        -------
+        dict
+            ``rows`` folded in, ``late_rows``, ``rejected_batches`` (with ``errors``),
+            ``windows_open``, ``windows_closed``; ``dropped_rows``: rows a
+            ``policy="drop"`` Subscriber received faster than they could be folded in
+            (past its ``buffer_bytes`` waiting), left out of the results. Event time:
+            the ``watermark``, ``final_through`` (windows ending by then are final),
+            ``producers`` (sources of rows seen), ``active`` (those holding the
+            watermark back now) and ``slowest`` (the active one furthest behind: the
+            first 12 hex digits of its id, as in ``Subscriber.stats()["producers"]``).
+        """
         with self._lock:
             self._fold_fed()
             self._close_windows()
             out = dict(self._counts)
             out["windows_open"] = 0 if self._state is None or self.window is None else \
                 self._state.index.get_level_values("window_start").nunique()
-            out["watermark"] = self._watermark()
+            now = time.monotonic()
+            wm, active = self._watermark(now)
+            out["watermark"] = wm
+            out["final_through"] = self._final_through
+            out["producers"] = len(self._progress)
+            out["active"] = len(active)
+            slowest = min(active, key=self._progress.__getitem__, default=None)
+            out["slowest"] = slowest.hex()[:12] if isinstance(slowest, bytes) else None
             out["errors"] = list(self._errors)
             return out
 
@@ -165,22 +212,34 @@ class Aggregation:
 
     def __repr__(self) -> str:
         w = "" if self.window is None else f" window={self.window} every={self.every} on={self.on!r}"
-        return f"<zpandas.Aggregation by={self.by} values={self.values}{w}>"
+        q = "" if self.where is None else f" where={self.where!r}"
+        return f"<zpandas.Aggregation by={self.by} values={self.values}{w}{q}>"
 
     # -- fed by a Subscriber (see zpandas._feed) ----------------------------------------
 
-    def _start_feed(self, tables: list, limit_bytes: int) -> None:
-        """Take tables from a Subscriber from now on, starting with ``tables``."""
-        self._fed = Feed(self._fold, self._lock, tables, limit_bytes)
+    def _start_feed(self, items: list, limit_bytes: int, quiet: Mapping[object, float],
+                    ended: set) -> None:
+        """Take tables from a Subscriber from now on, starting with ``items``
+        ((producer, table) pairs received so far); ``quiet``: seconds since each producer
+        was last heard from; ``ended``: producers that ended their streams."""
+        now = time.monotonic()
+        with self._arrivals_lock:
+            self._arrivals.update({p: now - max(0.0, ago) for p, ago in quiet.items()})
+        self._fed = Feed(self._fold, self._end, self._lock,
+                         list(items) + [(p, None) for p in ended], limit_bytes)
 
-    def _feed(self, table: pa.Table, block: bool) -> None:
-        """Hand a table over (the Subscriber's socket thread); past the backlog's bound,
-        wait (``block``) or count its rows as ``dropped_rows``."""
-        self._last_arrival = time.monotonic()
-        if not self._fed.put(table, block):
+    def _feed(self, source: bytes, table: pa.Table, block: bool) -> None:
+        """Hand a producer's table over (the Subscriber's socket thread); past the
+        backlog's bound, wait (``block``) or count its rows as ``dropped_rows``."""
+        self._arrived(source)
+        if not self._fed.put(source, table, block):
             # No lock: a fold may hold it, and this thread must not wait. It alone
             # writes this counter.
             self._counts["dropped_rows"] += table.num_rows
+
+    def _feed_end(self, source: bytes) -> None:
+        """``source`` ended its stream (after the tables it fed)."""
+        self._fed.put_end(source)
 
     def _stop_feed(self, timeout: float | None) -> None:
         self._fed.close(timeout)
@@ -192,22 +251,38 @@ class Aggregation:
 
     # -- internals (hold _lock) -------------------------------------------------------
 
-    def _fold(self, data) -> None:
+    def _arrived(self, source) -> None:
+        with self._arrivals_lock:
+            self._arrivals[source] = time.monotonic()
+
+    def _end(self, source) -> None:
+        self._ended.add(source)
+
+    def _fold(self, data, sources: list | None = None) -> None:
+        """Fold rows; ``sources``: (source, rows) of consecutive slices of them (default:
+        all from ``update()``'s caller)."""
         try:
             df = data.to_pandas() if isinstance(data, (pa.Table, pa.RecordBatch)) else data
-            self._update(df)
+            self._update(df, sources or [(None, len(df))])
         except Exception as e:  # one bad batch must not end a live aggregation
             self._counts["rejected_batches"] += 1
             self._errors.append(f"{type(e).__name__}: {e}")
             del self._errors[:-100]
         self._close_windows()
 
-    def _update(self, df: pd.DataFrame) -> None:
+    def _update(self, df: pd.DataFrame, sources: list) -> None:
         missing = [c for c in [*self.by, *self.values] if c not in df.columns]
         if self.window is not None and self.on not in df.columns:
             missing.append(self.on)
         if missing:
             raise KeyError(f"batch has no column(s) {missing}")
+        if self.where is not None and len(df):
+            mask = df.eval(self.where) if isinstance(self.where, str) else self.where(df)
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (len(df),):
+                raise ValueError(f"where= gave {mask.shape} values for {len(df)} rows")
+            sources = _kept(sources, mask)
+            df = df[mask]
         if not len(df):
             return
         df = df[list(dict.fromkeys([*self.by, *self.values] +
@@ -219,16 +294,14 @@ class Aggregation:
             if ts.isna().any():
                 raise ValueError(f"{int(ts.isna().sum())} rows have no {self.on!r}")
             df = df.assign(**{self.on: ts})
-            batch_max = ts.max()
-            # A row whose earliest window the watermark has passed is late: it could
-            # no longer count in all of its windows, so it counts in none.
-            wm = self._watermark()
-            if wm is not None:
-                late = ts.dt.floor(self.every) + self.every <= wm
+            # A row whose earliest window is final is late: it could no longer count
+            # in all of its windows, so it counts in none.
+            if self._final_through is not None:
+                late = ts.dt.floor(self.every) + self.every <= self._final_through
                 if late.any():
                     self._keep_late(df[late])
                     df = df[~late]
-            self._max_event = batch_max if self._max_event is None else max(self._max_event, batch_max)
+            self._advance(ts, sources)
             df = self._assign_windows(df)
         self._counts["rows"] += len(df)
         partial = self._partial(df)
@@ -265,21 +338,73 @@ class Aggregation:
     def _merge_spec(self) -> dict:
         return {f"{col}\0{p}": _MERGE[p] for col, parts in self._parts.items() for p in parts}
 
-    def _watermark(self) -> pd.Timestamp | None:
-        if self._max_event is None:
-            return None
-        wm = self._max_event - self.lateness
-        quiet = time.monotonic() - self._last_arrival
+    def _advance(self, ts: pd.Series, sources: list) -> None:
+        """Each source's progress: the latest event time among its rows (``ts``, in the
+        order of ``sources``' slices)."""
+        sizes = np.array([n for _, n in sources], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        nonempty = sizes > 0
+        latest = np.maximum.reduceat(ts.to_numpy(dtype="datetime64[ns]"), starts[nonempty])
+        for (source, _), t in zip([s for s, keep in zip(sources, nonempty) if keep], latest):
+            t = pd.Timestamp(t).tz_localize(ts.dt.tz)
+            old = self._progress.get(source)
+            self._progress[source] = t if old is None or t > old else old
+            self._ended.discard(source)  # it sends again
+
+    def _watermark(self, now: float) -> tuple[pd.Timestamp | None, list]:
+        """The watermark at ``now`` and the sources holding it (none: every one quiet or
+        ended)."""
+        if not self._progress:
+            return None, []
+        with self._arrivals_lock:
+            arrivals = dict(self._arrivals)
+        active = [s for s in self._progress
+                  if s not in self._ended and now - arrivals.get(s, -np.inf) < self.idle]
+        if active:
+            return min(self._progress[s] for s in active) - self.lateness, active
+        wm = max(self._progress.values()) - self.lateness
+        quiet = now - max(arrivals.values(), default=now)
         if quiet >= self.idle:
             wm += pd.Timedelta(seconds=quiet)  # a quiet stream's clock is the wall clock
-        return wm
+        return wm, []
+
+    def _finality(self) -> pd.Timestamp | None:
+        """Move ``_final_through`` to the lowest the watermark was over the last ``idle``
+        seconds: a window is final once the watermark has stayed past its end that long
+        (a producer that joins behind lowers it, and so holds windows open). Once every
+        producer has been quiet for ``idle`` seconds nobody is left to wait for: the
+        watermark as it is now, and every window if every producer ended its stream."""
+        now = time.monotonic()
+        wm, _ = self._watermark(now)
+        if wm is None:
+            return None
+        marks = self._marks
+        if not marks or wm != marks[-1][1]:
+            marks.append((now, wm))
+        cutoff = now - self.idle
+        while len(marks) >= 2 and marks[1][0] <= cutoff:
+            marks.popleft()    # marks[0] is the watermark in effect at the cutoff
+        with self._arrivals_lock:
+            last = max(self._arrivals.values(), default=now)
+        if now - last >= self.idle:
+            ended = self.window is not None and self._ended >= self._progress.keys()
+            candidate = max(self._progress.values()) + self.window if ended else wm
+        elif marks[0][0] <= cutoff:
+            candidate = min(w for _, w in marks)
+        else:
+            return self._final_through
+        if self._final_through is None or candidate > self._final_through:
+            self._final_through = candidate
+        return self._final_through
 
     def _close_windows(self) -> None:
-        if self.window is None or self._state is None or not len(self._state):
+        if self.window is None:
             return
-        wm = self._watermark()
+        final = self._finality()
+        if final is None or self._state is None or not len(self._state):
+            return
         starts = self._state.index.get_level_values("window_start")
-        done = (starts + self.window) <= wm
+        done = (starts + self.window) <= final
         if done.any():
             closed = self._state[done]
             self._state = self._state[~done]
@@ -316,9 +441,19 @@ class Aggregation:
 
     def _describe(self) -> dict:
         return {"by": self.by, "values": self.values, "on": self.on,
+                "where": self.where if isinstance(self.where, str) else
+                None if self.where is None else getattr(self.where, "__name__", repr(self.where)),
                 "window": None if self.window is None else str(self.window),
                 "every": None if self.every is None else str(self.every),
                 "rows": self._counts["rows"], "late_rows": self._counts["late_rows"]}
+
+
+def _kept(sources: list, mask: np.ndarray) -> list:
+    """``sources``' consecutive slices, counted again over the rows ``mask`` keeps."""
+    bounds = np.cumsum([n for _, n in sources])
+    kept = np.bincount(np.searchsorted(bounds, np.flatnonzero(mask), side="right"),
+                       minlength=len(sources))
+    return [(source, int(k)) for (source, _), k in zip(sources, kept)]
 
 
 def _parts_of(stat: str) -> tuple[str, ...]:

@@ -38,8 +38,9 @@ class LivePlot:
         With an :class:`~zpandas.Aggregation` (windows): x is ``window_start``, one line
         per group. With a :class:`~zpandas.Subscriber`: its retained rows, x is ``x``.
     y : str, optional
-        Column to plot. Default: the aggregation's first result column; required for a
-        Subscriber.
+        Column to plot, e.g. ``"value_mean"``; the title and the y axis name it ("mean
+        of value"). Default: the aggregation's only result column (with several, say
+        which); required for a Subscriber.
     x : str, default "timestamp"
         The time column of a Subscriber's rows (ignored for an aggregation).
     by : str or list of str, optional
@@ -52,13 +53,14 @@ class LivePlot:
         Where the stats line comes from (default: the source, or the subscriber an
         aggregation was made by).
     title : str, optional
+        Default: what is plotted, by what, over which windows (and ``where``).
     start : bool, default True
         Start refreshing at once if an event loop is running (in Jupyter it is).
 
     Examples
     --------
-    >>> agg = sub.aggregate(by="host", values={"value": "mean"}, window="10s")  # doctest: +SKIP
-    >>> zpandas.LivePlot(agg)                                                 # doctest: +SKIP
+    >>> agg = sub.aggregate(by="host", values={"value": ["mean", "max"]}, window="10s")  # doctest: +SKIP
+    >>> zpandas.LivePlot(agg, y="value_mean")                                   # doctest: +SKIP
     """
 
     def __init__(self, source, *, y: str | None = None, x: str = "timestamp", by=None,
@@ -78,16 +80,27 @@ class LivePlot:
             if source.window is None:
                 raise ValueError("LivePlot needs an aggregation over windows (window=...)")
             self.by = source.by
-            self.y = y or next(f"{c}_{s}" for c, stats in source.values.items() for s in stats)
-            self.x = "window_start"
+            names = {f"{c}_{s}": f"{s} of {c}" for c, stats in source.values.items() for s in stats}
+            if y is None and len(names) > 1:
+                raise ValueError(f"say which result column to plot: y= one of {list(names)}")
+            y = y or next(iter(names))
+            if y not in names:
+                raise ValueError(f"y={y!r} is not a result of this aggregation: one of {list(names)}")
+            self.y, self.x, self.label = y, "window_start", names[y]
+            what = f"{self.label}, {_duration(source.window)} windows"
+            if source.every != source.window:
+                what += f" every {_duration(source.every)}"
+            if isinstance(source.where, str):
+                what += f" where {source.where}"
         else:
             if y is None:
                 raise ValueError("LivePlot of a Subscriber needs y= (the column to plot)")
             self.by = [by] if isinstance(by, str) else list(by or [])
-            self.y, self.x = y, x
+            self.y, self.x, self.label = y, x, y
+            what = y
         self.subscriber = subscriber or (source if not self._is_agg else getattr(source, "subscriber", None))
         self.interval = interval
-        self.title = title or (f"{self.y} by {', '.join(self.by)}" if self.by else self.y)
+        self.title = title or (f"{what}, by {', '.join(self.by)}" if self.by else what)
         self.refreshes = 0
         self.last_error: str | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -100,10 +113,13 @@ class LivePlot:
         self.backlog = w.IntSlider(value=backlog, min=1, max=max(10 * backlog, 100),
                                    description=unit, continuous_update=False)
         self.status = w.HTML(value="")
-        self.image = w.Image(format="png")
-        self.table = w.HTML(value="")
+        # The picture shrinks with a narrow notebook, and the latest-values table goes
+        # under it rather than past the right edge.
+        self.image = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
+        self.table = w.HTML(value="", layout=w.Layout(margin="0 0 0 8px"))
         self.widget = w.VBox([w.HBox([self.pause, self.backlog]), self.status,
-                              w.HBox([self.image, self.table])])
+                              w.HBox([self.image, self.table],
+                                     layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))])
         self.backlog.observe(lambda change: self.refresh(), names="value")
         self.pause.observe(self._on_pause, names="value")
         self.refresh()
@@ -193,10 +209,15 @@ class LivePlot:
         return df
 
     def _png(self, df: pd.DataFrame) -> bytes:
+        buf = io.BytesIO()
+        self._figure(df).savefig(buf, format="png")
+        return buf.getvalue()
+
+    def _figure(self, df: pd.DataFrame):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(8, 3.6), dpi=100)
+        fig = Figure(figsize=(7.2, 3.4), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         if len(df):
@@ -209,21 +230,23 @@ class LivePlot:
                 ax.legend(loc="upper left", fontsize="small", ncols=min(4, df.groupby(self.by).ngroups))
         else:
             ax.text(0.5, 0.5, "waiting for rows...", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(self.title)
-        ax.set_ylabel(self.y)
+        ax.set_title(self.title, fontsize="medium")
+        ax.set_ylabel(self.label)
+        ax.set_xlabel("window start" if self._is_agg else self.x)
         ax.grid(alpha=0.3)
         fig.autofmt_xdate()
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return fig
 
     def _latest_html(self, df: pd.DataFrame) -> str:
         if not len(df):
             return ""
         latest = df.sort_values(self.x).groupby(self.by, sort=True).tail(1) if self.by else df.tail(1)
-        cols = [*self.by, self.x, self.y]
-        return "<b>latest</b>" + latest[cols].to_html(index=False, float_format=lambda v: f"{v:,.3g}")
+        latest = latest[[*self.by, self.x, self.y]].rename(columns={self.y: self.label})
+        # Times as the clock shows them (the date and zone are on the plot's axis): the
+        # table stays narrow enough to sit beside the picture.
+        latest[self.x] = pd.to_datetime(latest[self.x]).dt.strftime("%H:%M:%S")
+        return "<b>latest</b>" + latest.to_html(index=False, float_format=lambda v: f"{v:,.4g}")
 
     def _rows_now(self) -> int:
         sub = self.subscriber
@@ -249,3 +272,13 @@ class LivePlot:
                       f"{a['windows_open']} windows open"]
         state = "paused" if self.pause.value else f"every {self.interval:g} s"
         return " · ".join(parts + [state])
+
+
+def _duration(t: pd.Timedelta) -> str:
+    """``5min``, ``2s``, ``1h30min``: a window length as a person writes it."""
+    seconds = int(t.total_seconds())
+    if seconds * 1_000_000_000 != t.value or seconds == 0:
+        return str(t)
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "min"),
+             (seconds % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n)

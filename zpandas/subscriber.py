@@ -267,7 +267,7 @@ class Subscriber:
                           provenance=provenance_of(self.stats()))
 
     def aggregate(self, by=None, *, values, window=None, every=None, on: str = "timestamp",
-                  lateness="0s", idle: float = 5.0) -> Aggregation:
+                  where=None, lateness="0s", idle: float = 5.0) -> Aggregation:
         """A running groupby of everything this subscriber receives, kept up to date.
 
         Starts with the rows retained so far, then folds in every message as it arrives
@@ -279,17 +279,21 @@ class Subscriber:
         Examples
         --------
         >>> agg = sub.aggregate(by=["host"], values={"value": ["mean", "max"]},
-        ...                     window="1min", on="timestamp")      # doctest: +SKIP
+        ...                     window="1min", where="metric == 'cpu_pct'")  # doctest: +SKIP
         >>> agg.result()                                            # doctest: +SKIP
         """
-        agg = Aggregation(by, values=values, window=window, every=every, on=on,
+        agg = Aggregation(by, values=values, window=window, every=every, on=on, where=where,
                           lateness=lateness, idle=idle)
         agg.subscriber = self
         with self._cond:
             self._check()
             # The rows so far first, then every new one: folded on the aggregation's
             # own thread, never on this subscriber's socket thread or under its lock.
-            agg._start_feed(self._rx.retained.tables(), self._rx.buffer_bytes)
+            now, seen = time.time(), {}
+            for (producer, _), stream in self._rx.protocol.streams.items():
+                seen[producer] = max(seen.get(producer, 0.0), stream.last_seen)
+            agg._start_feed(self._rx.retained.items(), self._rx.buffer_bytes,
+                            {p: now - t for p, t in seen.items()}, self._rx.protocol.finished())
             self._rx.aggregations.append(agg)
         return agg
 
