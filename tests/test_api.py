@@ -9,7 +9,7 @@ import zpandas
 def test_all_is_pinned():
     assert sorted(zpandas.__all__) == sorted([
         "Producer", "Subscriber", "Proxy", "Curve", "Aggregation", "LivePlot", "to_parquet",
-        "ParquetSink", "publish_files",
+        "ParquetSink", "publish_files", "spawn",
         "ZpandasError", "EndpointError", "ClosedError", "WireError", "SchemaMismatchError",
         "SourceError", "SubscriberBrokenError", "ProducerBrokenError", "DataLossWarning",
         "MemoryBudgetWarning", "SecurityWarning", "__version__",
@@ -27,6 +27,6 @@ def test_import_has_no_side_effects():
 
 def test_public_names_have_docstrings():
     for name in ("Producer", "Subscriber", "Proxy", "Curve", "Aggregation", "LivePlot",
-                 "to_parquet", "ParquetSink", "publish_files"):
+                 "to_parquet", "ParquetSink", "publish_files", "spawn"):
         obj = getattr(zpandas, name)
         assert obj.__doc__ and "Parameters" in obj.__doc__, name

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import ROOT
+import zpandas as zp
+
+from .conftest import ROOT, wait_for
 
 
 def free_port() -> int:
@@ -93,3 +99,119 @@ def test_publish_schema_option_and_type_drift(tmp_path, procs):
     got = pd.read_parquet(out)
     assert len(got) == 6001
     assert sorted(got["code"].astype(str)) == sorted([str(i) for i in range(3000)] * 2 + ["A7"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_parquet_sink_stopped_by_a_signal_writes_everything_it_received(sig, tmp_path, procs, streamers):
+    """Rows flowing, no file rolled yet (60 s): the signal makes the sink write every row it
+    received, say so, and end by that signal (the shell shows 128 + its number)."""
+    port = free_port()
+    out = tmp_path / "rows"
+    sub = procs.start("subscribe", "-e", f"@tcp://127.0.0.1:{port}", "--parquet", str(out))
+    assert sub.stdout.readline().startswith("listening on tcp://127.0.0.1:")
+    streamers.start(f">tcp://127.0.0.1:{port}", "--rows", "500", "--pause", "0.002", "--wait-for", "1")
+    while True:  # the sink's progress lines: wait until rows flow
+        line = sub.stdout.readline()
+        assert line, sub.stderr.read()
+        if re.search(r"rows=[1-9]", line) and "+0/s" not in line:
+            break
+    sub.send_signal(sig)
+    stdout, stderr = sub.communicate(timeout=60)
+    assert sub.returncode == -sig, stderr
+    received, wrote = map(lambda s: int(s.replace(",", "")),
+                          re.search(r"received ([\d,]+) rows; wrote ([\d,]+) rows", stdout).groups())
+    got = pd.read_parquet(out)
+    assert 0 < received <= wrote == len(got)
+    # one producer's rows, in order from its first: every one, once
+    assert sorted(got["id"]) == list(range(wrote))
+    assert signal.Signals(sig).name in stderr and "Traceback" not in stderr
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet (an orphan's new parent may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _checkpointed(db) -> int:
+    import sqlite3
+    with sqlite3.connect(db) as c:
+        return sum(row[0] for row in c.execute("SELECT offset FROM files"))
+
+
+def _growing_log(path, stop):
+    """A job appending numbered rows to a CSV log until ``stop`` is set."""
+    import threading
+
+    def write():
+        with open(path, "w") as f:
+            f.write("i\n")
+            i = 0
+            while not stop.wait(0.01):
+                f.writelines(f"{i + k}\n" for k in range(50))
+                f.flush()
+                i += 50
+
+    t = threading.Thread(target=write)
+    t.start()
+    return t
+
+
+def test_publish_follow_ends_within_2_s_of_sigterm_with_its_checkpoint_saved(tmp_path, procs):
+    """Even with its subscriber gone (a notebook's kernel killed): nothing holds the exit
+    for the producer's linger (10 s)."""
+    import threading
+    stop = threading.Event()
+    writer = _growing_log(tmp_path / "app.csv", stop)
+    ckpt = tmp_path / "ckpt.db"
+    try:
+        with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+            p = procs.start("publish", str(tmp_path / "app.csv"), "--follow", "--checkpoint", str(ckpt),
+                            "-e", ">" + sub.endpoints[0], "--quiet")
+            wait_for(lambda: sub.stats()["rows"] >= 1000, timeout=60, what="rows flowing")
+            wait_for(lambda: _checkpointed(ckpt) > 0, timeout=60, what="a first checkpoint")
+        before = _checkpointed(ckpt)    # and now its subscriber is gone
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=2.0)
+    finally:
+        stop.set()
+        writer.join(10)
+    assert p.returncode == -signal.SIGTERM
+    assert 0 < before <= _checkpointed(ckpt) <= (tmp_path / "app.csv").stat().st_size
+
+
+def test_a_spawned_command_ends_when_its_parent_is_killed(tmp_path):
+    """A notebook kernel killed (SIGKILL: no chance to clean up) takes its tails with it."""
+    import threading
+    stop = threading.Event()
+    writer = _growing_log(tmp_path / "app.csv", stop)
+    ckpt = tmp_path / "ckpt.db"
+    kernel_code = (
+        "import sys, zpandas as zp\n"
+        "tail = zp.spawn('publish', sys.argv[1], '--follow', '--checkpoint', sys.argv[2], '-e', sys.argv[3],"
+        " '--quiet')\n"
+        "print(tail.pid, flush=True)\n"
+        "sys.stdin.read()\n")
+    try:
+        with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+            kernel = subprocess.Popen([sys.executable, "-c", kernel_code, str(tmp_path / "app.csv"), str(ckpt),
+                                       ">" + sub.endpoints[0]], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                tail = int(kernel.stdout.readline())
+                wait_for(lambda: sub.stats()["rows"] >= 1000, timeout=60, what="the tail's rows")
+                wait_for(lambda: _checkpointed(ckpt) > 0, timeout=60, what="a first checkpoint")
+                kernel.kill()
+                kernel.wait(10)
+                wait_for(lambda: _ended(tail), timeout=10, what="the tail to end with its kernel")
+            finally:
+                if kernel.poll() is None:
+                    kernel.kill()
+                kernel.communicate()
+    finally:
+        stop.set()
+        writer.join(10)
+    assert _checkpointed(ckpt) > 0

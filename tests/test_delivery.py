@@ -233,7 +233,7 @@ def test_three_producers_two_subscribers_through_a_restarted_proxy(streamers):
             mem_df = mem.collect(producers=1, timeout=30)
         cpu_stats, mem_stats = cpu.stats()["producers"], mem.stats()["producers"]
     proxy.send_signal(signal.SIGTERM)
-    assert proxy.wait(timeout=30) == 0
+    assert proxy.wait(timeout=30) == -signal.SIGTERM
 
     assert set(cpu_stats["name"]) == {"a", "b"} and set(mem_stats["name"]) == {"c"}
     for df, stats in [(cpu_df, cpu_stats), (mem_df, mem_stats)]:

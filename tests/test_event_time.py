@@ -170,7 +170,7 @@ def test_three_producers_of_different_speeds_all_count(procs, tmp_path):
                 t.join(10)
         for p in tails:
             p.send_signal(signal.SIGTERM)
-        assert [rc for rc, _ in procs.wait_all(timeout=30)] == [0, 0, 0]
+        assert [rc for rc, _ in procs.wait_all(timeout=30)] == [-signal.SIGTERM] * 3
         wait_for(lambda: agg.stats()["windows_open"] == 0, timeout=60, what="the last windows to close")
         stats, got, late = agg.stats(), agg.result(), agg.late()
     counted = got.groupby("host")["value_count"].sum().to_dict()

@@ -28,6 +28,8 @@ from .subscriber import Subscriber
 
 __version__ = "0.1.0"
 
+from .cli import spawn  # noqa: E402 - the command module needs __version__
+
 __all__ = [
     "Producer",
     "Subscriber",
@@ -38,6 +40,7 @@ __all__ = [
     "to_parquet",
     "ParquetSink",
     "publish_files",
+    "spawn",
     "ZpandasError",
     "EndpointError",
     "ClosedError",

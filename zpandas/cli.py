@@ -33,7 +33,41 @@ def run() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    if code in _SIGNALLED:
+        # Stopped by a signal, after a clean shutdown: end *by* that signal, as the
+        # shell convention asks (it shows 130 or 143; a parent sees -2 or -15, and
+        # systemd counts a SIGTERM ending as a clean stop).
+        signal.signal(_SIGNALLED[code], signal.SIG_DFL)
+        os.kill(os.getpid(), _SIGNALLED[code])
     os._exit(code)
+
+
+def spawn(*args: str, **popen_options) -> subprocess.Popen:
+    """Start a ``zpandas`` command in a child process that ends when this one ends.
+
+    For notebooks: a producer or a tail started from a kernel stops (cleanly, as on
+    SIGTERM: rows flushed, checkpoint saved) when the kernel is shut down, restarted or
+    killed, instead of running on unseen.
+
+    Parameters
+    ----------
+    *args : str
+        The command's arguments, e.g. ``"publish", "logs/*.log", "--follow", "-e", ep``.
+    **popen_options
+        Passed to :class:`subprocess.Popen` (``stdout=``, ``env=``...).
+
+    Returns
+    -------
+    subprocess.Popen
+        Stop it with ``.send_signal(signal.SIGTERM)`` (or ``.terminate()``); it then
+        ends by that signal: ``wait()`` returns ``-signal.SIGTERM``.
+
+    Examples
+    --------
+    >>> tail = zpandas.spawn("publish", "app.log", "--follow", "-e", ">" + sub.endpoints[0])  # doctest: +SKIP
+    """
+    return subprocess.Popen([sys.executable, "-m", "zpandas", "--parent-pid", str(os.getpid()),
+                             *map(str, args)], **popen_options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="zpandas",
         description="Rows from CSV files on many machines, live in pandas (Arrow over ZeroMQ).")
     parser.add_argument("--version", action="version", version=f"zpandas {__version__}")
+    parser.add_argument("--parent-pid", type=int, metavar="PID",
+                        help="end (as on SIGTERM: rows flushed, checkpoint saved) when process "
+                             "PID ends; zpandas.spawn() passes its own")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="-v logs connections and gaps, -vv debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,17 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # SIGTERM (kill, systemd, docker stop) ends a command cleanly, like Ctrl-C, but as
-    # the normal way to stop a service: exit code 0.
+    # SIGTERM (kill, systemd, docker stop) ends a command cleanly, like Ctrl-C. Both end
+    # with 128 + the signal's number (see run()).
     signal.signal(signal.SIGTERM, _terminate)
+    if args.parent_pid is not None:
+        _end_with(args.parent_pid)
     commands = {"publish": _publish, "subscribe": _subscribe, "proxy": _proxy, "keygen": _keygen,
                 "demo": _demo}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
     except _Terminated:
-        return 0
+        return 128 + signal.SIGTERM
     except (ZpandasError, OSError, TimeoutError, ValueError) as e:
         print(f"zpandas {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -152,10 +191,8 @@ def _publish(args) -> int:
 
     endpoints = args.endpoint or [">" + DEFAULT_ENDPOINT]
     stop = threading.Event()
-    if args.follow:
-        # Following ends cleanly on Ctrl-C or SIGTERM: what was sent is checkpointed.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+    # Following ends cleanly on Ctrl-C or SIGTERM: what was sent is checkpointed.
+    signalled = _Stop(stop) if args.follow else None
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
                            format=args.format, follow=args.follow, checkpoint=args.checkpoint,
                            multiline=args.multiline, multiline_timeout=args.multiline_timeout,
@@ -171,7 +208,7 @@ def _publish(args) -> int:
         widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""
         print(f"published {result['rows']:,} rows from {result['files']} files "
               f"({result['bytes'] / 1e6:.1f} MB){rejects}{widened}", file=sys.stderr)
-    return 0
+    return signalled.code if signalled else 0
 
 
 def _column_type(text: str) -> tuple[str, pa.DataType]:
@@ -190,20 +227,24 @@ def _subscribe(args) -> int:
     from .subscriber import Subscriber
 
     endpoints = args.endpoint or ["@" + DEFAULT_ENDPOINT]
+    stop = _Stop()
     with Subscriber(endpoints, topics=args.topic, policy=args.policy,
                     buffer_bytes=args.buffer_bytes, retain=0, curve=_curve(args)) as sub:
-        print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'}", flush=True)
+        print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'} "
+              "(Ctrl-C to stop)", flush=True)
         sink = None
         if args.parquet:
             sink = ParquetSink(args.parquet, roll_bytes=int(args.roll_mb * (1 << 20)),
                                roll_seconds=args.roll_seconds,
                                provenance=lambda: provenance_of(sub.stats()))
         start = next_print = time.monotonic()
-        last_rows = 0
-        while True:
+        last_rows = taken = 0
+        while not stop.event.is_set():
             # Rows are taken as they come (for the sink); the summary prints each second.
+            # A signal is seen within the wait (at most a second).
             try:
-                df = sub.get(timeout=max(0.0, next_print - time.monotonic()))
+                df = sub.get(timeout=max(0.0, min(next_print - time.monotonic(), 1.0)))
+                taken += len(df)
                 if sink is not None:
                     sink.write(df)
             except TimeoutError:
@@ -227,14 +268,21 @@ def _subscribe(args) -> int:
                     or (args.duration is not None and time.monotonic() - start >= args.duration)):
                 break
         if sink is not None:
-            while True:  # what is still queued or batching, then the last file
+            # Everything received so far (but rows get() will never see: dropped under
+            # policy="drop"), then the last file.
+            st = sub.stats()
+            received = st["rows"] - st["dropped_rows"]
+            while taken < received:
                 try:
-                    sink.write(sub.get(timeout=0.5))  # 5x the batching latency
+                    df = sub.get(timeout=2.0)
                 except TimeoutError:
                     break
+                taken += len(df)
+                sink.write(df)
             sink.close()
-            print(f"wrote {sink.rows:,} rows to {len(sink.files)} file(s) in {args.parquet}")
-    return 0
+            print(f"received {received:,} rows; wrote {sink.rows:,} rows to {len(sink.files)} "
+                  f"file(s) in {args.parquet}", flush=True)
+    return stop.code
 
 
 def _proxy(args) -> int:
@@ -295,6 +343,72 @@ def _policy_options(parser: argparse.ArgumentParser, who: str) -> None:
                              "nothing lost) or drops and counts (drop: never slows down)")
     parser.add_argument("--buffer-bytes", type=int, default=256 << 20, metavar="BYTES",
                         help="memory to queue for a slow peer (default 256 MiB)")
+
+
+#: Exit codes that mean "stopped by this signal".
+_SIGNALLED = {128 + signal.SIGINT: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM}
+
+
+class _Stop:
+    """SIGINT and SIGTERM ask a long-running command to finish what it holds (write it,
+    checkpoint it) instead of raising wherever the main thread happens to be; a second
+    one ends it at once."""
+
+    def __init__(self, event=None) -> None:
+        import threading
+        self.event = event or threading.Event()
+        self.signum: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self.event.set()
+            print(f"zpandas: {signal.Signals(signum).name}: finishing (again to quit at once)",
+                  file=sys.stderr, flush=True)
+        else:
+            raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+
+    @property
+    def code(self) -> int:
+        """The exit code: 0, or 128 + the signal that stopped the command."""
+        return 0 if self.signum is None else 128 + self.signum
+
+
+def _end_with(pid: int) -> None:
+    """SIGTERM this process when process ``pid`` ends (a pidfd in a thread's poll: no
+    ticking; where there is none, a check each second)."""
+    import select
+    import threading
+
+    def wait_pidfd(fd: int) -> None:
+        select.select([fd], [], [])   # readable once the process has ended
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def poll() -> None:
+        while _alive(pid):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):   # no pidfds here (or pid already gone: poll says so)
+        target, arg = poll, ()
+    else:
+        target, arg = wait_pidfd, (fd,)
+    threading.Thread(target=target, args=arg, daemon=True, name="zpandas-parent-watch").start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Terminated(BaseException):

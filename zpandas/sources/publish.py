@@ -9,6 +9,7 @@ offset, send, and checkpoint what has surely left the process.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 import time
@@ -24,6 +25,11 @@ from .follow import Follower
 from .lines import REJECT_SCHEMA, get_format
 from .pipeline import ParsePipeline, default_threads
 from .watch import watch
+
+log = logging.getLogger("zpandas")
+
+#: Seconds a stopped follower waits for its last rows to leave.
+STOP_LINGER = 1.0
 
 __all__ = ["publish_files", "expand_paths"]
 
@@ -127,8 +133,9 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         Longer records are rejects.
     poll_interval : float, optional
         Seconds between checks for new data when no file event arrives: a safety net
-        for missed events, and the tick of ``multiline_timeout``. Default 1 s while file
-        events (inotify, through watchdog) are watched, 0.25 s without them.
+        for missed events, the tick of ``multiline_timeout``, and how soon ``stop`` is
+        seen. Default 0.5 s while file events (inotify, through watchdog) are watched,
+        0.25 s without them.
     block_size : int, default 4 MiB
         Bytes per block for whole CSV files.
     progress : bool, default False
@@ -222,7 +229,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
     if poll_interval is None:
-        poll_interval = 0.25 if watcher is None else 1.0
+        poll_interval = 0.25 if watcher is None else 0.5
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
     deadline = None if duration is None else time.monotonic() + duration
     next_save = time.monotonic() + 1.0
@@ -287,7 +294,17 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
         publish(wait=True)
         producer.flush()
         if own:
-            producer.close()
+            stopped = stop is not None and stop.is_set()
+            try:
+                # Stopped (Ctrl-C, SIGTERM, a notebook's kernel gone): a subscriber that
+                # is gone too would hold the close for all of `linger`. What has not left
+                # within STOP_LINGER is not checkpointed, and is read again on restart.
+                producer.close(timeout=STOP_LINGER if stopped else None)
+            except TimeoutError as e:
+                if not stopped:
+                    raise
+                log.warning("stopping: %s; those rows are not checkpointed and will be sent "
+                            "again by the next run", e)
         save(producer.sent_offsets())
     finally:
         parser.close()
