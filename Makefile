@@ -6,12 +6,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench multicast clean
+.PHONY: demo test bench multicast browser clean
 
 $(STAMP): pyproject.toml
+	@echo "make: first run: creating $(VENV) and installing zpandas with pyzmq, pyarrow, pandas,"
+	@echo "      polars, matplotlib, ipywidgets, watchdog and the test tools (about 300 MB;"
+	@echo "      1-3 minutes with a fast link). Later runs start at once."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --progress-bar off -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,6 +31,17 @@ $(VENV)/.multicast: $(STAMP)
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q libzmq3-dev
 	PYZMQ_NO_BUNDLE=1 $(PY) -m pip install --quiet --force-reinstall --no-deps --no-binary pyzmq --no-cache-dir pyzmq
 	$(PY) -c "import zmq, sys; sys.exit(0 if zmq.has('pgm') else 'pyzmq still has no pgm')"
+	touch $@
+
+# The real-browser test (tests/test_browser.py): Debian's chromium and JupyterLab +
+# Playwright in the venv. Without apt-get or root, says so: that test then skips.
+browser: $(VENV)/.browser
+$(VENV)/.browser: $(STAMP)
+	@echo "make browser: installing chromium (apt) and jupyterlab + playwright (pip; about 1-2 minutes)"
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium; } || \
+	  { echo "make browser: no chromium and no apt-get: tests/test_browser.py will skip"; exit 0; }
+	$(PY) -m pip install --progress-bar off -e '.[test,browser]'
 	touch $@
 
 bench: $(STAMP)

@@ -113,10 +113,12 @@ class LivePlot:
         self.backlog = w.IntSlider(value=backlog, min=1, max=max(10 * backlog, 100),
                                    description=unit, continuous_update=False)
         self.status = w.HTML(value="")
-        # The picture shrinks with a narrow notebook, and the latest-values table goes
-        # under it rather than past the right edge.
-        self.image = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
-        self.table = w.HTML(value="", layout=w.Layout(margin="0 0 0 8px"))
+        # The latest-values table keeps its width beside the picture, which shrinks to
+        # make room (down to 360 px; narrower than that, the table goes under it rather
+        # than past the right edge).
+        self.image = w.Image(format="png", layout=w.Layout(flex="1 1 0%", min_width="360px",
+                                                           max_width="720px", height="auto"))
+        self.table = w.HTML(value="", layout=w.Layout(flex="0 0 auto", margin="0 0 0 8px"))
         self.widget = w.VBox([w.HBox([self.pause, self.backlog]), self.status,
                               w.HBox([self.image, self.table],
                                      layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))])

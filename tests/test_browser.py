@@ -1,0 +1,175 @@
+"""The live dashboard as a user sees it: JupyterLab in a real (headless) Chromium.
+
+JupyterLab is started on 127.0.0.1 with notebooks/live_dashboard.ipynb; Playwright drives
+Debian's Chromium (no browser download: ``executable_path``). The notebook's cells run up to
+its last one (which stops the jobs), then the test checks what the page shows:
+
+* the LivePlot widget's picture is rendered, and changes between two moments;
+* it has a line per host (the three line colours, counted in the picture's pixels);
+* a ``1+1`` cell returns ``2`` while the plot keeps updating;
+* then the last cell runs, and no cell shows an error.
+
+The picture is saved as ``out/browser/liveplot.png`` (the README's LivePlot picture is one).
+Skips, with the reason, where Chromium or Playwright or JupyterLab is not installed;
+``.ci/run`` installs them (``make browser``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; "
+                                                "make browser)"),
+    pytest.mark.timeout(420),
+]
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed (make browser)")
+pytest.importorskip("jupyterlab", reason="jupyterlab not installed (make browser)")
+
+# matplotlib's default colours of the first three lines (tab10), as drawn
+HOST_COLOURS = {"node1": (31, 119, 180), "node2": (255, 127, 14), "node3": (44, 160, 44)}
+# Chromium as root in a closed network: no sandbox, no GPU, no background connections
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab on 127.0.0.1 serving a copy of the live dashboard; yields its URL."""
+    shutil.copy(os.path.join(ROOT, "notebooks", "live_dashboard.ipynb"), tmp_path)
+    port, token = free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "lab.log", "wb")   # a file, not a pipe nobody reads: it never fills
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / ".jupyter"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / ".runtime"), JUPYTER_DATA_DIR=str(tmp_path / ".data"),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            pytest.fail(f"jupyter lab ended: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout=120, interval=0.2, what="jupyter lab to answer")
+        yield url, token
+    finally:
+        # Shutting the server down ends its kernels, and with them (zp.spawn) the tails.
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _colour_pixels(png: bytes) -> dict[str, int]:
+    from matplotlib import image
+    rgb = (image.imread(io.BytesIO(png), format="png")[..., :3] * 255).round().astype(int)
+    return {host: int((np.abs(rgb - np.array(c)).max(axis=-1) <= 12).sum())
+            for host, c in HOST_COLOURS.items()}
+
+
+def test_live_dashboard_in_a_real_browser(lab, tmp_path):
+    url, token = lab
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/lab/tree/live_dashboard.ipynb?token={token}")
+            page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                                   "&& window.jupyterapp.shell.currentWidget.sessionContext "
+                                   "&& window.jupyterapp.shell.currentWidget.sessionContext.session "
+                                   "&& window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                                   timeout=120_000)
+            run = "(cmd) => window.jupyterapp.commands.execute(cmd)"
+            # Every cell but the last (which stops the jobs): select the last, run all above.
+            page.evaluate("() => { const nb = window.jupyterapp.shell.currentWidget.content;"
+                          " nb.activeCellIndex = nb.widgets.length - 1; }")
+            page.evaluate(run, "notebook:run-all-above")
+            image = page.locator(".jp-OutputArea-output img").first
+            image.wait_for(timeout=120_000)
+            # the cell that waits for a few redraws has printed its line
+            page.locator(".jp-OutputArea-output", has_text="refreshes while this cell ran").wait_for(
+                timeout=120_000)
+
+            first = image.screenshot()
+            wait_for(lambda: image.screenshot() != first, timeout=30, interval=0.3,
+                     what="the plot to change")
+            seen = {}
+
+            def a_line_per_host() -> bool:  # each host's line long enough to count
+                seen.update(_colour_pixels(image.screenshot()))
+                return all(n >= 150 for n in seen.values())
+
+            wait_for(a_line_per_host, timeout=60, interval=0.5, what="a line per host")
+            # the latest-values table sits beside the picture, inside the output area
+            widget = page.locator(".jp-OutputArea-output .widget-vbox").first.bounding_box()
+            picture = image.bounding_box()
+            table = page.locator(".jp-OutputArea-output .widget-html", has_text="latest").first.bounding_box()
+            assert table["x"] >= picture["x"] + picture["width"] - 1, (picture, table)
+            assert table["x"] + table["width"] <= widget["x"] + widget["width"] + 1, (widget, table)
+
+            # A new cell, above the last, runs while the plot updates
+            before = image.screenshot()
+            page.evaluate("""() => {
+                const app = window.jupyterapp, nb = app.shell.currentWidget.content;
+                nb.activeCellIndex = nb.widgets.length - 1;
+                return app.commands.execute('notebook:insert-cell-above').then(() => {
+                    nb.activeCell.model.sharedModel.setSource('1+1');
+                    return app.commands.execute('notebook:run-cell');
+                });
+            }""")
+            page.wait_for_function("""() => window.jupyterapp.shell.currentWidget.content.widgets.some(
+                c => c.model.sharedModel.getSource() === '1+1' && c.model.outputs && c.model.outputs.length
+                     && c.model.outputs.get(0).data['text/plain'] === '2')""", timeout=60_000)
+            wait_for(lambda: image.screenshot() != before, timeout=30, interval=0.3,
+                     what="the plot to go on changing after 1+1")
+
+            out = os.path.join(ROOT, "out", "browser")
+            os.makedirs(out, exist_ok=True)
+            page.locator(".jp-OutputArea-output .widget-vbox").first.screenshot(
+                path=os.path.join(out, "liveplot.png"))
+
+            # The last cell: stop the jobs and the tails; its windows close.
+            page.evaluate("() => { const nb = window.jupyterapp.shell.currentWidget.content;"
+                          " nb.activeCellIndex = nb.widgets.length - 1; }")   # the stop cell
+            page.evaluate(run, "notebook:run-cell")
+            page.locator(".jp-OutputArea-output", has_text="rows late").wait_for(timeout=120_000)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                                  has_text="Error")
+            assert errors.count() == 0, errors.all_inner_texts()
+            assert page.locator(".jp-RenderedText", has_text="Traceback").count() == 0
+        finally:
+            browser.close()
