@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -52,14 +53,32 @@ def test_publish_to_subscribe_writes_parquet(tmp_path, procs):
 
 
 @pytest.mark.slow
-def test_demo_runs_and_writes_its_outputs(tmp_path, procs):
-    procs.start("demo", "--out", str(tmp_path))
-    code, err = procs.wait_all(timeout=120)[0]
-    assert code == 0, err
-    agg = pd.read_parquet(tmp_path / "aggregate.parquet")
+@pytest.mark.timeout(300)
+def test_demo_runs_from_a_plain_pip_install(tmp_path):
+    """The wheel alone, run outside the repository: the demo makes its own data, the same
+    bytes as the repository's data/ folder."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(wheels), ROOT], check=True, timeout=240, cwd=tmp_path)
+    (wheel,) = wheels.glob("zpandas-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    str(wheel)], check=True, timeout=240, cwd=tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    where = subprocess.run([sys.executable, "-c", "import zpandas; print(zpandas.__file__)"], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site)), where
+    out = tmp_path / "demo"
+    demo = subprocess.run([sys.executable, "-m", "zpandas", "demo", "--out", str(out)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert demo.returncode == 0, demo.stderr
+    agg = pd.read_parquet(out / "aggregate.parquet")
     assert agg["rows"].sum() == 40_000 and set(agg["host"]) == {"node1", "node2", "node3", "node4"}
-    assert ds.dataset(tmp_path / "rows.parquet").count_rows() == 40_000
-    assert (tmp_path / "cpu_by_host.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ds.dataset(out / "rows.parquet").count_rows() == 40_000
+    assert (out / "cpu_by_host.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for node in range(1, 5):
+        for part in (1, 2):
+            name = os.path.join(f"node{node}", f"metrics-{part}.csv")
+            assert (out / "data" / name).read_bytes() == pathlib.Path(ROOT, "data", name).read_bytes()
 
 
 def test_errors_are_one_clear_line(tmp_path, procs):

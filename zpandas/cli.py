@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("demo", help="4 local producers -> 1 subscriber -> aggregate, Parquet, PNG")
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    d.add_argument("--data", default=None, help="folder with node*/ CSV files (default: bundled)")
+    d.add_argument("--data", default=None,
+                   help="folder with node*/ CSV files (default: generate the demo's own into OUT/data)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -431,18 +432,23 @@ def _demo(args) -> int:
     from .parquet import provenance_of, to_parquet
     from .subscriber import Subscriber
 
-    data = args.data or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-    nodes = sorted(d for d in glob.glob(os.path.join(data, "node*")) if os.path.isdir(d))
-    if not nodes:
-        raise FileNotFoundError(f"no node*/ folders with CSV files in {data}")
     os.makedirs(args.out, exist_ok=True)
+    if args.data is None:   # made here, so that a plain `pip install zpandas` has a demo
+        from ._demodata import write
+        data = os.path.join(args.out, "data")
+        nodes = write(data)
+        print(f"demo data: {len(nodes)} nodes x 2 CSV files of 5,000 rows in {data}")
+    else:
+        data = args.data
+        nodes = sorted(d for d in glob.glob(os.path.join(data, "node*")) if os.path.isdir(d))
+        if not nodes:
+            raise FileNotFoundError(f"no node*/ folders with CSV files in {data}")
     t0 = time.perf_counter()
     with Subscriber("@tcp://127.0.0.1:*", topics="metrics") as sub:
         address = sub.endpoints[0]
         print(f"subscriber listening on {address}; starting {len(nodes)} producer processes")
-        procs = [subprocess.Popen([sys.executable, "-m", "zpandas", "publish", "--quiet",
-                                   os.path.join(node, "*.csv"), "-e", ">" + address,
-                                   "-t", "metrics", "--name", os.path.basename(node)])
+        procs = [spawn("publish", "--quiet", os.path.join(node, "*.csv"), "-e", ">" + address,
+                       "-t", "metrics", "--name", os.path.basename(node))
                  for node in nodes]
         try:
             df = sub.collect(producers=len(nodes), timeout=120)
