@@ -261,3 +261,19 @@ def test_paths_and_globs(tmp_path):
     from zpandas.sources.publish import expand_paths
     assert [os.path.relpath(p, tmp_path) for p in expand_paths(str(tmp_path / "**/*.csv"))] == [
         "a.csv", "b.csv", os.path.join("sub", "c.csv")]
+
+
+@pytest.mark.parametrize("header", ["x,y\n", "x,y"], ids=["header line", "no newline"])
+def test_a_header_only_file_fixes_the_columns_the_next_files_must_have(tmp_path, header):
+    (tmp_path / "a.csv").write_text(header)
+    (tmp_path / "b.csv").write_text("y,x\n1,2\n")      # the same columns: fine
+    (tmp_path / "c.csv").write_text("x,z\n1,2\n")      # others: named
+    reader = CsvReader()
+    assert list(reader.read(tmp_path / "a.csv")) == []
+    assert [b.table.num_rows for b in reader.read(tmp_path / "b.csv")] == [1]
+    with pytest.raises(zp.SchemaMismatchError, match=r"c\.csv: columns \['x', 'z'\] do not match"):
+        list(reader.read(tmp_path / "c.csv"))
+    fresh = CsvReader()
+    list(fresh.read(tmp_path / "a.csv"))
+    with pytest.raises(zp.SchemaMismatchError, match=r"fixed by .*a\.csv"):
+        list(fresh.read(tmp_path / "c.csv"))

@@ -144,6 +144,7 @@ class CsvReader:
         self.block_size = block_size
         self.schema: pa.Schema | None = None
         self._schema_from: str | None = None
+        self._names: list[str] | None = None   # columns of the first header seen
         self.widened: list[str] = []  # "'col' int64 -> double", as types were widened
         #: Records that do not parse or fit - another number of fields than the header,
         #: a value not of its column's type, an unclosed quote at the end of a file
@@ -223,14 +224,14 @@ class CsvReader:
 
     def _header(self, path: str, buf: bytearray, start: int, end: int, offset: int) -> list[str]:
         """Column names from the header record in ``buf[start:end]``, made unique."""
-        header = memoryview(buf)[start:end]
+        header = bytes(buf[start:end])   # a copy (a header is short): buf stays free to grow
+        if not header.endswith((b"\n", b"\r")):
+            header += b"\n"   # a header with nothing after it, not even a newline: Arrow wants one
         try:
             names = pacsv.read_csv(pa.py_buffer(header), parse_options=self._parse,
                                    read_options=pacsv.ReadOptions(use_threads=False)).column_names
         except pa.ArrowInvalid as e:
             raise SourceError(f"{path}: header at bytes {offset + start}-{offset + end}: {e}") from e
-        finally:
-            header.release()  # lets buf grow again
         return unique_names(names)
 
     def _rows(self, path: str, buf: bytearray, start: int, end: int, offset: int,
@@ -349,8 +350,12 @@ class CsvReader:
         return table
 
     def _check_names(self, path: str, names: list[str]) -> None:
-        if self.schema is not None and sorted(names) != sorted(self.schema.names):
-            raise SchemaMismatchError(f"{path}: columns {names} do not match {self.schema.names} "
+        """Every file has the first file's columns - a header-only one included."""
+        expected = self.schema.names if self.schema is not None else self._names
+        if expected is None:
+            self._names, self._schema_from = names, path
+        elif sorted(names) != sorted(expected):
+            raise SchemaMismatchError(f"{path}: columns {names} do not match {expected} "
                                       f"(fixed by {self._schema_from})")
 
     def _convert(self, path: str, chunk, offset: int, read: pacsv.ReadOptions) -> pa.Table | None:
