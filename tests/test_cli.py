@@ -92,6 +92,35 @@ def test_errors_are_one_clear_line(tmp_path, procs):
     assert c3 == 1 and "0 of 1 subscribers" in e3
 
 
+def test_publish_says_what_it_waits_for_and_why_it_cannot_connect(procs):
+    csv = os.path.join(ROOT, "data", "node1", "metrics-1.csv")
+    procs.start("publish", csv, "-e", ">tcp://no-such-host.invalid:5556", "--wait-timeout", "2")
+    procs.start("publish", csv, "-e", f">tcp://127.0.0.1:{free_port()}", "--wait-timeout", "2")
+    (c1, e1), (c2, e2) = procs.wait_all()
+    assert c1 == c2 == 1
+    assert "cannot resolve 'no-such-host.invalid'" in e1   # said before any waiting
+    assert "waiting for 1 subscriber on >tcp://no-such-host.invalid:5556" in e1
+    assert "cannot connect to tcp://no-such-host.invalid:5556" in e1
+    assert "cannot resolve" not in e2 and "waiting for 1 subscriber on >tcp://127.0.0.1:" in e2
+    assert "cannot connect to tcp://127.0.0.1:" in e2
+
+
+def test_every_command_line_option_has_help():
+    import argparse
+
+    from zpandas.cli import _parser
+
+    def missing(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from missing(sub, f"{where} {name}")
+            elif not action.help:
+                yield f"{where} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(missing(_parser(), "zpandas")) == []
+
+
 def test_publish_schema_option_and_type_drift(tmp_path, procs):
     drift = tmp_path / "drift.csv"
     drift.write_text("id,code\n" + "".join(f"{i},{i}\n" for i in range(3000)) + "3000,A7\n")

@@ -24,6 +24,7 @@ _EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake failed (protocol)",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake failed (authentication)",
+    zmq.EVENT_CONNECT_RETRIED: "connect retried",
 }
 _MASK = 0
 for _event in _EVENTS:
@@ -39,6 +40,9 @@ class Monitor:
         self.socket = sock.get_monitor_socket(_MASK)
         self.peers = 0
         self.events: collections.Counter[str] = collections.Counter()
+        # endpoints that failed to connect since they last connected: said once each,
+        # not at every retry (ZeroMQ retries every 100 ms)
+        self._failing: set[str] = set()
 
     @property
     def auth_failures(self) -> int:
@@ -57,8 +61,16 @@ class Monitor:
                 continue
             self.events[what] += 1
             endpoint = event["endpoint"].decode("utf-8", "replace")
-            if event["event"] in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+            if event["event"] == zmq.EVENT_CONNECT_RETRIED:
+                if endpoint not in self._failing:
+                    self._failing.add(endpoint)
+                    log.warning("%s: cannot connect to %s yet (nothing listening there, or its "
+                                "host name does not resolve); retrying", self._owner, endpoint)
+            elif event["event"] in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
                 self.peers += 1
+                if endpoint in self._failing:
+                    self._failing.discard(endpoint)
+                    log.warning("%s: connected to %s", self._owner, endpoint)
                 log.info("%s: peer %s on %s", self._owner, what, endpoint)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.peers = max(0, self.peers - 1)

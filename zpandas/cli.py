@@ -71,6 +71,11 @@ def spawn(*args: str, **popen_options) -> subprocess.Popen:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return _main(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zpandas",
         description="Rows from CSV files on many machines, live in pandas (Arrow over ZeroMQ).")
@@ -92,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="producer name shown to subscribers (default host:pid)")
     p.add_argument("--wait-for", type=int, default=1, metavar="N",
                    help="wait until N subscribers listen before sending (default 1; 0: don't wait)")
-    p.add_argument("--wait-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument("--wait-timeout", type=float, default=60.0, metavar="S",
+                   help="give up (exit code 1) if the subscribers are not there within S seconds "
+                        "(default 60)")
     p.add_argument("--block-size", type=int, default=4 << 20, metavar="BYTES",
                    help="bytes of CSV parsed at a time (default 4 MiB)")
     p.add_argument("--frame-bytes", type=int, default=4 << 20, metavar="BYTES",
                    help="rows are coalesced into frames of about this size (default 4 MiB)")
-    p.add_argument("--delimiter", default=",")
+    p.add_argument("--delimiter", default=",", help="CSV field delimiter (default ',')")
     p.add_argument("--schema", action="append", type=_column_type, metavar="NAME=TYPE",
                    help="whole CSV files: a column's type (string, int64, float64, bool, "
                         "timestamp[ms], ...); repeatable. Others are inferred")
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                        description="Make CURVE key pairs for Producer, Subscriber and Proxy "
                                    "(curve=zpandas.Curve(...)). Secret files are readable by "
                                    "their owner only.")
-    k.add_argument("folder")
+    k.add_argument("folder", help="where to write the key files (created if missing)")
     k.add_argument("--name", action="append", help="one pair per name (default: zpandas); repeatable")
 
     d = sub.add_parser("demo", help="4 local producers -> 1 subscriber -> aggregate, Parquet, PNG")
@@ -164,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--data", default=None,
                    help="folder with node*/ CSV files (default: generate the demo's own into OUT/data)")
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM (kill, systemd, docker stop) ends a command cleanly, like Ctrl-C. Both end
@@ -191,6 +201,11 @@ def _publish(args) -> int:
     from .sources.publish import publish_files
 
     endpoints = args.endpoint or [">" + DEFAULT_ENDPOINT]
+    if args.wait_for and not args.quiet:
+        _check_names(endpoints)
+        print(f"zpandas publish: waiting for {args.wait_for} subscriber"
+              f"{'s' if args.wait_for > 1 else ''} on {', '.join(endpoints)} "
+              f"(up to {args.wait_timeout:g} s; Ctrl-C to stop)", file=sys.stderr, flush=True)
     stop = threading.Event()
     # Following ends cleanly on Ctrl-C or SIGTERM: what was sent is checkpointed.
     signalled = _Stop(stop) if args.follow else None
@@ -210,6 +225,26 @@ def _publish(args) -> int:
         print(f"published {result['rows']:,} rows from {result['files']} files "
               f"({result['bytes'] / 1e6:.1f} MB){rejects}{widened}", file=sys.stderr)
     return signalled.code if signalled else 0
+
+
+def _check_names(endpoints: list[str]) -> None:
+    """Say at once which host names of connecting endpoints do not resolve (ZeroMQ would
+    retry them quietly for as long as it is asked to wait)."""
+    import socket
+
+    from .endpoints import parse_endpoints
+
+    for ep in parse_endpoints(endpoints, default="connect"):
+        scheme, _, rest = ep.address.partition("://")
+        if ep.action != "connect" or scheme != "tcp":
+            continue
+        host = rest.rsplit(":", 1)[0].strip("[]")
+        host = host.split(";")[-1]   # "source;host"
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError) as e:
+            print(f"zpandas publish: warning: cannot resolve {host!r} in {ep} ({e}); "
+                  "retrying until it does", file=sys.stderr, flush=True)
 
 
 def _column_type(text: str) -> tuple[str, pa.DataType]:
