@@ -94,7 +94,7 @@ def test_an_ended_producer_stops_holding_the_watermark_at_once(clock):
     send(agg, A, rows(5))
     send(agg, B, rows(2))
     with agg._lock:
-        agg._end(B)
+        agg._time.end(B)
     assert agg.stats()["watermark"] == T + pd.Timedelta(minutes=5)
     assert agg.stats()["active"] == 1
 
@@ -104,11 +104,11 @@ def test_a_producer_that_starts_within_idle_seconds_is_not_late(clock):
     agg = zp.Aggregation(values={"value": ["sum", "count"]}, window="5min", idle=5)
     send(agg, A, rows(np.arange(0, 60, 0.5)))
     with agg._lock:
-        agg._end(A)
+        agg._time.end(A)
     clock.now += 4
     send(agg, B, rows(np.arange(0, 60, 0.5)))
     with agg._lock:
-        agg._end(B)
+        agg._time.end(B)
     assert agg.stats()["late_rows"] == 0 and agg.result()["value_count"].sum() == 240
     clock.now += 5   # every producer quiet for idle seconds: nobody to wait for
     got = agg.result()

@@ -5,22 +5,15 @@ max, first, last - and merged into the running state, so the rows themselves are
 kept. ``mean`` is sum / count. The results equal pandas' groupby over all the rows fed,
 in the order they were fed.
 
-Event time, as Flink treats it with idle sources. Each producer's *progress* is the latest
-event time it has sent. The *watermark* is the slowest active producer's progress minus
-``lateness``: a producer is active until it ends its stream or sends nothing for ``idle``
-seconds, so a node that is a little behind (a busy CPU, a slower link, a file read
-later) holds the watermark back instead of having its rows called late. A window becomes
-*final* once the watermark has been past its end for ``idle`` seconds of wall-clock
-time - the time a producer that starts late, or stalls, has to catch up - or at once
-when every producer has been quiet for ``idle`` seconds; the watermark then follows the
-wall clock, so the last windows of a quiet stream close too. A row for a window that is
-already final is *late*: it is counted and kept aside (:meth:`Aggregation.late`), never
-silently dropped or merged into a final result.
+Windows become final as event time progresses, producer by producer (see
+:mod:`zpandas._eventtime`: the watermark is the slowest active producer's progress, and a
+window is final ``idle`` seconds after the watermark passes its end). A row for a window
+that is already final is *late*: it is counted and kept aside
+(:meth:`Aggregation.late`), never silently dropped or merged into a final result.
 """
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ._eventtime import EventTime
 from ._feed import Feed
 
 __all__ = ["Aggregation"]
@@ -122,14 +116,7 @@ class Aggregation:
                         "dropped_rows": 0}
         self._errors: list[str] = []
         # Event-time progress per source: a producer's id, or None for update()'s caller.
-        self._progress: dict[object, pd.Timestamp] = {}
-        self._ended: set = set()
-        # source -> time.monotonic() of its last rows; written by a Subscriber's socket
-        # thread as they arrive (not as they are folded), hence a lock of its own.
-        self._arrivals: dict[object, float] = {}
-        self._arrivals_lock = threading.Lock()
-        self._marks: collections.deque = collections.deque()  # (monotonic, watermark) as it changed
-        self._final_through: pd.Timestamp | None = None  # windows ending by then are final
+        self._time = EventTime(self.lateness, self.idle, self.window)
         self._lock = threading.Lock()
         self._fed: Feed | None = None   # tables from a Subscriber, folded on their own thread
         #: The Subscriber feeding this aggregation, if it was made by ``Subscriber.aggregate``.
@@ -193,13 +180,12 @@ class Aggregation:
             out = dict(self._counts)
             out["windows_open"] = 0 if self._state is None or self.window is None else \
                 self._state.index.get_level_values("window_start").nunique()
-            now = time.monotonic()
-            wm, active = self._watermark(now)
+            wm, active = self._time.watermark(time.monotonic())
             out["watermark"] = wm
-            out["final_through"] = self._final_through
-            out["producers"] = len(self._progress)
+            out["final_through"] = self._time.final_through
+            out["producers"] = len(self._time.progress)
             out["active"] = len(active)
-            slowest = min(active, key=self._progress.__getitem__, default=None)
+            slowest = self._time.slowest(active)
             out["slowest"] = slowest.hex()[:12] if isinstance(slowest, bytes) else None
             out["errors"] = list(self._errors)
             return out
@@ -223,9 +209,9 @@ class Aggregation:
         ((producer, table) pairs received so far); ``quiet``: seconds since each producer
         was last heard from; ``ended``: producers that ended their streams."""
         now = time.monotonic()
-        with self._arrivals_lock:
-            self._arrivals.update({p: now - max(0.0, ago) for p, ago in quiet.items()})
-        self._fed = Feed(self._fold, self._end, self._lock,
+        for producer, ago in quiet.items():
+            self._time.arrived(producer, now, ago)
+        self._fed = Feed(self._fold, self._time.end, self._lock,
                          list(items) + [(p, None) for p in ended], limit_bytes)
 
     def _feed(self, source: bytes, table: pa.Table, block: bool) -> None:
@@ -252,11 +238,7 @@ class Aggregation:
     # -- internals (hold _lock) -------------------------------------------------------
 
     def _arrived(self, source) -> None:
-        with self._arrivals_lock:
-            self._arrivals[source] = time.monotonic()
-
-    def _end(self, source) -> None:
-        self._ended.add(source)
+        self._time.arrived(source, time.monotonic())
 
     def _fold(self, data, sources: list | None = None) -> None:
         """Fold rows; ``sources``: (source, rows) of consecutive slices of them (default:
@@ -296,12 +278,13 @@ class Aggregation:
             df = df.assign(**{self.on: ts})
             # A row whose earliest window is final is late: it could no longer count
             # in all of its windows, so it counts in none.
-            if self._final_through is not None:
-                late = ts.dt.floor(self.every) + self.every <= self._final_through
+            final = self._time.final_through
+            if final is not None:
+                late = ts.dt.floor(self.every) + self.every <= final
                 if late.any():
                     self._keep_late(df[late])
                     df = df[~late]
-            self._advance(ts, sources)
+            self._time.advance(ts, sources)
             df = self._assign_windows(df)
         self._counts["rows"] += len(df)
         partial = self._partial(df)
@@ -338,69 +321,10 @@ class Aggregation:
     def _merge_spec(self) -> dict:
         return {f"{col}\0{p}": _MERGE[p] for col, parts in self._parts.items() for p in parts}
 
-    def _advance(self, ts: pd.Series, sources: list) -> None:
-        """Each source's progress: the latest event time among its rows (``ts``, in the
-        order of ``sources``' slices)."""
-        sizes = np.array([n for _, n in sources], dtype=np.int64)
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        nonempty = sizes > 0
-        latest = np.maximum.reduceat(ts.to_numpy(dtype="datetime64[ns]"), starts[nonempty])
-        for (source, _), t in zip([s for s, keep in zip(sources, nonempty) if keep], latest):
-            t = pd.Timestamp(t).tz_localize(ts.dt.tz)
-            old = self._progress.get(source)
-            self._progress[source] = t if old is None or t > old else old
-            self._ended.discard(source)  # it sends again
-
-    def _watermark(self, now: float) -> tuple[pd.Timestamp | None, list]:
-        """The watermark at ``now`` and the sources holding it (none: every one quiet or
-        ended)."""
-        if not self._progress:
-            return None, []
-        with self._arrivals_lock:
-            arrivals = dict(self._arrivals)
-        active = [s for s in self._progress
-                  if s not in self._ended and now - arrivals.get(s, -np.inf) < self.idle]
-        if active:
-            return min(self._progress[s] for s in active) - self.lateness, active
-        wm = max(self._progress.values()) - self.lateness
-        quiet = now - max(arrivals.values(), default=now)
-        if quiet >= self.idle:
-            wm += pd.Timedelta(seconds=quiet)  # a quiet stream's clock is the wall clock
-        return wm, []
-
-    def _finality(self) -> pd.Timestamp | None:
-        """Move ``_final_through`` to the lowest the watermark was over the last ``idle``
-        seconds: a window is final once the watermark has stayed past its end that long
-        (a producer that joins behind lowers it, and so holds windows open). Once every
-        producer has been quiet for ``idle`` seconds nobody is left to wait for: the
-        watermark as it is now, and every window if every producer ended its stream."""
-        now = time.monotonic()
-        wm, _ = self._watermark(now)
-        if wm is None:
-            return None
-        marks = self._marks
-        if not marks or wm != marks[-1][1]:
-            marks.append((now, wm))
-        cutoff = now - self.idle
-        while len(marks) >= 2 and marks[1][0] <= cutoff:
-            marks.popleft()    # marks[0] is the watermark in effect at the cutoff
-        with self._arrivals_lock:
-            last = max(self._arrivals.values(), default=now)
-        if now - last >= self.idle:
-            ended = self.window is not None and self._ended >= self._progress.keys()
-            candidate = max(self._progress.values()) + self.window if ended else wm
-        elif marks[0][0] <= cutoff:
-            candidate = min(w for _, w in marks)
-        else:
-            return self._final_through
-        if self._final_through is None or candidate > self._final_through:
-            self._final_through = candidate
-        return self._final_through
-
     def _close_windows(self) -> None:
         if self.window is None:
             return
-        final = self._finality()
+        final = self._time.finality(time.monotonic())
         if final is None or self._state is None or not len(self._state):
             return
         starts = self._state.index.get_level_values("window_start")
