@@ -269,7 +269,8 @@ def test_a_header_only_file_fixes_the_columns_the_next_files_must_have(tmp_path,
     (tmp_path / "b.csv").write_text("y,x\n1,2\n")      # the same columns: fine
     (tmp_path / "c.csv").write_text("x,z\n1,2\n")      # others: named
     reader = CsvReader()
-    assert list(reader.read(tmp_path / "a.csv")) == []
+    (empty,) = reader.read(tmp_path / "a.csv")          # no rows, but its columns
+    assert empty.table.num_rows == 0 and empty.table.column_names == ["x", "y"]
     assert [b.table.num_rows for b in reader.read(tmp_path / "b.csv")] == [1]
     with pytest.raises(zp.SchemaMismatchError, match=r"c\.csv: columns \['x', 'z'\] do not match"):
         list(reader.read(tmp_path / "c.csv"))
@@ -277,3 +278,25 @@ def test_a_header_only_file_fixes_the_columns_the_next_files_must_have(tmp_path,
     list(fresh.read(tmp_path / "a.csv"))
     with pytest.raises(zp.SchemaMismatchError, match=r"fixed by .*a\.csv"):
         list(fresh.read(tmp_path / "c.csv"))
+
+
+def test_header_only_files_keep_their_columns_at_the_subscriber(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n")
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        result = zp.publish_files(tmp_path / "a.csv", ">" + sub.endpoints[0], wait_for_subscribers=1)
+        df = sub.collect(producers=1, timeout=30)
+        assert result["rows"] == 0 and len(df) == 0
+        assert list(df.columns) == ["x", "y", "_file", "_offset"]
+        assert list(sub.frame().columns) == list(df.columns)
+
+
+def test_an_empty_frame_sends_its_columns_once():
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        with zp.Producer(">" + sub.endpoints[0], wait_for_subscribers=1) as p:
+            empty = pd.DataFrame({"a": pd.Series([], dtype="int64")})
+            p.send(empty)
+            p.send(empty)                       # nothing new: not sent again
+            p.send(pd.DataFrame())              # no columns at all: nothing to say
+        df = sub.collect(producers=1, timeout=30)
+        assert list(df.columns) == ["a"] and str(df["a"].dtype) == "int64"
+        assert sub.stats()["messages"] == 1 and sub.stats()["rows"] == 0

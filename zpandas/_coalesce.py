@@ -96,6 +96,8 @@ class Coalescer:
         table = pend.tables[0] if len(pend.tables) == 1 else pa.concat_tables(pend.tables)
         header = wire.Header(producer=self.producer, name=self.name, source=pend.source,
                              start=pend.start, end=pend.end)
+        if not table.num_rows:   # columns only (see Producer.send)
+            return wire.encode(table, topic=topic, header=header)
         parts = 1 if pend.source else max(1, round(table.nbytes / self.frame_bytes))
         step = -(-table.num_rows // parts)
         frames = []

@@ -146,7 +146,7 @@ class Receiver:
                     except zmq.Again:
                         break
                     table = self._isolated(frames)
-                    if table is not None:
+                    if table is not None and table.num_rows:   # no rows: columns only
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
             for batch in batcher.due(time.monotonic()):
@@ -224,7 +224,7 @@ class Receiver:
         """Hand a producer's rows, and the end of its stream, to the aggregations,
         outside the lock (one may make us wait)."""
         for agg in aggregations:
-            if rows is not None:
+            if rows is not None and rows.num_rows:
                 agg._feed(producer, rows, block=self.policy == "block")
             if ended:
                 agg._feed_end(producer)

@@ -44,11 +44,15 @@ class Retained:
         self.limit = limit
         self.rows = 0
         self.nbytes = 0
+        #: The columns of the last table received, rows or not: what an empty frame() has.
+        self.schema: pa.Schema | None = None
         self._entries: collections.deque[tuple[bytes, pa.Table]] = collections.deque()
         self._tail: tuple[bytes, list[pa.Table]] | None = None  # small, not yet combined
 
     def add(self, producer: bytes, table: pa.Table) -> int:
         """Keep ``table``; return how many of the oldest rows were evicted to make room."""
+        if table.num_columns:
+            self.schema = table.schema
         if self.limit == 0 or not table.num_rows:
             return 0
         self.rows += table.num_rows

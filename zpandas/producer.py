@@ -157,6 +157,7 @@ class Producer:
         # A message may still be in ZeroMQ's queues in this process until SNDHWM + one
         # batch more were sent after it (see SendStream.sent).
         self._stream = SendStream(self.id, self.name, in_flight=hwm + BATCH_MESSAGES)
+        self._columns: dict[bytes, pa.Schema] = {}   # topic -> columns last sent
         self._stream.add_topic(_topic_bytes(topic))
         self._ctx = zmq.Context()
         # Calling threads' messages to the owner; a full queue makes send() wait
@@ -200,7 +201,8 @@ class Producer:
         Parameters
         ----------
         data : pandas.DataFrame, pyarrow.Table or pyarrow.RecordBatch
-            The rows. A DataFrame's non-default index is sent as column(s).
+            The rows. A DataFrame's non-default index is sent as column(s). With no
+            rows, only new columns are sent (so that subscribers know them).
         topic : str, optional
             Overrides the producer's default topic for these rows.
         source : str, optional
@@ -220,8 +222,13 @@ class Producer:
         with self._lock:
             self._check()
             self._stream.add_topic(tkey)
-            if table.num_rows == 0:
-                return
+            last = self._columns.get(tkey)
+            if table.num_rows == 0 and (not table.num_columns
+                                        or (last is not None and table.schema.equals(last))):
+                return   # nothing new to say
+            # No rows but new columns (a CSV file with a header only): sent, so that a
+            # subscriber's frame() has them even if no rows ever come.
+            self._columns[tkey] = table.schema
             jobs, started = self._coalescer.add(tkey, table, source, *offsets)
         for job in jobs:
             self._push(job)

@@ -297,7 +297,7 @@ class ReceiveStream:
             if h.source:
                 s.add_source(h.source, h.start, h.end)
             self._count(s, now, table, msg.nbytes)
-            if table.num_rows:
+            if table.num_rows or not h.rows:   # rows, or a message of columns only
                 events.append(Rows(key, table))
         return events
 

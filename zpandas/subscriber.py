@@ -201,8 +201,9 @@ class Subscriber:
         with self._cond:
             self._check_error()
             tables = self._rx.retained.tables()
+            schema = self._rx.retained.schema
         self._warn_new_losses()
-        table = concat(tables)
+        table = concat(tables) if tables or schema is None else schema.empty_table()
         if last is not None and table.num_rows > last:
             table = table.slice(table.num_rows - last)
         return table.to_pandas()
@@ -241,6 +242,7 @@ class Subscriber:
                                    f"{self._rx.protocol.counts['rows']} rows from "
                                    f"{len({p for p, _ in self._rx.protocol.streams})} producers so far")
             tables = self._rx.retained.tables(done)
+            schema = self._rx.retained.schema
             lost = [s for (p, _), s in self._rx.protocol.streams.items() if p in done and s.missed_rows]
             evicted = self._rx.protocol.counts["evicted_rows"]
             self._warned_missed = self._missed_rows()
@@ -253,7 +255,7 @@ class Subscriber:
             warnings.warn(f"{evicted} rows were evicted by retain={self._retain} and are "
                           "missing from the result", DataLossWarning, stacklevel=2)
         self._warn_memory()
-        return concat(tables).to_pandas()
+        return (concat(tables) if tables or schema is None else schema.empty_table()).to_pandas()
 
     def to_parquet(self, path, *, partition_by=None) -> str:
         """Write :meth:`frame` to Parquet atomically, with provenance in its metadata.

@@ -171,6 +171,7 @@ class CsvReader:
         filled = 0  # bytes of buf holding data: the carried partial record, then new
         offset = 0  # file offset of buf[0]
         line = 1    # line number of buf[0]
+        rows_seen = False
         with open(path, "rb") as f:
             eof = False
             while not eof:
@@ -202,10 +203,17 @@ class CsvReader:
                             rows = _row_starts(buf, start, cut, self._quote, table.num_rows)
                             rows = None if rows is None else rows + offset
                         yield Block(path, offset + start, offset + cut, table, rows)
+                        rows_seen = True
                 line += buf.count(b"\n", 0, cut)
                 buf[:filled - cut] = buf[cut:filled]  # the partial record moves to the front
                 filled -= cut
                 offset += cut
+        if names is not None and not rows_seen:
+            # A header and no rows: still its columns (typed as far as known), so that
+            # what is made of them has columns, not nothing.
+            known = {f.name: f.type for f in self.schema} if self.schema is not None else self._given
+            empty = pa.schema([pa.field(n, known.get(n, pa.string())) for n in names]).empty_table()
+            yield Block(path, offset, offset, empty, np.empty(0, np.int64))
 
     def _unclosed_at_end(self, path: str, buf: bytearray, filled: int, offset: int,
                          start: int) -> int:
