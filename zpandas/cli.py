@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parse-threads", type=int, metavar="N",
                    help="line formats: threads parsing blocks (default 2 with 2 cores or "
                         "more, else 1; 1 leaves more of the node to the job writing the logs)")
+    p.add_argument("--shards", type=int, metavar="N",
+                   help="send under the topics of N buckets, TOPIC#<bucket>, so that several "
+                        "subscribers (zpandas.dask workers) share the stream")
+    p.add_argument("--shard-by", metavar="COLUMN",
+                   help="with --shards: the column whose value picks a row's bucket "
+                        "(default: this producer's name picks one for all its rows)")
     _policy_options(p, "producer")
     _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -218,7 +224,8 @@ def _publish(args) -> int:
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,
                            policy=args.policy, buffer_bytes=args.buffer_bytes,
                            curve=_curve(args), progress=not args.quiet and not args.follow,
-                           schema=dict(args.schema) if args.schema else None)
+                           schema=dict(args.schema) if args.schema else None,
+                           shards=args.shards, shard_by=args.shard_by)
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""

@@ -33,6 +33,7 @@ from ._owner import OwnerThread
 from ._sender import BATCH_MESSAGES, Handoff, Sender
 from .endpoints import Curve, EndpointsLike, parse_endpoints
 from .errors import ClosedError, ProducerBrokenError
+from .shards import bucket_of_name, shard_topic, shard_topics, split_by_key
 from .streams import SendStream
 
 __all__ = ["Producer", "to_table"]
@@ -117,6 +118,14 @@ class Producer:
     multicast : dict, optional
         Options for ``epgm://``/``pgm://`` endpoints, over ``MULTICAST_DEFAULTS``
         (``rate_kbps``, ``recovery_ms``, ``buffer_bytes``, ``hops``).
+    shards : int, optional
+        Send every message under the topic of one of ``shards`` buckets,
+        ``"<topic>#<bucket>"`` (see :mod:`zpandas.shards`): subscribers to ``topic``
+        still get them all, and a subscriber to a bucket's topic gets that bucket only
+        (how ``zpandas.dask`` spreads a stream over workers).
+    shard_by : str, optional
+        With ``shards``: the column whose value picks a row's bucket. Default: the
+        producer's name picks one bucket for all its rows.
 
     Examples
     --------
@@ -129,13 +138,18 @@ class Producer:
                  wait_for_subscribers: int = 0, wait_timeout: float = 30.0,
                  linger: float = 10.0, heartbeat: float = 1.0, policy: Policy = "block",
                  buffer_bytes: int = 256 << 20, curve: Curve | None = None,
-                 multicast: dict | None = None) -> None:
+                 multicast: dict | None = None, shards: int | None = None,
+                 shard_by: str | None = None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if frame_bytes < 1:
             raise ValueError("frame_bytes must be positive")
         if wait_for_subscribers < 0:
             raise ValueError("wait_for_subscribers must be >= 0")
+        if shards is not None and not (isinstance(shards, int) and shards >= 1):
+            raise ValueError(f"shards must be a positive int, not {shards!r}")
+        if shard_by is not None and shards is None:
+            raise ValueError("shard_by= needs shards=")
         self._endpoints = parse_endpoints(endpoint, default="connect")
         if wait_for_subscribers and all(ep.multicast for ep in self._endpoints):
             raise ValueError("wait_for_subscribers needs a tcp:// or ipc:// endpoint: multicast "
@@ -143,6 +157,7 @@ class Producer:
         self.topic = topic
         self.id = uuid.uuid4().bytes
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
+        self.shards, self.shard_by = shards, shard_by
         self.frame_bytes = frame_bytes
         self.flush_interval = flush_interval
         self._linger = linger
@@ -158,7 +173,8 @@ class Producer:
         # batch more were sent after it (see SendStream.sent).
         self._stream = SendStream(self.id, self.name, in_flight=hwm + BATCH_MESSAGES)
         self._columns: dict[bytes, pa.Schema] = {}   # topic -> columns last sent
-        self._stream.add_topic(_topic_bytes(topic))
+        for tkey in self._topics_of(topic):   # where end-of-stream and heartbeats go
+            self._stream.add_topic(tkey)
         self._ctx = zmq.Context()
         # Calling threads' messages to the owner; a full queue makes send() wait
         # (backpressure), as the owner leaves it alone behind a slow subscriber.
@@ -218,18 +234,22 @@ class Producer:
             If the socket thread failed; the original error is ``__cause__``.
         """
         table = to_table(data)
-        tkey = _topic_bytes(self.topic if topic is None else topic)
+        parts = self._route(self.topic if topic is None else topic, table)
+        jobs, started = [], False
         with self._lock:
             self._check()
-            self._stream.add_topic(tkey)
-            last = self._columns.get(tkey)
-            if table.num_rows == 0 and (not table.num_columns
-                                        or (last is not None and table.schema.equals(last))):
-                return   # nothing new to say
-            # No rows but new columns (a CSV file with a header only): sent, so that a
-            # subscriber's frame() has them even if no rows ever come.
-            self._columns[tkey] = table.schema
-            jobs, started = self._coalescer.add(tkey, table, source, *offsets)
+            for tkey, part in parts:
+                self._stream.add_topic(tkey)
+                last = self._columns.get(tkey)
+                if part.num_rows == 0 and (not part.num_columns
+                                           or (last is not None and part.schema.equals(last))):
+                    continue   # nothing new to say
+                # No rows but new columns (a CSV file with a header only): sent, so that
+                # a subscriber's frame() has them even if no rows ever come.
+                self._columns[tkey] = part.schema
+                more, began = self._coalescer.add(tkey, part, source, *offsets)
+                jobs += more
+                started |= began
         for job in jobs:
             self._push(job)
         if started:
@@ -256,7 +276,8 @@ class Producer:
             table = table.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
         except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise ValueError(f"rejects need the columns {REJECT_SCHEMA.names}: {e}") from None
-        tkey = _topic_bytes(self.topic if topic is None else topic)
+        # sharded: with the producer's rows (by name), or in the first bucket (by key)
+        tkey = self._topics_of(self.topic if topic is None else topic)[0]
         header = wire.Header(kind=wire.Kind.REJECTS, producer=self.id, name=self.name,
                              source=source, start=offsets[0], end=offsets[1])
         frames = wire.encode(table, topic=tkey, header=header)
@@ -314,16 +335,18 @@ class Producer:
             If they do not arrive within ``timeout`` seconds.
         """
         topic = self.topic if topic is None else topic
-        tkey = _topic_bytes(topic)
+        # Sharded: the bucket's topic (by name), or every bucket's (by key)
+        tkeys = self._topics_of(topic) if self.shards else [_topic_bytes(topic)]
         with self._lock:
             ok = self._lock.wait_for(
                 lambda: self._sender.error is not None or self._closing
-                or self._matching_subscriptions(tkey) >= n, timeout)
+                or min(self._matching_subscriptions(t) for t in tkeys) >= n, timeout)
             self._check()
             if not ok:
-                raise TimeoutError(f"{self._matching_subscriptions(tkey)} of {n} subscribers to "
-                                   f"topic {topic!r} after {timeout} s on "
-                                   f"{', '.join(map(str, self._endpoints))}")
+                have = min(self._matching_subscriptions(t) for t in tkeys)
+                raise TimeoutError(f"{have} of {n} subscribers to topic "
+                                   f"{' / '.join(t.decode('utf-8', 'replace') for t in tkeys)!r} "
+                                   f"after {timeout} s on {', '.join(map(str, self._endpoints))}")
 
     def stats(self) -> dict:
         """Counters of what was sent.
@@ -410,6 +433,22 @@ class Producer:
             raise ProducerBrokenError(f"producer thread failed: {error}") from error
         if self._closing:
             raise ClosedError("this Producer is closed")
+
+    def _topics_of(self, topic: str) -> list[bytes]:
+        """The topics rows of ``topic`` go out under: itself, its bucket's (sharded by
+        name), or every bucket's (sharded by a column)."""
+        if not self.shards:
+            return [_topic_bytes(topic)]
+        if self.shard_by is None:
+            return [_topic_bytes(shard_topic(topic, bucket_of_name(self.name, self.shards), self.shards))]
+        return [_topic_bytes(t) for t in shard_topics(topic, range(self.shards), self.shards)]
+
+    def _route(self, topic: str, table: pa.Table) -> list[tuple[bytes, pa.Table]]:
+        """(topic, rows) to send: one part, or one per bucket the rows fall in."""
+        if not self.shards or self.shard_by is None:
+            return [(self._topics_of(topic)[0], table)]
+        return [(_topic_bytes(shard_topic(topic, b, self.shards)), part)
+                for b, part in split_by_key(table, self.shard_by, self.shards)]
 
     def _matching_subscriptions(self, tkey: bytes) -> int:
         return sum(n for prefix, n in self._sender.subscriptions.items() if tkey.startswith(prefix))
