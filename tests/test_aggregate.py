@@ -200,3 +200,23 @@ def test_where_aggregates_only_the_rows_it_matches():
     assert bad.stats()["rejected_batches"] == 1 and "no_such_column" in bad.stats()["errors"][0]
     with pytest.raises(TypeError, match="where"):
         zp.Aggregation(values={"value": "sum"}, where=3)
+
+
+@pytest.mark.parametrize("window", [None, "5min"])
+def test_partial_results_of_disjoint_parts_combine_to_pandas_over_all_rows(window):
+    """What zpandas.dask does with one aggregation per worker: merged exactly."""
+    from zpandas.aggregate import combine
+    df = frame(30_000, seed=9)
+    parts = [df.iloc[:7000], df.iloc[7000:19000], df.iloc[19000:]]     # the workers' rows, in order
+    spec = dict(by=["host", "metric"], values={"value": STATS}, window=window, idle=0)
+    aggs = [zp.Aggregation(**spec) for _ in parts]
+    for agg, part in zip(aggs, parts):
+        for i in range(0, len(part), 2500):
+            agg.update(part.iloc[i:i + 2500])
+    got = combine(zp.Aggregation(**spec), [a._partials() for a in aggs])
+    keys = ([pd.Grouper(key="timestamp", freq=window)] if window else []) + ["host", "metric"]
+    want = df.groupby(keys)["value"].agg(STATS).reset_index()
+    check_equal(got, want)
+    if window:
+        assert got["final"].any()
+    assert combine(zp.Aggregation(**spec), [(None, None, 0)]).empty

@@ -110,7 +110,9 @@ class Aggregation:
                        for col, stats in self.values.items()}
         self._keys = (["window_start"] if self.window is not None else []) + self.by
         self._state: pd.DataFrame | None = None   # open windows (or all groups)
-        self._closed: list[pd.DataFrame] = []     # final results, in closing order
+        # partial results of closed windows (kept as partials: zpandas.dask merges them
+        # across workers exactly), in closing order
+        self._closed: list[pd.DataFrame] = []
         self._late: list[pd.DataFrame] = []
         self._counts = {"rows": 0, "late_rows": 0, "rejected_batches": 0, "windows_closed": 0,
                         "dropped_rows": 0}
@@ -145,7 +147,9 @@ class Aggregation:
         with self._lock:
             self._fold_fed()
             self._close_windows()
-            frames = list(self._closed)
+            if len(self._closed) > 1:
+                self._closed = [pd.concat(self._closed)]
+            frames = [self._finish(self._closed[0], final=True)] if self._closed else []
             if not closed_only and self._state is not None and len(self._state):
                 frames.append(self._finish(self._state, final=False))
         if not frames:
@@ -332,8 +336,19 @@ class Aggregation:
         if done.any():
             closed = self._state[done]
             self._state = self._state[~done]
-            self._closed.append(self._finish(closed, final=True))
+            self._closed.append(closed)
             self._counts["windows_closed"] += closed.index.get_level_values("window_start").nunique()
+
+    def _partials(self) -> tuple[pd.DataFrame | None, pd.Timestamp | None, int]:
+        """The partial results of every window (closed or open) or group, indexed by the
+        keys; the time through which windows are final; and how many producers were
+        heard from. What :func:`combine` merges."""
+        with self._lock:
+            self._fold_fed()
+            self._close_windows()
+            parts = self._closed + ([self._state] if self._state is not None else [])
+            return (pd.concat(parts) if parts else None, self._time.final_through,
+                    len(self._time.progress))
 
     def _finish(self, state: pd.DataFrame, final: bool) -> pd.DataFrame:
         out = {}
@@ -370,6 +385,26 @@ class Aggregation:
                 "window": None if self.window is None else str(self.window),
                 "every": None if self.every is None else str(self.every),
                 "rows": self._counts["rows"], "late_rows": self._counts["late_rows"]}
+
+
+def combine(template: Aggregation, partials: list) -> pd.DataFrame:
+    """Merge the :meth:`Aggregation._partials` of aggregations of the same spec over
+    disjoint rows (one per worker, in order) into the result one aggregation over all of
+    them would give: counts and sums add, min and max of the parts, first and last in
+    the parts' order. A window is final when every part that has heard from a producer
+    says so."""
+    states = [p for p, _, _ in partials if p is not None and len(p)]
+    if not states:
+        return template._empty()
+    both = pd.concat(states)
+    state = both.groupby(level=list(range(both.index.nlevels)), sort=False,
+                         dropna=False).agg(template._merge_spec())
+    out = template._finish(state, final=False)
+    if template.window is not None:
+        heard = [final for _, final, producers in partials if producers]
+        if heard and all(f is not None for f in heard):
+            out["final"] = out["window_end"] <= min(heard)
+    return out.sort_values(template._keys, kind="stable", ignore_index=True) if template._keys else out
 
 
 def _kept(sources: list, mask: np.ndarray) -> list:
