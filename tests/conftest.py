@@ -50,15 +50,26 @@ def _children() -> set[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[1] == me and fields[0] != "Z":
+        if fields[1] == me and fields[0] != "Z" and not _process_wide(pid):
             kids.add(int(pid))
     return kids
 
 
+def _process_wide(pid: str) -> bool:
+    """multiprocessing's resource tracker: one per process, for its lifetime (started by
+    the first multiprocessing user, e.g. a Dask LocalCluster)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"multiprocessing.resource_tracker" in f.read()
+    except OSError:
+        return False
+
+
 def _threads() -> set[threading.Thread]:
-    # pyzmq's zero-copy garbage collector is one process-wide thread, started on first
-    # use and meant to outlive any one socket.
-    return {t for t in threading.enumerate() if "Garbage" not in type(t).__name__}
+    # Process-wide threads, started on first use and meant to outlive any one user:
+    # pyzmq's zero-copy garbage collector, and Dask's offload executor (a client's).
+    return {t for t in threading.enumerate()
+            if "Garbage" not in type(t).__name__ and not t.name.startswith("Dask-Offload")}
 
 
 @pytest.fixture(autouse=True)

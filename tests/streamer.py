@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--hold", action="store_true", help="after --sends, idle until 'stop'")
     ap.add_argument("--progress", action="store_true", help="print 'sent N waits W' as it goes")
     ap.add_argument("--multicast", default=None, help="JSON of multicast options")
+    ap.add_argument("--shards", type=int, default=None, help="Producer(shards=N)")
     args = ap.parse_args()
 
     stop = threading.Event()
@@ -53,7 +54,8 @@ def main() -> None:
                            buffer_bytes=args.buffer_bytes, frame_bytes=args.frame_bytes,
                            heartbeat=args.heartbeat, linger=args.linger,
                            wait_for_subscribers=args.wait_for,
-                           multicast=json.loads(args.multicast) if args.multicast else None)
+                           multicast=json.loads(args.multicast) if args.multicast else None,
+                           shards=args.shards)
     print("ready", " ".join(producer.endpoints), flush=True)
     if args.go:
         sys.stdin.readline()

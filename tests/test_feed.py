@@ -17,8 +17,9 @@ def test_tables_are_folded_in_order_a_run_of_one_schema_at_a_time():
         assert sum(n for _, n in sources) == table.num_rows
         folded.append((table.column(0).to_pylist(), [s for s, _ in sources]))
 
-    feed = Feed(fold, lambda s: folded.append(("end", s)), lock, [(b"p", pa.table({"a": [1]}))],
-                limit_bytes=1 << 20)
+    # the backlog to start with: a table, and a stream that had already ended
+    feed = Feed(fold, lambda s: folded.append(("end", s)), lock,
+                [(b"p", pa.table({"a": [1]})), (b"r", None)], limit_bytes=1 << 20)
     for source, t in ((b"q", pa.table({"a": [2, 3]})), (b"p", pa.table({"b": ["x"]})),
                       (b"q", pa.table({"a": [4]}))):
         assert feed.put(source, t, block=True)
@@ -31,6 +32,7 @@ def test_tables_are_folded_in_order_a_run_of_one_schema_at_a_time():
     assert sum((sources for _, sources in runs), []) == [b"p", b"q", b"p", b"q"]
     assert all(len({type(v) for v in values}) == 1 for values, _ in runs)
     assert folded[-1] == ("end", b"q")   # after the rows of q, in order
+    assert ("end", b"r") in folded
     assert not any(t.name.startswith("zpandas-aggregate-") for t in threading.enumerate())
 
 

@@ -47,7 +47,7 @@ class Feed:
         self._fold, self._end, self._lock, self._limit = fold, end, lock, limit_bytes
         # (source, table), or (source, None) for "source ended"
         self._items: collections.deque[tuple[object, pa.Table | None]] = collections.deque(items)
-        self._bytes = sum(t.nbytes for _, t in items)
+        self._bytes = sum(t.nbytes for _, t in items if t is not None)
         self._cond = threading.Condition()
         self._open = True
         self._thread = threading.Thread(target=self._run, daemon=True,

@@ -35,8 +35,8 @@ class LivePlot:
     Parameters
     ----------
     source : Aggregation or Subscriber
-        With an :class:`~zpandas.Aggregation` (windows): x is ``window_start``, one line
-        per group. With a :class:`~zpandas.Subscriber`: its retained rows, x is ``x``.
+        With an :class:`~zpandas.Aggregation` (windows; or a
+        ``zpandas.dask.DaskAggregation``): x is ``window_start``, one line per group. With a :class:`~zpandas.Subscriber`: its retained rows, x is ``x``.
     y : str, optional
         Column to plot, e.g. ``"value_mean"``; the title and the y axis name it ("mean
         of value"). Default: the aggregation's only result column (with several, say
@@ -72,7 +72,9 @@ class LivePlot:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.source = source
-        self._is_agg = isinstance(source, Aggregation)
+        # An Aggregation, or one that combines several (zpandas.dask.DaskAggregation)
+        self._is_agg = isinstance(source, Aggregation) or all(
+            hasattr(source, a) for a in ("result", "stats", "window", "values", "by"))
         if not self._is_agg and not isinstance(source, Subscriber):
             raise TypeError("LivePlot shows an Aggregation or a Subscriber, "
                             f"not {type(source).__name__}")
