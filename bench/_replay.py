@@ -1,10 +1,11 @@
 """Pre-encoded wire messages in a file, replayed: how the consumer benchmarks feed a
 Subscriber with no producer work in the measured process.
 
-    python bench/_replay.py ADDRESS PATH
+    python bench/_replay.py ADDRESS[,ADDRESS...] PATH
 
-connects an XPUB to ADDRESS, waits for a subscription, prints ``ready``, and on a line
-from stdin sends every message of PATH as fast as ZeroMQ takes them.
+connects an XPUB to each ADDRESS, waits for a subscription to the topic of PATH's first
+message, prints ``ready``, and on a line from stdin sends every message of PATH as fast as
+ZeroMQ takes them.
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ def main(address: str, path: str) -> None:
     pub = ctx.socket(zmq.XPUB)
     pub.sndhwm = 0
     pub.setsockopt(zmq.XPUB_NODROP, 1)
-    pub.connect(address)
-    pub.recv()
+    for a in address.split(","):
+        pub.connect(a)
+    topic = messages[0][0]
+    while True:   # a subscription that takes this topic (b"\x01" + prefix)
+        sub = pub.recv()
+        if sub[:1] == b"\x01" and topic.startswith(sub[1:]):
+            break
     print("ready", flush=True)
     sys.stdin.readline()
     for m in messages:

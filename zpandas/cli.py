@@ -214,7 +214,7 @@ def _publish(args) -> int:
               f"(up to {args.wait_timeout:g} s; Ctrl-C to stop)", file=sys.stderr, flush=True)
     stop = threading.Event()
     # Following ends cleanly on Ctrl-C or SIGTERM: what was sent is checkpointed.
-    signalled = _Stop(stop) if args.follow else None
+    signalled = _Stop(stop, quiet=args.quiet) if args.follow else None
     result = publish_files(args.files, endpoints, topic=args.topic, name=args.name,
                            format=args.format, follow=args.follow, checkpoint=args.checkpoint,
                            multiline=args.multiline, multiline_timeout=args.multiline_timeout,
@@ -397,9 +397,10 @@ class _Stop:
     checkpoint it) instead of raising wherever the main thread happens to be; a second
     one ends it at once."""
 
-    def __init__(self, event=None) -> None:
+    def __init__(self, event=None, quiet: bool = False) -> None:
         import threading
         self.event = event or threading.Event()
+        self.quiet = quiet
         self.signum: int | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
@@ -408,8 +409,9 @@ class _Stop:
         if self.signum is None:
             self.signum = signum
             self.event.set()
-            print(f"zpandas: {signal.Signals(signum).name}: finishing (again to quit at once)",
-                  file=sys.stderr, flush=True)
+            if not self.quiet:
+                print(f"zpandas: {signal.Signals(signum).name}: finishing (again to quit at once)",
+                      file=sys.stderr, flush=True)
         else:
             raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
 
