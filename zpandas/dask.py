@@ -76,9 +76,6 @@ class _Shard:
     def resolved(self) -> list[str]:
         return [ep for _, sub in self.subscribers for ep in sub.endpoints]
 
-    def buckets(self) -> list[int]:
-        return sorted(b for buckets, _ in self.subscribers for b in buckets)
-
     def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
         frames = [sub.frame() for _, sub in self.subscribers]
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else \
@@ -186,6 +183,7 @@ class DaskSubscriber:
         if not workers:
             raise ValueError("the Dask cluster has no workers")
         share = {w: list(range(i, shards, len(workers))) for i, w in enumerate(workers)}
+        self._assigned = share                      # worker address -> its buckets
         self._actors: dict[str, object] = {}        # worker address -> actor
         futures = {w: client.submit(_Shard, endpoints, topic, shards, share[w], options, actor=True,
                                     workers=[w], allow_other_workers=False,
@@ -207,7 +205,7 @@ class DaskSubscriber:
     def buckets(self) -> dict[str, list[int]]:
         """Which worker receives which buckets."""
         self._live()
-        return {w: a.buckets().result() for w, a in self._actors.items()}
+        return {w: list(bs) for w, bs in self._assigned.items()}
 
     def frame(self):
         """Every worker's retained rows as one ``dask.dataframe.DataFrame``, a partition
@@ -278,32 +276,38 @@ class DaskSubscriber:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
             columns=["time", "producer", "name", "topic", "kind", "messages", "rows", "worker"])
 
+    def rejects(self) -> pd.DataFrame:
+        """Lines the producers could not parse, from every worker."""
+        actors = self._live()
+        frames = [f.result().assign(worker=w) for w, f in ((w, a.rejects()) for w, a in actors.items())]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
     def rebalance(self) -> list[dict]:
-        """Move the buckets of workers that are gone to the live ones; return the moves
-        made now (also kept in :attr:`lost`). Every other call does this first."""
+        """Move the buckets of workers that are gone to the live ones (a worker without
+        a share first: one restarted in a lost one's place); return the moves made now,
+        also kept in :attr:`lost`. Every other call does this first."""
         with self._lock:
-            live = set(self.client.scheduler_info()["workers"])
-            gone = [w for w in self._actors if w not in live]
+            live = list(self.client.scheduler_info()["workers"])
             moves = []
-            for w in gone:
-                actor = self._actors.pop(w)
+            for w in [w for w in self._actors if w not in live]:
+                self._actors.pop(w)
                 self._futures.pop(w, None)
-                buckets = [b for b in range(self.shards) if b not in self._held()]
-                del actor
+                buckets = self._assigned.pop(w)
                 fresh = [x for x in live if x not in self._actors]
                 targets = fresh or list(self._actors)
                 if not targets:
                     raise RuntimeError("no live Dask worker is left to take the stream")
                 share = {t: buckets[i::len(targets)] for i, t in enumerate(targets)}
+                share = {t: bs for t, bs in share.items() if bs}
                 for t, bs in share.items():
-                    if not bs:
-                        continue
                     if t in self._actors:
                         self._actors[t].take(bs).result()
+                        self._assigned[t] = sorted(self._assigned[t] + bs)
                     else:
                         self._start(t, bs)
                 move = {"time": pd.Timestamp.now(tz="UTC"), "worker": w, "buckets": buckets,
-                        "to": {t: bs for t, bs in share.items() if bs}}
+                        "to": share}
                 moves.append(move)
                 self.lost.append(move)
             return moves
@@ -347,12 +351,6 @@ class DaskSubscriber:
         self.rebalance()
         return dict(self._actors)
 
-    def _held(self) -> set[int]:
-        held = set()
-        for a in self._actors.values():
-            held.update(a.buckets().result())
-        return held
-
     def _start(self, worker: str, buckets: list[int]) -> None:
         future = self.client.submit(_Shard, self.endpoints_, self.topic, self.shards, buckets,
                                     self._options, actor=True, workers=[worker],
@@ -362,6 +360,7 @@ class DaskSubscriber:
         for key, spec in self._aggregations.items():
             actor.aggregate(key, spec).result()
         self._actors[worker], self._futures[worker] = actor, future
+        self._assigned[worker] = sorted(buckets)
 
     def _key(self, worker: str) -> str:
         return self._futures[worker].key
