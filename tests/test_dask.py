@@ -76,6 +76,10 @@ def test_every_row_once_across_workers_aggregated_and_written(client, proxy, str
 
         windows = ds.aggregate(by="producer", values={"value": ["mean", "count"]}, window="1s", on="ts")
         wait_for(lambda: windows.stats()["rows"] == sum(sent.values()), timeout=60, what="windowed")
+        got = windows.result()
+        want = rows.groupby([pd.Grouper(key="ts", freq="1s"), "producer"])["value"].agg(["mean", "count"])
+        assert len(got) == len(want) and got["value_count"].tolist() == want["count"].tolist()
+        np.testing.assert_allclose(got["value_mean"], want["mean"])
         plot = zp.LivePlot(windows, y="value_mean", start=False)   # as for a local aggregation
         plot.refresh()
         assert plot.last_error is None and plot.png.startswith(b"\x89PNG")
