@@ -33,7 +33,7 @@ from ._owner import OwnerThread
 from ._sender import BATCH_MESSAGES, Handoff, Sender
 from .endpoints import Curve, EndpointsLike, parse_endpoints
 from .errors import ClosedError, ProducerBrokenError
-from .shards import bucket_of_name, shard_topic, shard_topics, split_by_key
+from .shards import Router
 from .streams import SendStream
 
 __all__ = ["Producer", "to_table"]
@@ -158,6 +158,7 @@ class Producer:
         self.id = uuid.uuid4().bytes
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
         self.shards, self.shard_by = shards, shard_by
+        self._router = Router(self.name, shards, shard_by)
         self.frame_bytes = frame_bytes
         self.flush_interval = flush_interval
         self._linger = linger
@@ -173,8 +174,8 @@ class Producer:
         # batch more were sent after it (see SendStream.sent).
         self._stream = SendStream(self.id, self.name, in_flight=hwm + BATCH_MESSAGES)
         self._columns: dict[bytes, pa.Schema] = {}   # topic -> columns last sent
-        for tkey in self._topics_of(topic):   # where end-of-stream and heartbeats go
-            self._stream.add_topic(tkey)
+        for t in self._router.topics(topic):   # where end-of-stream and heartbeats go
+            self._stream.add_topic(_topic_bytes(t))
         self._ctx = zmq.Context()
         # Calling threads' messages to the owner; a full queue makes send() wait
         # (backpressure), as the owner leaves it alone behind a slow subscriber.
@@ -234,7 +235,8 @@ class Producer:
             If the socket thread failed; the original error is ``__cause__``.
         """
         table = to_table(data)
-        parts = self._route(self.topic if topic is None else topic, table)
+        parts = [(_topic_bytes(t), part)
+                 for t, part in self._router.route(self.topic if topic is None else topic, table)]
         jobs, started = [], False
         with self._lock:
             self._check()
@@ -277,7 +279,7 @@ class Producer:
         except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise ValueError(f"rejects need the columns {REJECT_SCHEMA.names}: {e}") from None
         # sharded: with the producer's rows (by name), or in the first bucket (by key)
-        tkey = self._topics_of(self.topic if topic is None else topic)[0]
+        tkey = _topic_bytes(self._router.topics(self.topic if topic is None else topic)[0])
         header = wire.Header(kind=wire.Kind.REJECTS, producer=self.id, name=self.name,
                              source=source, start=offsets[0], end=offsets[1])
         frames = wire.encode(table, topic=tkey, header=header)
@@ -336,7 +338,7 @@ class Producer:
         """
         topic = self.topic if topic is None else topic
         # Sharded: the bucket's topic (by name), or every bucket's (by key)
-        tkeys = self._topics_of(topic) if self.shards else [_topic_bytes(topic)]
+        tkeys = [_topic_bytes(t) for t in self._router.topics(topic)]
         with self._lock:
             ok = self._lock.wait_for(
                 lambda: self._sender.error is not None or self._closing
@@ -433,22 +435,6 @@ class Producer:
             raise ProducerBrokenError(f"producer thread failed: {error}") from error
         if self._closing:
             raise ClosedError("this Producer is closed")
-
-    def _topics_of(self, topic: str) -> list[bytes]:
-        """The topics rows of ``topic`` go out under: itself, its bucket's (sharded by
-        name), or every bucket's (sharded by a column)."""
-        if not self.shards:
-            return [_topic_bytes(topic)]
-        if self.shard_by is None:
-            return [_topic_bytes(shard_topic(topic, bucket_of_name(self.name, self.shards), self.shards))]
-        return [_topic_bytes(t) for t in shard_topics(topic, range(self.shards), self.shards)]
-
-    def _route(self, topic: str, table: pa.Table) -> list[tuple[bytes, pa.Table]]:
-        """(topic, rows) to send: one part, or one per bucket the rows fall in."""
-        if not self.shards or self.shard_by is None:
-            return [(self._topics_of(topic)[0], table)]
-        return [(_topic_bytes(shard_topic(topic, b, self.shards)), part)
-                for b, part in split_by_key(table, self.shard_by, self.shards)]
 
     def _matching_subscriptions(self, tkey: bytes) -> int:
         return sum(n for prefix, n in self._sender.subscriptions.items() if tkey.startswith(prefix))

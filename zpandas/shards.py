@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["shard_topic", "shard_topics", "bucket_of_name", "split_by_key"]
+__all__ = ["shard_topic", "shard_topics", "bucket_of_name", "split_by_key", "Router"]
 
 #: Separates a topic from its bucket number.
 SEP = "#"
@@ -75,3 +75,36 @@ def split_by_key(table: pa.Table, column: str, shards: int) -> list[tuple[int, p
     bounds = np.searchsorted(buckets[order], np.arange(shards + 1))
     return [(b, table.take(order[bounds[b]:bounds[b + 1]]))
             for b in range(shards) if bounds[b + 1] > bounds[b]]
+
+
+class Router:
+    """Where a producer's rows go: the topics of a stream sharded or not.
+
+    Parameters
+    ----------
+    name : str
+        The producer's name (its bucket, when it shards by name).
+    shards : int, optional
+        None: no sharding, rows go under their topic.
+    shard_by : str, optional
+        The key column (with ``shards``).
+    """
+
+    def __init__(self, name: str, shards: int | None = None, shard_by: str | None = None) -> None:
+        self.name, self.shards, self.shard_by = name, shards, shard_by
+
+    def topics(self, topic: str) -> list[str]:
+        """The topics rows of ``topic`` go out under: itself, its bucket's (sharded by
+        name), or every bucket's (sharded by a column)."""
+        if not self.shards:
+            return [topic]
+        if self.shard_by is None:
+            return [shard_topic(topic, bucket_of_name(self.name, self.shards), self.shards)]
+        return shard_topics(topic, range(self.shards), self.shards)
+
+    def route(self, topic: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
+        """(topic, rows) to send: one part, or one per bucket the rows fall in."""
+        if not self.shards or self.shard_by is None:
+            return [(self.topics(topic)[0], table)]
+        return [(shard_topic(topic, b, self.shards), part)
+                for b, part in split_by_key(table, self.shard_by, self.shards)]
