@@ -201,3 +201,24 @@ def test_two_nodes_files_replayed_one_after_the_other_count_in_full(procs):
     assert got["value_count"].tolist() == want["count"].tolist()
     np.testing.assert_allclose(got["value_mean"], want["mean"])
     assert got["final"].all()
+
+
+def test_an_aggregation_made_after_quiet_producers_ended_counts_all_their_rows():
+    """The rows received before aggregate() are folded as one backlog: windows close
+    after all of it, not after the first run of one schema (which would make the other
+    producers' rows, of the same hours, late)."""
+    t = pd.date_range("2026-11-01", periods=6000, freq="1s", tz="UTC")
+    ints = pd.DataFrame({"timestamp": t, "host": "a", "value": np.arange(6000)})
+    floats = pd.DataFrame({"timestamp": t, "host": "b", "value": np.arange(6000) / 2})  # another schema
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        for name, df in (("a", ints), ("b", floats)):
+            with zp.Producer(sub.endpoints, name=name, wait_for_subscribers=1) as p:
+                p.send(df)
+        sub.collect(producers=2, timeout=60)
+        last = sub.stats()["producers"]["last_seen"].max()
+        wait_for(lambda: pd.Timestamp.now(tz="UTC") - last > pd.Timedelta(seconds=0.6),
+                 what="the producers to have been quiet for idle seconds")
+        agg = sub.aggregate(by="host", values={"value": "count"}, window="10min", idle=0.5)
+        got, stats = agg.result(), agg.stats()
+    assert stats["late_rows"] == 0 and got.groupby("host")["value_count"].sum().to_dict() == {"a": 6000, "b": 6000}
+    assert got["final"].all()

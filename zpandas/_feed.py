@@ -34,6 +34,10 @@ class Feed:
         of each table in order (called with ``lock`` held).
     end : callable (source) -> None
         A source ended its stream (called with ``lock`` held, after its rows were folded).
+    settle : callable () -> None
+        Called (with ``lock`` held) once everything taken was folded: where windows may
+        close. Not between runs: rows taken together count together, so a backlog of
+        several producers' rows is folded whole before any window becomes final.
     lock : threading.Lock
         The aggregation's lock.
     items : list of (source, pyarrow.Table)
@@ -43,8 +47,10 @@ class Feed:
     """
 
     def __init__(self, fold: Callable[[pa.Table, list], None], end: Callable[[object], None],
-                 lock: threading.Lock, items: list, limit_bytes: int) -> None:
-        self._fold, self._end, self._lock, self._limit = fold, end, lock, limit_bytes
+                 settle: Callable[[], None], lock: threading.Lock, items: list,
+                 limit_bytes: int) -> None:
+        self._fold, self._end, self._settle = fold, end, settle
+        self._lock, self._limit = lock, limit_bytes
         # (source, table), or (source, None) for "source ended"
         self._items: collections.deque[tuple[object, pa.Table | None]] = collections.deque(items)
         self._bytes = sum(t.nbytes for _, t in items if t is not None)
@@ -99,6 +105,8 @@ class Feed:
                 sources.append((source, table.num_rows))
         if run:
             self._fold(pa.concat_tables(run), sources)
+        if items:
+            self._settle()
 
     def close(self, timeout: float | None) -> None:
         """No more tables come: fold what waits, then end the thread. A put after this

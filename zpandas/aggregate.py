@@ -136,6 +136,7 @@ class Aggregation:
             self._fold_fed()
             self._arrived(None)
             self._fold(data)
+            self._close_windows()
 
     def result(self, *, closed_only: bool = False) -> pd.DataFrame:
         """The results now, as a tidy DataFrame.
@@ -215,7 +216,7 @@ class Aggregation:
         now = time.monotonic()
         for producer, ago in quiet.items():
             self._time.arrived(producer, now, ago)
-        self._fed = Feed(self._fold, self._time.end, self._lock,
+        self._fed = Feed(self._fold, self._time.end, self._close_windows, self._lock,
                          list(items) + [(p, None) for p in ended], limit_bytes)
 
     def _feed(self, source: bytes, table: pa.Table, block: bool) -> None:
@@ -254,7 +255,6 @@ class Aggregation:
             self._counts["rejected_batches"] += 1
             self._errors.append(f"{type(e).__name__}: {e}")
             del self._errors[:-100]
-        self._close_windows()
 
     def _update(self, df: pd.DataFrame, sources: list) -> None:
         missing = [c for c in [*self.by, *self.values] if c not in df.columns]

@@ -172,7 +172,7 @@ class DaskSubscriber:
                  **options) -> None:
         if not isinstance(shards, int) or shards < 1:
             raise ValueError(f"shards must be a positive int, not {shards!r}")
-        self.client, self.endpoints_, self.topic, self.shards = client, endpoints, topic, shards
+        self.client, self._endpoints, self.topic, self.shards = client, endpoints, topic, shards
         self._options = options
         self._lock = threading.Lock()
         self._closed = False
@@ -182,16 +182,12 @@ class DaskSubscriber:
         workers = list(workers or client.scheduler_info()["workers"])
         if not workers:
             raise ValueError("the Dask cluster has no workers")
-        share = {w: list(range(i, shards, len(workers))) for i, w in enumerate(workers)}
-        self._assigned = share                      # worker address -> its buckets
-        self._actors: dict[str, object] = {}        # worker address -> actor
-        futures = {w: client.submit(_Shard, endpoints, topic, shards, share[w], options, actor=True,
-                                    workers=[w], allow_other_workers=False,
-                                    key=f"zpandas-shard-{uuid.uuid4().hex[:8]}")
-                   for w in workers}
-        for w, future in futures.items():
-            self._actors[w] = future.result()
-        self._futures = futures                    # keep the actors alive
+        # worker address -> its buckets, its actor, and the future that keeps the actor alive
+        self._assigned: dict[str, list[int]] = {}
+        self._actors: dict[str, object] = {}
+        self._futures: dict[str, object] = {}
+        for i, w in enumerate(workers):
+            self._start(w, list(range(i, shards, len(workers))))
 
     # -- what a notebook asks -------------------------------------------------------------
 
@@ -352,7 +348,7 @@ class DaskSubscriber:
         return dict(self._actors)
 
     def _start(self, worker: str, buckets: list[int]) -> None:
-        future = self.client.submit(_Shard, self.endpoints_, self.topic, self.shards, buckets,
+        future = self.client.submit(_Shard, self._endpoints, self.topic, self.shards, buckets,
                                     self._options, actor=True, workers=[worker],
                                     allow_other_workers=False,
                                     key=f"zpandas-shard-{uuid.uuid4().hex[:8]}")
