@@ -83,7 +83,9 @@ class _Shard:
         return df if columns is None else df.reindex(columns=columns)
 
     def meta(self) -> pd.DataFrame:
-        return self.frame().iloc[:0]
+        """The columns and dtypes of :meth:`frame`, without converting its rows."""
+        frames = [sub.frame(last=0) for _, sub in self.subscribers]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def stats(self) -> list[dict]:
         return [sub.stats() for _, sub in self.subscribers]
