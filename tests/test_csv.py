@@ -300,3 +300,22 @@ def test_an_empty_frame_sends_its_columns_once():
         df = sub.collect(producers=1, timeout=30)
         assert list(df.columns) == ["a"] and str(df["a"].dtype) == "int64"
         assert sub.stats()["messages"] == 1 and sub.stats()["rows"] == 0
+
+
+@pytest.mark.parametrize("text", [
+    "a,b,c\n1,2,3\n4,5,ʤ",              # no final newline: typed with the rest, as pandas does
+    "a,b,c\r\n1,2,3\r\n4,5,x",
+    "a,b\n1,2\n3,4",
+    "a,b\n1,2.5\n3,",
+])
+def test_a_small_whole_file_without_a_final_newline_is_typed_as_one(tmp_path, text):
+    path = tmp_path / "f.csv"
+    path.write_bytes(text.encode())
+    reader = CsvReader()
+    table = pa.concat_tables(b.table for b in reader.read(path))
+    assert reader.rejects == []
+    expected, got = pd.read_csv(path), table.to_pandas()
+    kind = [pd.api.types.is_string_dtype, pd.api.types.is_integer_dtype, pd.api.types.is_float_dtype]
+    for name in expected.columns:   # the same kind of column as pandas gives
+        assert [k(got[name]) for k in kind] == [k(expected[name]) for k in kind], name
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)

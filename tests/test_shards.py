@@ -3,6 +3,10 @@ subscriber to the plain topic still gets everything."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -10,6 +14,8 @@ import pytest
 
 import zpandas as zp
 from zpandas.shards import bucket_of_name, shard_topic, shard_topics, split_by_key
+
+from .conftest import ROOT, wait_for
 
 
 @pytest.mark.parametrize("shards", [1, 7, 10, 16, 100, 1000])
@@ -100,3 +106,89 @@ def test_bad_shard_options_are_clear():
     with zp.Producer("@tcp://127.0.0.1:*", shards=2, shard_by="host") as p:
         with pytest.raises(KeyError, match="shard_by='host'"):
             p.send(pd.DataFrame({"x": [1]}))
+
+
+# -- key sharding end to end: every row once, per bucket stream ------------------------
+
+SHARDS = 8
+HALVES = (range(0, 4), range(4, 8))
+
+
+def two_workers():
+    """Two subscribers holding four buckets each of topic ``m``, as zpandas.dask's
+    workers hold theirs."""
+    return [zp.Subscriber("@tcp://127.0.0.1:*", topics=shard_topics("m", half, SHARDS))
+            for half in HALVES]
+
+
+def ids_of(subs) -> np.ndarray:
+    frames = [s.frame() for s in subs]
+    return np.sort(np.concatenate([f["i"].to_numpy() for f in frames if len(f)] or [np.array([])]))
+
+
+def test_key_sharded_whole_files_every_row_once_to_subscribers_of_several_buckets(tmp_path, procs):
+    """Two ``publish data.csv --shards 8 --shard-by host`` processes: each block is split
+    into buckets that all carry the block's byte range; a subscriber holding several
+    buckets must not take the second bucket's rows for ones it already has."""
+    paths = []
+    for k in range(2):
+        df = frame(20_000, seed=k).assign(i=lambda d, k=k: d["i"] + k * 20_000)
+        paths.append(tmp_path / f"data{k}.csv")
+        df.to_csv(paths[-1], index=False)
+    subs = two_workers()
+    try:
+        endpoints = [arg for s in subs for arg in ("-e", ">" + s.endpoints[0])]
+        ps = [procs.start("publish", str(p), *endpoints, "-t", "m", "--shards", str(SHARDS),
+                          "--shard-by", "host", "--wait-for", "1", "--block-size", "65536", "-q")
+              for p in paths]
+        for p in ps:
+            assert p.wait(60) == 0
+        wait_for(lambda: len(ids_of(subs)) >= 40_000, timeout=30, what="every row")
+        np.testing.assert_array_equal(ids_of(subs), np.arange(40_000))
+        assert sum(s.stats()["duplicate_rows"] for s in subs) == 0
+    finally:
+        for s in subs:
+            s.close()
+
+
+def test_key_sharded_followed_file_with_kill_9_restarts_every_row_once(tmp_path, procs):
+    """A followed, checkpointed producer sharding by key, killed with ``kill -9`` twice
+    and restarted: each subscriber drops what the restarts sent again, per bucket."""
+    lines = 40_000
+    log = tmp_path / "app.log"
+    log.touch()
+    checkpoint = tmp_path / "checkpoint.db"
+    subs = two_workers()
+    writer = subprocess.Popen([sys.executable, f"{ROOT}/tests/writer.py", str(log), "--lines",
+                               str(lines), "--rate", "12000", "--hosts", "20"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        endpoints = [arg for s in subs for arg in ("-e", ">" + s.endpoints[0])]
+
+        def producer():
+            return procs.start("publish", str(log), *endpoints, "-t", "m", "--format", "jsonl",
+                               "--follow", "--checkpoint", str(checkpoint), "--shards", str(SHARDS),
+                               "--shard-by", "host", "--name", "node", "-q")
+
+        def received() -> int:
+            return sum(s.stats()["rows"] for s in subs)
+
+        p = producer()
+        for at in (8_000, 20_000):
+            wait_for(lambda at=at: received() >= at, timeout=60, what=f"{at} rows")
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            p = producer()
+        assert writer.stdout.readline().strip() == "done"
+        wait_for(lambda: len(ids_of(subs)) >= lines, timeout=60, what="every line")
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+        np.testing.assert_array_equal(ids_of(subs), np.arange(lines))
+        assert received() == lines
+        for s in subs:   # each took only its own buckets' hosts
+            hosts = set(s.frame()["host"])
+            assert hosts and hosts.isdisjoint(set().union(*(set(o.frame()["host"]) for o in subs if o is not s)))
+    finally:
+        writer.communicate(timeout=60)
+        for s in subs:
+            s.close()

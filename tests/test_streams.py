@@ -174,7 +174,7 @@ def test_a_forgotten_source_is_taken_again(monkeypatch):
     s, r = Sender(), Receiver()
     for name in ("a", "b", "c"):
         r.feed(s.data(1, source=name, start=0))
-    assert list(r.stream.done) == ["b", "c"]
+    assert [source for _, source in r.stream.done] == ["b", "c"]
     assert kinds(r.feed(Sender(pid=9).data(1, source="a", start=0))) == ["Rows"]
     assert kinds(r.feed(Sender(pid=9).data(1, source="c", start=0))) == ["Duplicate"]
 
@@ -316,3 +316,31 @@ def test_rows_are_claimed_once_in_flight_more_messages_were_sent_after_them():
     assert s.claimed == {"a": 30}
     s.all_sent()                                 # a normal close: everything has left
     assert s.claimed == {"a": 30, "b": 5}
+
+
+def test_a_block_split_into_buckets_is_claimed_once_each_of_its_parts_left():
+    """Key sharding sends a block as one part per bucket topic, each with the block's
+    byte range: a claim must wait for the slowest bucket, not the first to leave."""
+    s = SendStream(b"p" * 16, "node", in_flight=0)
+    for start, end in ((0, 100), (100, 200)):
+        for topic in (b"t#0", b"t#1"):
+            s.accepted(topic, "a", start, end)
+    s.sent(b"t#0", wire.Kind.DATA, 2, "a", 200)   # both blocks' t#0 rows, coalesced
+    assert s.claimed == {"a": 0}                  # t#1's rows of the first block still wait
+    s.sent(b"t#1", wire.Kind.DATA, 1, "a", 100)
+    assert s.claimed == {"a": 100}
+    s.sent(b"t#1", wire.Kind.DATA, 1, "a", 200)
+    assert s.claimed == {"a": 200}
+    s.accepted(b"t#1", "a", 200, 300)             # accepted later: claims stay where they are
+    assert s.claimed == {"a": 200}
+
+
+def test_deduplication_is_per_bucket_topic():
+    """A block sharded by key arrives as one message per bucket, all with the block's
+    byte range: the second bucket's rows are new, not duplicates of the first's."""
+    s, r = Sender(), Receiver()
+    assert kinds(r.feed(s.data(2, topic=b"t#0", source="f", start=0))) == ["Rows"]
+    assert kinds(r.feed(s.data(2, topic=b"t#1", source="f", start=0))) == ["Rows"]
+    assert r.stream.counts["duplicate_rows"] == 0
+    # a restarted producer's resend of bucket 1 is still dropped
+    assert kinds(r.feed(Sender(pid=9).data(2, topic=b"t#1", source="f", start=0))) == ["Duplicate"]

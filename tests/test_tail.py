@@ -15,6 +15,7 @@ import pytest
 import zpandas as zp
 
 from .conftest import ROOT, wait_for
+from .test_follow import Publishing
 
 LOCAL = "@tcp://127.0.0.1:*"
 
@@ -112,6 +113,30 @@ def test_an_unclosed_quote_at_the_end_of_a_one_pass_csv_is_a_reject(tmp_path, li
         assert result["rejects"] == 1
         (r,) = sub.rejects().itertuples()
         assert (r.line, r.reason) == (3, "unclosed quote")
+
+
+@pytest.mark.timeout(60)
+def test_a_followed_csv_with_an_unclosed_quote_goes_on_after_multiline_timeout(tmp_path):
+    """A stray quote in a live CSV file: the record stays open (a quoted field may span
+    lines) until ``multiline_timeout`` has passed, then it is cut at its first newline as
+    a reject and the lines after it are read - the file does not go quiet."""
+    path = tmp_path / "t.csv"
+    path.write_text('a,b,c\n1,a,1.0\n2,"b,2.0\n3,c,3.0\n')
+    with zp.Subscriber(LOCAL) as sub:
+        pub = Publishing([str(path)], sub.endpoints, follow=True, multiline_timeout=0.5,
+                         wait_for_subscribers=1)
+        try:
+            wait_for(lambda: sub.stats()["rows"] >= 2, timeout=20, what="the rows after the quote")
+            with open(path, "a") as f:   # the file goes on, and so does reading it
+                f.write('4,d,4.0\n5,"e, quoted",5.0\n')
+            wait_for(lambda: sub.stats()["rows"] >= 4, timeout=20, what="later rows")
+        finally:
+            result = pub.finish()
+        df = sub.frame()
+    assert df["a"].tolist() == [1, 3, 4, 5] and df["b"].tolist()[-1] == "e, quoted"
+    (r,) = sub.rejects().itertuples()
+    assert (r.line, r.reason, r.text) == (3, "unclosed quote", '2,"b,2.0')
+    assert result["rejects"] == 1
 
 
 def _copytruncate_and_write(log, to_copy: str, to_truncated: str, *, between=None) -> None:

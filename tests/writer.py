@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--rotate", default="", help="comma-separated line:rename|copy")
     ap.add_argument("--text-bytes", type=int, default=40)
+    ap.add_argument("--hosts", type=int, default=0, help="add a 'host' field: h0..h<N-1> in turn")
     args = ap.parse_args()
 
     rotations = {}
@@ -48,7 +49,9 @@ def main() -> None:
             else:
                 shutil.copyfile(args.path, f"{args.path}.{k}")
                 os.truncate(args.path, 0)
-        f.write(json.dumps({"i": i, "text": text}) + "\n")
+        row = {"i": i, "host": f"h{i % args.hosts}"} if args.hosts else {"i": i}
+        row["text"] = text
+        f.write(json.dumps(row) + "\n")
         if i % args.batch == args.batch - 1:
             f.flush()
             ahead = (i + 1) / args.rate - (time.monotonic() - start)

@@ -118,7 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--multiline", metavar="REGEX",
                    help="a line matching REGEX starts a record; others continue it (tracebacks)")
     p.add_argument("--multiline-timeout", type=float, default=2.0, metavar="S",
-                   help="send the last record of a quiet file after S seconds (default 2)")
+                   help="send the last record of a quiet file after S seconds; a followed CSV "
+                        "record with a quote still open after S seconds is cut at its first "
+                        "line's end as a reject (default 2)")
     p.add_argument("--time-format", metavar="FMT",
                    help="strptime format of 'time'/'timestamp' fields (jsonl, regex and "
                         "presets), e.g. '%%d/%%b/%%Y:%%H:%%M:%%S %%z'; default: epoch numbers, "

@@ -249,6 +249,7 @@ class Producer:
                 # No rows but new columns (a CSV file with a header only): sent, so that
                 # a subscriber's frame() has them even if no rows ever come.
                 self._columns[tkey] = part.schema
+                self._stream.accepted(tkey, source, *offsets)
                 more, began = self._coalescer.add(tkey, part, source, *offsets)
                 jobs += more
                 started |= began

@@ -113,13 +113,25 @@ class SendStream:
         self.name = name
         self.in_flight = in_flight
         self.topics: dict[bytes, list[int]] = {}    # topic -> [next seq, rows sent]
-        self.claimed: dict[str, int] = {}          # source -> end offset out of the process
-        # (source, end) of the last data messages sent (None: no source), oldest first
-        self._unclaimed: collections.deque[tuple[str, int] | None] = collections.deque()
+        self.claimed: dict[str, int] = {}          # source -> offset before which all rows left
+        # (topic, source, end) of the last data messages sent (None: no source), oldest first
+        self._unclaimed: collections.deque[tuple[bytes, str, int] | None] = collections.deque()
+        # source -> topic -> starts of the parts accepted and not yet claimed, in order.
+        # A block sharded by key goes out as one part per bucket topic, each covering
+        # the block's byte range: the block is out only once every part is.
+        self._parts: dict[str, dict[bytes, collections.deque[int]]] = {}
+        self._ends: dict[str, int] = {}            # source -> largest end claimed
 
     def add_topic(self, topic: bytes) -> None:
         """A topic that gets end-of-stream at close, even if nothing is sent on it."""
         self.topics.setdefault(topic, [0, 0])
+
+    def accepted(self, topic: bytes, source: str, start: int, end: int) -> None:
+        """Rows of ``source``'s bytes ``[start, end)`` will go out on ``topic`` (in the
+        order accepted on each topic); until they are claimed, no claim of ``source``
+        passes ``start``."""
+        if source and 0 <= start < end:
+            self._parts.setdefault(source, {}).setdefault(topic, collections.deque()).append(start)
 
     def stamp(self, topic: bytes, header: bytearray, now_ns: int) -> None:
         """Number a packed header in place: the message is the next one on ``topic``."""
@@ -137,6 +149,9 @@ class SendStream:
         messages are not numbered and claim nothing: a chunk's rejects can leave while
         its rows still wait (a chunk of only rejects is read again after a restart, so
         its rejects may come twice; no row is lost).
+
+        A source's claim is where its first row still in this process starts (on any
+        topic), or, with none left, the end of its last message claimed.
         """
         if kind is not wire.Kind.DATA:
             return
@@ -145,7 +160,7 @@ class SendStream:
         counters[1] += rows
         # Every data message counts as one more behind the earlier ones; only sourced
         # ones have something to claim.
-        self._unclaimed.append((source, end) if source and end >= 0 else None)
+        self._unclaimed.append((topic, source, end) if source and end >= 0 else None)
         while len(self._unclaimed) > self.in_flight:
             self._claim(self._unclaimed.popleft())
 
@@ -154,9 +169,22 @@ class SendStream:
         while self._unclaimed:
             self._claim(self._unclaimed.popleft())
 
-    def _claim(self, item: tuple[str, int] | None) -> None:
-        if item is not None:
-            self.claimed[item[0]] = item[1]
+    def _claim(self, item: tuple[bytes, str, int] | None) -> None:
+        if item is None:
+            return
+        topic, source, end = item
+        self._ends[source] = end = max(self._ends.get(source, -1), end)
+        waiting = self._parts.get(source, {})
+        starts = waiting.get(topic)
+        while starts and starts[0] < item[2]:   # the parts this message carried
+            starts.popleft()
+        if starts is not None and not starts:
+            del waiting[topic]
+        if waiting:
+            self.claimed[source] = min(s[0] for s in waiting.values())
+        else:
+            self._parts.pop(source, None)
+            self.claimed[source] = end
 
     def control(self, kind: wire.Kind) -> list[tuple[bytes, bytes]]:
         """``(topic, packed header)`` of one heartbeat or end-of-stream per topic; stamp
@@ -227,8 +255,9 @@ class ReceiveStream:
         # Least recently heard from first; at most MAX_STREAMS.
         self.streams: collections.OrderedDict[Key, StreamState] = collections.OrderedDict()
         self.forgotten = collections.Counter()   # loss counters of streams dropped
-        # source -> end offset of rows received; least recently used first, MAX_SOURCES
-        self.done: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # (topic, source) -> end offset of rows received; least recently used first,
+        # at most MAX_SOURCES
+        self.done: collections.OrderedDict[tuple[bytes, str], int] = collections.OrderedDict()
         self.counts = collections.Counter()      # messages, rows, bytes, duplicate_rows, rejects
 
     def total(self, counter: str) -> int:
@@ -291,7 +320,7 @@ class ReceiveStream:
                 s.finished = True
                 events.append(EndOfStream(key))
         elif h.kind is wire.Kind.DATA:
-            table = self._deduplicate(key, h, msg.table, events)
+            table = self._deduplicate(key, msg, events)
             s.messages += 1
             s.rows += h.rows
             if h.source:
@@ -345,14 +374,19 @@ class ReceiveStream:
         self.counts["rows"] += table.num_rows
         self.counts["bytes"] += nbytes
 
-    def _deduplicate(self, key: Key, h: wire.Header, table: pa.Table, events: list) -> pa.Table:
+    def _deduplicate(self, key: Key, msg: wire.Message, events: list) -> pa.Table:
         """Drop rows of a source already received (a restarted producer resending)."""
-        if not h.source or "_offset" not in table.column_names:
-            return table
-        done = self.done.pop(h.source, -1)
-        self.done[h.source] = max(done, h.end)  # re-inserted: most recently used last
+        h = msg.header
+        if not h.source or "_offset" not in msg.table.column_names:
+            return msg.table
+        # Per topic: a block sharded by key goes out as one message per bucket topic,
+        # each with the block's byte range and its own rows of it.
+        source = (msg.topic, h.source)
+        done = self.done.pop(source, -1)
+        self.done[source] = max(done, h.end)  # re-inserted: most recently used last
         if len(self.done) > MAX_SOURCES:
             self.done.popitem(last=False)
+        table = msg.table
         if done < 0 or not table.num_rows:
             return table
         offsets = table.column("_offset").to_numpy()

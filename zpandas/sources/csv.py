@@ -179,7 +179,9 @@ class CsvReader:
                     buf.extend(bytes(filled + self.block_size - len(buf)))
                 with memoryview(buf) as view:
                     n = f.readinto(view[filled:filled + self.block_size])
-                eof = n == 0
+                # A short read is the end of a regular file: its last record, even
+                # without a final newline, is parsed (and typed) with the ones before.
+                eof = n < self.block_size
                 filled += n
                 start = len(_BOM) if offset == 0 and buf.startswith(_BOM) else 0
                 cut = filled if eof else last_record_end(buf, self._quote, filled)

@@ -25,8 +25,10 @@ Rotation:
 * deleted files are read to their end and released (no open handle is kept).
 
 Files with the same content as far as we have read cannot be told from a copy; as with
-any content fingerprint, they count as one. Empty files are not followed until they have
-bytes (a copy is created empty and then written).
+any content fingerprint, they count as one. So do two files found in the same look, none
+read yet, when the one later in path order is the start of the other (a copy caught in
+the middle of a copytruncate). Empty files are not followed until they have bytes (a
+copy is created empty and then written).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .framing import Framer
+from .framing import Framer, concat_records
 from .records import Records
 
 __all__ = ["Follower", "Chunk", "HEAD_BYTES"]
@@ -65,6 +67,8 @@ class _Cursor:
     tail: bytes = b""          # the bytes just before ``offset``
     pending: Records | None = None  # lines of a multiline record that may still grow
     skipping: bool = False     # inside a record too long to keep: skip to its newline
+    open_since: float | None = None  # when the quoted record at ``open_at`` was seen open
+    open_at: int = -1
     grew: float = field(default_factory=time.monotonic)
     detached: bool = False     # the path no longer names this file
     done: bool = False
@@ -97,7 +101,9 @@ class Follower:
     multiline : str or re.Pattern, optional
         A line matching this starts a record; other lines continue the one before.
     multiline_timeout : float
-        A record that has not grown for this long is complete (the last of a quiet file).
+        A record that has not grown for this long is complete (the last of a quiet file);
+        a CSV record whose quote is still open this long after it was first seen spanning
+        a newline is cut there (see ``Framer.cut_open_quote``).
     release_after : float
         A renamed or deleted file at its end is closed after this long without growth.
     resume : dict, optional
@@ -281,15 +287,37 @@ class Follower:
 
     @staticmethod
     def _same_content(path: str, size: int, c: _Cursor) -> bool:
-        # A copy is of data already read (offset > 0): files found together with the
-        # same content are each read. Files whose content is the same as far as we read
-        # cannot be told from a copy; as with any content fingerprint, they count as one.
-        return (c.offset > 0 and size >= c.offset and _head(path, len(c.head)) == c.head
-                and _read_at(path, c.offset - len(c.tail), c.offset) == c.tail)
+        """``path`` holds what ``c`` read (or, before it read anything, the start of its
+        file): the same head, and the same bytes just before ``c``'s offset (or before
+        ``path``'s end). Files whose content is the same as far as we read cannot be told
+        from a copy; as with any content fingerprint, they count as one."""
+        if c.offset > 0:
+            return (size >= c.offset and _head(path, len(c.head)) == c.head
+                    and _read_at(path, c.offset - len(c.tail), c.offset) == c.tail)
+        # Not read yet (found in the same look as ``path``, perhaps in the middle of a
+        # copytruncate): ``path`` is a copy when it holds the start of c's file, else
+        # the copy of an unread file is read as a file of its own and its lines come
+        # twice. (Not the other way round: any file starts with a few bytes of another.)
+        try:
+            theirs = os.path.getsize(c.path)
+        except OSError:
+            return False
+        n = min(len(c.head), size)
+        return (0 < size <= theirs and _head(path, n) == c.head[:n]
+                and _head(c.path, len(c.head)) == c.head
+                and _read_at(path, size - _TAIL_BYTES, size) == _read_at(c.path, size - _TAIL_BYTES, size))
 
     def _truncated(self, c: _Cursor, path: str) -> None:
         """``c``'s file was truncated in place (copytruncate): finish it from its copy."""
         copy = None
+        if c.offset == 0:
+            # Nothing read from it: nothing to finish. Its copy, if any, is read as a
+            # file of its own, and what the path holds now as a new one.
+            c.done, c.ino = True, -1
+            if c.f is not None:
+                c.f.close()
+                c.f = None
+            return
         for p in self._paths():
             if p == c.path:
                 continue
@@ -349,6 +377,12 @@ class Follower:
         if used:
             c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
             c.offset += used
+        if self.quoted and eof and not c.skipping and not final:
+            cut, n = self._framer.cut_open_quote(c, data[used:], now, self.multiline_timeout)
+            if n:
+                records = concat_records(records, cut)
+                c.tail = (c.tail + data[used:used + n])[-_TAIL_BYTES:]
+                used += n
         quiet = now - c.grew
         at_end = eof and used == len(data)
         finished = at_end and (final or (quiet >= self.release_after and

@@ -77,11 +77,38 @@ class Framer:
             c.line += len(ends) - (1 if used and not data[used - 1:used] == b"\n" else 0)
         return Records(data, bounds, lines, c.offset + bounds[:-1]), used
 
+    def cut_open_quote(self, c, rest: bytes, now: float, timeout: float) -> tuple[Records, int]:
+        """A CSV record whose quote is still open ``timeout`` seconds after it was first
+        seen spanning a newline is cut at that newline, as one record (which the format
+        rejects: unclosed quote), and the lines after it are framed anew - so a stray
+        quote does not hold the rest of a live file back.
+
+        ``rest`` is what follows the complete records, at ``c.offset``. Returns the
+        records and the bytes they use; advances ``c.offset`` and ``c.line`` past them.
+        """
+        nl = rest.find(b"\n")
+        if nl < 0:
+            c.open_since = None
+            return Records.empty(), 0
+        if c.open_since is None or c.open_at != c.offset:
+            c.open_since, c.open_at = now, c.offset
+            return Records.empty(), 0
+        if now - c.open_since < timeout:
+            return Records.empty(), 0
+        c.open_since = None
+        cut = Records(rest[:nl + 1], np.array([0, nl + 1], np.int64), np.array([c.line], np.int64),
+                      np.array([c.offset], np.int64))
+        c.line += 1
+        c.offset += nl + 1
+        more, used = self.records(c, rest[nl + 1:], final=False)
+        c.offset += used
+        return concat_records(cut, more), nl + 1 + used
+
     def group(self, c, lines: Records, *, flush: bool) -> Records:
         """Lines -> multiline records; the last record stays pending (it may grow) unless
         ``flush``, or unless it is already longer than ``max_line_bytes``."""
         if c.pending is not None:
-            lines = _concat(c.pending, lines)
+            lines = concat_records(c.pending, lines)
             c.pending = None
         if not len(lines):
             return lines
@@ -104,7 +131,7 @@ class Framer:
         return Records(lines.data, bounds, lines.lines[first], lines.offsets[first])
 
 
-def _concat(a: Records, b: Records) -> Records:
+def concat_records(a: Records, b: Records) -> Records:
     """Records of ``a`` then ``b`` (consecutive in their file), in one buffer."""
     a0, a1, b0, b1 = (int(x) for x in (a.bounds[0], a.bounds[-1], b.bounds[0], b.bounds[-1]))
     data = a.data[a0:a1] + b.data[b0:b1]

@@ -124,7 +124,10 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         A regex matching the first line of a record (e.g. ``r"\\d{4}-\\d\\d-\\d\\d "``): other
         lines (tracebacks, stack traces) continue the record before them.
     multiline_timeout : float, default 2.0
-        Seconds after which the last record of a quiet file is sent.
+        Seconds after which the last record of a quiet file is sent. Followed CSV
+        files: a record whose quote is still open this long after it was first seen
+        spanning a line is cut at that line's end, as a reject (``unclosed quote``), and
+        the lines after it are read.
     time_format : str, optional
         Line formats: the strptime format of fields named ``time`` or ``timestamp``
         (they become timezone-aware UTC datetimes; a value that does not parse makes its
@@ -240,10 +243,13 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
     def save(handed: dict[str, int]) -> None:
         entries = []
         for src, end in handed.items():
+            # The last chunk wholly before ``end`` (a claim may stop at a chunk's start:
+            # a sharded chunk is out once each of its buckets' parts is).
             by_end = ends.get(src, {})
-            if end in by_end:
-                entries.append(by_end[end])
-                for e in [e for e in by_end if e <= end]:
+            done = [e for e in by_end if e <= end]
+            if done:
+                entries.append(by_end[max(done)])
+                for e in done:
                     del by_end[e]
         if ckpt:
             ckpt.save(entries)

@@ -1,0 +1,83 @@
+"""A job writing a JSON-lines log at a steady rate, rotated as logrotate rotates it.
+
+    python bench/_logwriter.py PATH --node N --rate R --rotate-every S --keep K [--seconds T]
+
+Line ``i`` is ``{"node": N, "i": i, "time": <epoch seconds>, "text": "..."}`` (about 80 bytes).
+Every ``--rotate-every`` seconds the file is rotated, alternately by ``rename`` (logrotate's
+``create``: the file becomes ``PATH.1``, a new one is created) and by ``copytruncate`` (the
+file is copied to ``PATH.1`` and truncated in place, the writer going on through its
+append-mode handle). Before each rotation the copies shift as logrotate's ``rotate K``
+shifts them: ``PATH.K`` is deleted, ``PATH.(k)`` becomes ``PATH.(k+1)``. It never writes
+between a copy and its truncation (logrotate documents that window as lossy for every
+reader). On SIGTERM, or after ``--seconds``, it prints ``wrote <lines>`` and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import time
+
+
+def rotate(path: str, keep: int, how: str) -> None:
+    """Shift the copies (``PATH.keep`` deleted) and rotate ``path`` to ``PATH.1``."""
+    try:
+        os.unlink(f"{path}.{keep}")
+    except FileNotFoundError:
+        pass
+    for k in range(keep - 1, 0, -1):
+        if os.path.exists(f"{path}.{k}"):
+            os.rename(f"{path}.{k}", f"{path}.{k + 1}")
+    if how == "rename":
+        os.rename(path, f"{path}.1")
+    else:
+        shutil.copyfile(path, f"{path}.1")
+        os.truncate(path, 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("path")
+    ap.add_argument("--node", type=int, default=0)
+    ap.add_argument("--rate", type=float, default=5000, help="lines per second")
+    ap.add_argument("--rotate-every", type=float, default=20.0)
+    ap.add_argument("--keep", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--batch", type=int, default=50)
+    args = ap.parse_args()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    f = open(args.path, "a", buffering=1 << 16)  # noqa: SIM115
+    start = time.monotonic()
+    next_rotation = start + args.rotate_every
+    kinds = ["rename", "copy"]
+    rotations = 0
+    i = 0
+    while not stop and (args.seconds is None or time.monotonic() - start < args.seconds):
+        for _ in range(args.batch):
+            f.write(json.dumps({"node": args.node, "i": i, "time": round(time.time(), 6),
+                                "text": "payload"}) + "\n")
+            i += 1
+        f.flush()
+        now = time.monotonic()
+        if now >= next_rotation:
+            how = kinds[rotations % 2]
+            rotations += 1
+            rotate(args.path, args.keep, how)
+            if how == "rename":
+                f.close()
+                f = open(args.path, "a", buffering=1 << 16)  # noqa: SIM115
+            next_rotation += args.rotate_every
+        ahead = i / args.rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)  # a steady rate, like a real job
+    f.close()
+    print(f"wrote {i} rotations {rotations}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
