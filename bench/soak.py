@@ -178,7 +178,7 @@ def main() -> int:
     half = [s for s in samples if s["t"] >= seconds / 2]
     growth = []
     if len(half) >= 2:
-        for k in range(n):
+        for k in range(n if not args.kill_every else 0):   # restarted producers start afresh
             growth.append(half[-1]["producers"][k][0] - half[0]["producers"][k][0])
         growth.append(half[-1]["subscriber"][0] - half[0]["subscriber"][0])
     print(f"\nwritten {sum(written):,} lines; missing {missing}; repeated {repeated} (by content); "
@@ -187,6 +187,9 @@ def main() -> int:
     if growth:
         print("second-half memory growth, MiB: " + ", ".join(
             [f"node{k} {g:+.1f}" for k, g in enumerate(growth[:-1])] + [f"subscriber {growth[-1]:+.1f}"]))
+        print("descriptors, first and last sample: producers "
+              f"{[f for _, f in samples[1]['producers']]} -> {[f for _, f in samples[-1]['producers']]}, "
+              f"subscriber {samples[1]['subscriber'][1]} -> {samples[-1]['subscriber'][1]}")
     ok = missing == 0 and repeated == 0 and all(g <= args.max_growth for g in growth)
     print("soak: PASS" if ok else "soak: FAIL")
     return 0 if ok else 1

@@ -39,6 +39,9 @@ _MATCHED = "__zpandas_matched"
 #: ``time_format`` meaning: epoch numbers by magnitude, else ISO 8601, else any format
 #: pandas recognises.
 AUTO = "auto"
+#: The times of the syslog preset: RFC 3164 (no year: this year, or last year for a time
+#: more than a day ahead), with a year after it, or RFC 3339.
+SYSLOG = "syslog"
 
 
 class LineFormat:
@@ -294,7 +297,7 @@ class Regex(LineFormat):
 
     def __init__(self, pattern: str, *, types: Mapping[str, str] | None = None,
                  timestamp: tuple[str, str] | None = None, null: str | None = None,
-                 year_less: bool = False, **kw) -> None:
+                 **kw) -> None:
         super().__init__(**kw)
         self.pattern = re.compile(pattern)
         if not self.pattern.groupindex:
@@ -302,7 +305,6 @@ class Regex(LineFormat):
         self.types = dict(types or {})
         self.timestamp = timestamp
         self.null = null
-        self._year_less = year_less
         # Anchored as fullmatch; None once the vectorised engine has refused it.
         self._vector: str | None = f"^(?:{pattern})(?P<{_MATCHED}>)$"
 
@@ -357,7 +359,7 @@ class Regex(LineFormat):
         if self.timestamp and self.timestamp[0] in rows.columns:
             col, fmt = self.timestamp
             fmt = self.time_format or fmt
-            if self._year_less or "%" not in fmt:  # no year, ISO8601, AUTO: pandas
+            if "%" not in fmt or _lacks_year(fmt):  # ISO8601, AUTO, syslog, no year: pandas
                 return None
             exprs.append(pl.col(col).str.to_datetime(fmt, time_unit="ns", strict=False))
             times.append(col)
@@ -389,8 +391,7 @@ class Regex(LineFormat):
         if self.timestamp:
             col, fmt = self.timestamp
             if col in df.columns:
-                df = _parse_times(df, col, fmt=self.time_format or fmt,
-                                  year_less=self._year_less and not self.time_format, bad=bad)
+                df = _parse_times(df, col, fmt=self.time_format or fmt, bad=bad)
         else:
             for col in TIME_FIELDS:
                 if col in df.columns:
@@ -497,8 +498,18 @@ class CsvLines(LineFormat):
 _COMBINED = (r'(?P<remote_addr>\S+) (?P<ident>\S+) (?P<remote_user>\S+) \[(?P<time>[^\]]+)\] '
              r'"(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<body_bytes_sent>\d+|-)'
              r'(?: "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<user_agent>(?:[^"\\]|\\.)*)")?')
-_SYSLOG_3164 = (r'(?:<(?P<pri>\d{1,3})>)?(?P<time>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) '
-                r'(?P<host>\S+) (?P<app>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>.*)')
+# RFC 3164 read loosely, as syslog_loose (Vector) and Fluent Bit read it: a time (RFC
+# 3164 with one or two spaces, a year after it or not, fractions of seconds; or RFC
+# 3339), a host, then - when there is one - a tag of one or two words (``Microsoft
+# Word[14463]:``, ``syslogd 1.4.1:``) with a pid, and whatever a daemon puts between it
+# and the colon (macOS's ``sandboxd[129] ([31211]):``);
+# the rest is the message. Only a line without a time and a host is a reject. No
+# look-around: the whole block goes through polars' regex engine.
+_SYSLOG_3164 = (r'(?:<(?P<pri>\d{1,3})>)?'
+                r'(?P<time>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?'
+                r'|[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:[.,]\d+)?(?: \d{4})?) +(?P<host>\S+)'
+                r'(?: +(?P<app>[^\s\[:]+(?: [^\s\[:]+)?)(?:\[(?P<pid>\d+)\])?(?: (?:\([^)]*\)|[^\s:]+))?:(?: |$))?'
+                r' *(?P<message>.*?)\s*')
 _SYSLOG_5424 = (r'<(?P<pri>\d{1,3})>(?P<version>\d{1,2}) (?P<time>\S+) (?P<host>\S+) (?P<app>\S+) '
                 r'(?P<procid>\S+) (?P<msgid>\S+) (?P<structured_data>-|(?:\[(?:[^\]\\]|\\.)*\])+)'
                 r'(?: (?P<message>.*))?')
@@ -507,7 +518,7 @@ PRESETS = {
     "combined": lambda **kw: Regex(_COMBINED, types={"status": "int", "body_bytes_sent": "int"},
                                    timestamp=("time", "%d/%b/%Y:%H:%M:%S %z"), null="-", **kw),
     "syslog": lambda **kw: Regex(_SYSLOG_3164, types={"pri": "int", "pid": "int"},
-                                 timestamp=("time", "%b %d %H:%M:%S"), year_less=True, **kw),
+                                 timestamp=("time", SYSLOG), **kw),
     "syslog5424": lambda **kw: Regex(_SYSLOG_5424, types={"pri": "int", "version": "int"},
                                      timestamp=("time", "ISO8601"), null="-", **kw),
 }
@@ -555,21 +566,18 @@ def _blank(texts: pa.Array) -> np.ndarray:
     return pc.or_(empty, space).to_numpy(zero_copy_only=False)
 
 
-def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, year_less: bool = False,
-                 bad: dict | None = None) -> pd.DataFrame:
+def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, bad: dict | None = None) -> pd.DataFrame:
     raw = df[col]
     if pd.api.types.is_datetime64_any_dtype(raw):
         return df.assign(**{col: _ns(raw if raw.dt.tz is not None else raw.dt.tz_localize("UTC"))})
     if fmt == AUTO:
         parsed = _auto_times(raw)
         fmt = "ISO 8601, epoch or another known format"
-    elif year_less:
-        text = raw.astype("string")  # syslog (RFC 3164) has no year: this year, or last year for a future date
-        now = pd.Timestamp.now(tz="UTC")
-        text = text.str.replace(r"\s+", " ", regex=True)
-        parsed = pd.to_datetime(str(now.year) + " " + text, format="%Y " + fmt, errors="coerce", utc=True)
-        future = parsed > now + pd.Timedelta(days=1)
-        parsed[future] = parsed[future] - pd.DateOffset(years=1)
+    elif fmt == SYSLOG:
+        parsed = _syslog_times(raw)
+        fmt = "RFC 3164 or RFC 3339"
+    elif _lacks_year(fmt):
+        parsed = _this_year(raw.astype("string"), fmt)
     else:
         parsed = pd.to_datetime(raw.astype("string"), format=fmt, errors="coerce", utc=True)
     wrong = parsed.isna() & raw.notna()
@@ -580,6 +588,45 @@ def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, year_less: bool = Fals
         i = int(wrong.to_numpy().nonzero()[0][0])
         raise ValueError(f"{col}={raw.iloc[i]!r} is not a time")
     return df.assign(**{col: _ns(parsed)})
+
+
+def _lacks_year(fmt: str) -> bool:
+    """A strptime format without a year (``%b %d %H:%M:%S``, ``%m-%d %H:%M:%S.%f``)."""
+    return "%" in fmt and not any(d in fmt for d in ("%Y", "%y", "%G", "%s", "%c", "%x"))
+
+
+def _this_year(text: pd.Series, fmt: str) -> pd.Series:
+    """Times without a year: this year, or last year for a time more than a day ahead
+    (a log read just after New Year)."""
+    now = pd.Timestamp.now(tz="UTC")
+    parsed = pd.to_datetime(str(now.year) + " " + text.str.replace(r"\s+", " ", regex=True),
+                            format="%Y " + " ".join(fmt.split()), errors="coerce", utc=True)
+    future = parsed > now + pd.Timedelta(days=1)
+    parsed[future] = parsed[future] - pd.DateOffset(years=1)
+    return parsed
+
+
+def _syslog_times(raw: pd.Series) -> pd.Series:
+    """RFC 3339 times, and RFC 3164 ones with or without a year after them and
+    fractions of seconds (``Jun  4 15:16:01``, ``Jun 4 15:16:01.250 2026``)."""
+    text = raw.astype("string").str.replace(r"\s+", " ", regex=True).str.replace(",", ".", regex=False)
+    parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+    iso = text.str.match(r"\d{4}-").fillna(False).to_numpy(bool)
+    if iso.any():
+        parsed[iso] = pd.to_datetime(text[iso], format="ISO8601", errors="coerce", utc=True)
+    year = text.str.extract(r" (\d{4})$", expand=False)
+    clock = text.str.replace(r" \d{4}$", "", regex=True)
+    for has_year in (True, False):
+        for frac in (True, False):
+            mask = (~iso & (year.notna() == has_year).to_numpy(bool)
+                    & (clock.str.contains(".", regex=False) == frac).fillna(False).to_numpy(bool))
+            if not mask.any():
+                continue
+            fmt = "%b %d %H:%M:%S" + (".%f" if frac else "")
+            parsed[mask] = (pd.to_datetime(year[mask] + " " + clock[mask], format="%Y " + fmt,
+                                           errors="coerce", utc=True)
+                            if has_year else _this_year(clock[mask], fmt))
+    return parsed
 
 
 def _ns(times: pd.Series) -> pd.Series:
