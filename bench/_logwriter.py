@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 
 
@@ -68,6 +69,7 @@ def main() -> None:
             how = kinds[rotations % 2]
             rotations += 1
             rotate(args.path, args.keep, how)
+            print(f"node{args.node}: {how} before line {i}", file=sys.stderr, flush=True)
             if how == "rename":
                 f.close()
                 f = open(args.path, "a", buffering=1 << 16)  # noqa: SIM115

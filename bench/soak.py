@@ -136,6 +136,7 @@ def main() -> int:
                 producers[victim].wait()
                 producers[victim] = start_producer(victim)
                 kills += 1
+                print(f"{now - t0:6.0f}s kill -9 node{victim}", flush=True)
                 victim = (victim + 1) % n
                 next_kill += args.kill_every
             if now >= next_sample:
@@ -174,6 +175,13 @@ def main() -> int:
         sub.close()
 
     missing = sum(written[k] - counts.received(k, written[k]) for k in range(n))
+    for k in range(n):   # where the missing lines are: runs of line numbers
+        gone = np.flatnonzero(counts.seen[k][:written[k]] == 0)
+        if len(gone):
+            breaks = np.flatnonzero(np.diff(gone) > 1)
+            runs = list(zip(gone[np.r_[0, breaks + 1]], gone[np.r_[breaks, len(gone) - 1]]))
+            print(f"node{k}: {len(gone):,} missing, in {len(runs)} runs: "
+                  + ", ".join(f"{a}-{b}" for a, b in runs[:10]))
     repeated = counts.repeated()
     half = [s for s in samples if s["t"] >= seconds / 2]
     growth = []

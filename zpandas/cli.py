@@ -125,6 +125,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="strptime format of 'time'/'timestamp' fields (jsonl, regex and "
                         "presets), e.g. '%%d/%%b/%%Y:%%H:%%M:%%S %%z'; default: epoch numbers, "
                         "ISO 8601 or another known form")
+    p.add_argument("--no-flatten", dest="flatten", action="store_false",
+                   help="jsonl: keep objects inside a line as JSON text (default: dotted "
+                        "columns such as connections.accepted; lists stay JSON text)")
+    p.add_argument("--encoding", default="utf-8", metavar="CODEC",
+                   help="the files' encoding: latin-1, cp1252, utf-16, shift_jis... (default "
+                        "utf-8; a UTF-16/32 byte-order mark is always honoured)")
+    p.add_argument("--errors", choices=("reject", "replace"), default="reject",
+                   help="a line with bytes that do not decode: a reject (default) or read "
+                        "with U+FFFD in their place")
     p.add_argument("--parse-threads", type=int, metavar="N",
                    help="line formats: threads parsing blocks (default 2 with 2 cores or "
                         "more, else 1; 1 leaves more of the node to the job writing the logs)")
@@ -221,6 +230,7 @@ def _publish(args) -> int:
                            format=args.format, follow=args.follow, checkpoint=args.checkpoint,
                            multiline=args.multiline, multiline_timeout=args.multiline_timeout,
                            time_format=args.time_format, parse_threads=args.parse_threads,
+                           encoding=args.encoding, errors=args.errors, flatten=args.flatten,
                            stop=stop, wait_for_subscribers=args.wait_for,
                            wait_timeout=args.wait_timeout, block_size=args.block_size,
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,

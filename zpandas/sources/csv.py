@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..errors import SchemaMismatchError, SourceError
+from .encoding import Transcoder
 from .records import Records, record_ends
 
 __all__ = ["CsvReader", "Block", "first_record_end", "last_record_end", "unique_names"]
@@ -129,12 +130,23 @@ class CsvReader:
     quote_char : str or False, default '"'
     block_size : int, default 4 MiB
         Bytes read per block; one block becomes one table (and usually one frame).
+    encoding : str, default "utf-8"
+        An encoding in which newlines, quotes and delimiters are the ASCII bytes
+        (latin-1, cp1252, shift_jis...); each block is decoded to UTF-8 to be parsed.
+        Offsets stay offsets in the file.
+    errors : {"reject", "replace"}
+        A record with bytes that do not decode is a reject, or they become U+FFFD.
     """
 
     def __init__(self, *, schema: pa.Schema | Mapping | None = None, delimiter: str = ",",
-                 quote_char: str | bool = '"', block_size: int = 4 << 20) -> None:
+                 quote_char: str | bool = '"', block_size: int = 4 << 20,
+                 encoding: str = "utf-8", errors: str = "reject") -> None:
         if block_size < 1:
             raise ValueError("block_size must be positive")
+        self._codec = Transcoder(encoding, errors)
+        if not self._codec.ascii_compatible:
+            raise ValueError(f"CsvReader cuts blocks at newline bytes, which {encoding} does not "
+                             "have: read such files record by record (publish_files does)")
         if isinstance(schema, pa.Schema):
             schema = {f.name: f.type for f in schema}
         self._given = dict(schema or {})
@@ -235,6 +247,8 @@ class CsvReader:
     def _header(self, path: str, buf: bytearray, start: int, end: int, offset: int) -> list[str]:
         """Column names from the header record in ``buf[start:end]``, made unique."""
         header = bytes(buf[start:end])   # a copy (a header is short): buf stays free to grow
+        if not self._codec.utf8:
+            header = self._codec.decode(header, final=True).data
         if not header.endswith((b"\n", b"\r")):
             header += b"\n"   # a header with nothing after it, not even a newline: Arrow wants one
         try:
@@ -250,30 +264,33 @@ class CsvReader:
         and where each starts in the file when the records had to be parsed one by one."""
         chunk = memoryview(buf)[start:end]
         try:
-            table = self._convert(path, chunk, offset + start,
+            block = None if self._codec.utf8 else self._codec.decode(bytes(chunk), final=True)
+            table = self._convert(path, chunk if block is None else block.data, offset + start,
                                   pacsv.ReadOptions(column_names=names, use_threads=False))
             if table is not None:
                 return table, None
-            table = self._by_record(path, bytes(chunk), offset + start, line, names)
+            table = self._by_record(path, bytes(chunk), offset + start, line, names, block)
             return table.drop_columns(["_offset"]), table["_offset"].to_numpy()
         finally:
             chunk.release()
 
-    def _by_record(self, path: str, data: bytes, offset: int, line: int,
-                   names: list[str]) -> pa.Table:
+    def _by_record(self, path: str, raw: bytes, offset: int, line: int,
+                   names: list[str], block=None) -> pa.Table:
         """A block some record of which does not fit: each record on its own, as a
         followed file's are. Records that do not parse (another number of fields, an
         unclosed quote) and values that do not fit their column's type become rejects
         (:attr:`rejects`); the rest are rows, with an ``_offset`` column."""
         from .lines import CsvLines
         quoted = self._quote is not None
+        data = raw if block is None else block.data   # UTF-8; offsets stay the file's
         ends = record_ends(data, quoted=quoted)
         if not len(ends) or ends[-1] < len(data):
             ends = np.append(ends, len(data))
         bounds = np.concatenate([[0], ends]).astype(np.int64)
         newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        starts = bounds[:-1] if block is None else block.to_source(bounds[:-1])
         records = Records(data, bounds, line + np.searchsorted(newlines, bounds[:-1]),
-                          offset + bounds[:-1])
+                          offset + starts, self._codec.name)
         text = CsvLines(delimiter=self._parse.delimiter, names=names)
         text.schema = pa.schema([pa.field(n, pa.string()) for n in names])  # no typing there
         table, rejects = text.parse_body(records, path)
@@ -373,10 +390,16 @@ class CsvReader:
         types = self._given if self.schema is None else {f.name: f.type for f in self.schema}
         convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
         try:
-            return pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
-                                  parse_options=self._parse, convert_options=convert)
+            table = pacsv.read_csv(pa.py_buffer(chunk), read_options=read,
+                                   parse_options=self._parse, convert_options=convert)
         except pa.ArrowInvalid:
             return None
+        # Text that is not UTF-8 (not decodable in the file's encoding) comes back as a
+        # binary column: record by record, where such records are rejects.
+        if any(pa.types.is_binary(f.type) and not pa.types.is_binary(types.get(f.name, pa.null()))
+               for f in table.schema):
+            return None
+        return table
 
 
 #: What pyarrow's CSV reader takes as a number (numbers are the common misfit: a

@@ -42,6 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from .encoding import Transcoder
 from .framing import Framer, concat_records
 from .records import Records
 
@@ -69,6 +70,8 @@ class _Cursor:
     skipping: bool = False     # inside a record too long to keep: skip to its newline
     open_since: float | None = None  # when the quoted record at ``open_at`` was seen open
     open_at: int = -1
+    codec: Transcoder = field(default_factory=Transcoder)   # the file's encoding
+    bom: int = 0               # bytes of its byte-order mark
     grew: float = field(default_factory=time.monotonic)
     detached: bool = False     # the path no longer names this file
     done: bool = False
@@ -108,6 +111,13 @@ class Follower:
         A renamed or deleted file at its end is closed after this long without growth.
     resume : dict, optional
         From a checkpoint: ``{key: (dev, ino, head, offset, line)}``.
+    encoding : str, default "utf-8"
+        The files' encoding (any codec Python knows); a file that starts with a UTF-16
+        or UTF-32 byte-order mark is read as such. Records are returned as UTF-8, with
+        their offsets in the file (see :mod:`zpandas.sources.encoding`).
+    errors : {"reject", "replace"}
+        A record with bytes that do not decode stays undecodable, for the format to
+        reject; or they become U+FFFD.
     max_line_bytes : int
         A record still unterminated after this many bytes is returned cut to
         ``max_line_bytes + 1`` bytes (which a format rejects as too long) and the rest of
@@ -116,8 +126,10 @@ class Follower:
 
     def __init__(self, patterns: list[str], *, quoted: bool = False, multiline=None,
                  multiline_timeout: float = 2.0, release_after: float = 2.0,
-                 resume: dict | None = None, max_line_bytes: int = 1 << 20) -> None:
+                 resume: dict | None = None, max_line_bytes: int = 1 << 20,
+                 encoding: str = "utf-8", errors: str = "reject") -> None:
         self.patterns = list(patterns)
+        self._codec = Transcoder(encoding, errors)
         self.quoted = quoted
         self.multiline = re.compile(multiline) if isinstance(multiline, str) else multiline
         self.multiline_timeout = multiline_timeout
@@ -230,7 +242,7 @@ class Follower:
                 # It grew again (a line written to a rotated copy): on from where it was.
                 head, offset, key, line = done
                 del self._finished[(st.st_dev, st.st_ino)]
-                c = _Cursor(key=key, path=path, dev=st.st_dev, ino=st.st_ino, head=head,
+                c = self._cursor(key=key, path=path, dev=st.st_dev, ino=st.st_ino, head=head,
                             offset=offset, line=line, detached=True,
                             tail=_read_at(path, max(0, offset - _TAIL_BYTES), offset))
                 self._cursors.append(c)
@@ -240,7 +252,7 @@ class Follower:
             # about to be written into it: it is looked at again once it has bytes.
             return None
         head = _head(path, HEAD_BYTES)
-        c = _Cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
+        c = self._cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
         for key, (dev, ino, h, offset, line) in list(self._resume.items()):
             # By content, not inode: a file renamed or copied (copytruncate) while we were
             # stopped starts with the head we saw and reaches our offset; the truncated
@@ -253,6 +265,11 @@ class Follower:
         else:
             self.discovered.append((c.key, c.path, c.dev, c.ino, c.head, 0, 1))
         self._cursors.append(c)
+        return c
+
+    def _cursor(self, **fields) -> _Cursor:
+        c = _Cursor(**fields)
+        c.codec, c.bom = self._codec.for_file(c.head)
         return c
 
     def _is_copy(self, path: str, st: os.stat_result) -> bool:
@@ -357,10 +374,12 @@ class Follower:
                 c.f.close()
                 c.f = None
                 return None  # replaced between discovery and open: next poll
+        if c.offset < c.bom:
+            c.offset = c.bom   # a byte-order mark: not part of the first record
         c.f.seek(c.offset)
-        data = c.f.read(self._block)
+        raw = c.f.read(self._block)
         now = time.monotonic()
-        if data:
+        if raw:
             c.grew = now
             if len(c.head) < HEAD_BYTES:
                 # The head grows with the file (a file first seen mid-line included), as
@@ -368,23 +387,34 @@ class Follower:
                 head = os.pread(c.f.fileno(), HEAD_BYTES, 0)
                 if head.startswith(c.head):
                     c.head = head
-        eof = len(data) < self._block
+        eof = len(raw) < self._block
         self.behind |= not eof
+        # Formats parse UTF-8: another encoding is decoded here, a block at a time.
+        block = None if c.codec.utf8 else c.codec.decode(raw, final=final and eof)
+        data = raw if block is None else block.data
         if c.skipping or (not eof and self._framer.no_record_end(data)):
             records, used = self._framer.skip_long(c, data)
         else:
             records, used = self._framer.records(c, data, final=final and eof)
-        if used:
-            c.tail = (c.tail + data[:used])[-_TAIL_BYTES:]
-            c.offset += used
         if self.quoted and eof and not c.skipping and not final:
-            cut, n = self._framer.cut_open_quote(c, data[used:], now, self.multiline_timeout)
+            at = c.offset + (used if block is None else int(block.to_source(used)))
+            cut, n = self._framer.cut_open_quote(c, data[used:], at, now, self.multiline_timeout)
             if n:
-                records = concat_records(records, cut)
-                c.tail = (c.tail + data[used:used + n])[-_TAIL_BYTES:]
+                records = concat_records(records, Records(cut.data, cut.bounds, cut.lines,
+                                                          cut.offsets + used))
                 used += n
+        # Offsets in the block -> offsets in the file
+        if block is not None:
+            used = int(block.to_source(used))
+            records = Records(records.data, records.bounds, records.lines,
+                              block.to_source(records.offsets), records.encoding)
+        records = Records(records.data, records.bounds, records.lines, records.offsets + c.offset,
+                          c.codec.name)
+        if used:
+            c.tail = (c.tail + raw[:used])[-_TAIL_BYTES:]
+            c.offset += used
         quiet = now - c.grew
-        at_end = eof and used == len(data)
+        at_end = eof and used == len(raw)
         finished = at_end and (final or (quiet >= self.release_after and
                                          (c.detached or os.fstat(c.f.fileno()).st_nlink == 0)))
         end, line = c.offset, c.line

@@ -2,8 +2,10 @@
 multiline records (a line matching a start pattern begins one), none longer than allowed.
 
 :class:`Framer` keeps no state of its own: each call reads and advances the state of one
-file's cursor, ``c`` (its ``line``, ``offset``, ``skipping`` and ``pending``), so one Framer serves every file a
-:class:`~zpandas.sources.follow.Follower` reads.
+file's cursor, ``c`` (its ``line``, ``skipping``, ``pending`` and open-quote state), so one
+Framer serves every file a :class:`~zpandas.sources.follow.Follower` reads. Offsets of the
+records it returns are positions in the block it was given (the Follower maps them to
+file offsets: a block may be a file's bytes decoded to UTF-8).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Framer:
         if not c.skipping:
             cut = self.max_line_bytes + 1
             records = Records(data[:cut], np.array([0, cut], np.int64),
-                              np.array([c.line], np.int64), np.array([c.offset], np.int64))
+                              np.array([c.line], np.int64), np.array([0], np.int64))
             c.skipping = True
         nl = data.find(b"\n")
         if nl < 0:
@@ -56,7 +58,7 @@ class Framer:
         return records, nl + 1
 
     def records(self, c, data: bytes, *, final: bool) -> tuple[Records, int]:
-        """The complete records of ``data`` (read at ``c.offset``), and the bytes they use.
+        """The complete records of ``data``, and the bytes they use.
 
         A last line without a newline is complete only at the end of a one-pass read
         (where an unclosed quote's remainder is a record too, which a format rejects); a
@@ -75,33 +77,33 @@ class Framer:
         else:
             lines = c.line + np.arange(len(ends), dtype=np.int64)
             c.line += len(ends) - (1 if used and not data[used - 1:used] == b"\n" else 0)
-        return Records(data, bounds, lines, c.offset + bounds[:-1]), used
+        return Records(data, bounds, lines, bounds[:-1].copy()), used
 
-    def cut_open_quote(self, c, rest: bytes, now: float, timeout: float) -> tuple[Records, int]:
+    def cut_open_quote(self, c, rest: bytes, at: int, now: float, timeout: float) -> tuple[Records, int]:
         """A CSV record whose quote is still open ``timeout`` seconds after it was first
         seen spanning a newline is cut at that newline, as one record (which the format
         rejects: unclosed quote), and the lines after it are framed anew - so a stray
         quote does not hold the rest of a live file back.
 
-        ``rest`` is what follows the complete records, at ``c.offset``. Returns the
-        records and the bytes they use; advances ``c.offset`` and ``c.line`` past them.
+        ``rest`` is what follows the complete records; ``at`` is where it starts in the
+        file (to know the same open record again). Returns the records and the bytes
+        they use; advances ``c.line`` past them.
         """
         nl = rest.find(b"\n")
         if nl < 0:
             c.open_since = None
             return Records.empty(), 0
-        if c.open_since is None or c.open_at != c.offset:
-            c.open_since, c.open_at = now, c.offset
+        if c.open_since is None or c.open_at != at:
+            c.open_since, c.open_at = now, at
             return Records.empty(), 0
         if now - c.open_since < timeout:
             return Records.empty(), 0
         c.open_since = None
         cut = Records(rest[:nl + 1], np.array([0, nl + 1], np.int64), np.array([c.line], np.int64),
-                      np.array([c.offset], np.int64))
+                      np.array([0], np.int64))
         c.line += 1
-        c.offset += nl + 1
         more, used = self.records(c, rest[nl + 1:], final=False)
-        c.offset += used
+        more = Records(more.data, more.bounds, more.lines, more.offsets + nl + 1)
         return concat_records(cut, more), nl + 1 + used
 
     def group(self, c, lines: Records, *, flush: bool) -> Records:
@@ -128,7 +130,7 @@ class Framer:
         else:
             end = len(lines)
         bounds = np.append(lines.bounds[first], lines.bounds[end])
-        return Records(lines.data, bounds, lines.lines[first], lines.offsets[first])
+        return Records(lines.data, bounds, lines.lines[first], lines.offsets[first], lines.encoding)
 
 
 def concat_records(a: Records, b: Records) -> Records:
@@ -137,4 +139,4 @@ def concat_records(a: Records, b: Records) -> Records:
     data = a.data[a0:a1] + b.data[b0:b1]
     bounds = np.concatenate([a.bounds - a0, b.bounds[1:] - b0 + (a1 - a0)])
     return Records(data, bounds, np.concatenate([a.lines, b.lines]),
-                   np.concatenate([a.offsets, b.offsets]))
+                   np.concatenate([a.offsets, b.offsets]), a.encoding)

@@ -15,7 +15,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,10 @@ class LineFormat:
             try:
                 text = r.raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                rejects.append(_reject(file, records, i, f"invalid UTF-8 at byte {e.start}"))
+                rejects.append(_reject(file, records, i, f"invalid UTF-8 at byte {e.start} (in another encoding? "
+                                       "say which: encoding=, --encoding)"
+                                       if records.encoding == "utf-8" else
+                                       f"bytes that are not {records.encoding}"))
                 continue
             try:
                 row = self._row(text.rstrip("\r"))
@@ -184,13 +187,19 @@ class JsonLines(LineFormat):
         The fields parsed as times (timezone-aware, UTC), with ``time_format`` (a
         strptime format; default: epoch numbers by magnitude, ISO 8601, or any format
         pandas recognises). A value that does not parse makes its line a reject.
+    flatten : bool, default True
+        Objects inside a line become dotted columns (``{"connections": {"accepted": 8}}``
+        gives ``connections.accepted``), as ``pandas.json_normalize`` does; lists stay
+        JSON text. False: every nested value stays JSON text.
     """
 
     name = "jsonl"
 
-    def __init__(self, *, timestamp: str | tuple[str, ...] | None = TIME_FIELDS, **kw) -> None:
+    def __init__(self, *, timestamp: str | tuple[str, ...] | None = TIME_FIELDS,
+                 flatten: bool = True, **kw) -> None:
         super().__init__(**kw)
         self.timestamp = (timestamp,) if isinstance(timestamp, str) else tuple(timestamp or ())
+        self.flatten = flatten
         # Fields read as text: those pyarrow would type as times but are not time
         # fields, and the time fields when a format is given (it decides, not pyarrow).
         self._strings = pa.schema([pa.field(n, pa.string()) for n in self.timestamp]
@@ -205,14 +214,16 @@ class JsonLines(LineFormat):
             raise ValueError(f"not JSON: {e.msg} at column {e.colno}") from None
         if not isinstance(value, dict):
             raise ValueError(f"a JSON {type(value).__name__}, not an object")
-        return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
+        if self.flatten:
+            return _flat(value)
+        return {k: _json(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
 
     def _columns(self, records: Records):
         # pyarrow's JSON reader takes the block as it is (and checks its UTF-8). It refuses
         # a block with a line that is not an object, repeated keys or a value of another
-        # type than the same key's earlier ones: record by record then. Nested values
-        # would become structs (with the keys of every row): record by record too, where
-        # they stay JSON text.
+        # type than the same key's earlier ones: record by record then. Objects come as
+        # structs (with the keys of every row in the block): flattened into dotted
+        # columns, lists as JSON text (_nested).
         lo, hi = int(records.bounds[0]), int(records.bounds[-1])
         while True:
             table = pajson.read_json(
@@ -227,8 +238,9 @@ class JsonLines(LineFormat):
             if not stray:
                 break
             self._strings = pa.schema([*self._strings, *[pa.field(n, pa.string()) for n in stray]])
-        if any(pa.types.is_nested(t) or pa.types.is_dictionary(t) for t in table.schema.types):
+        if any(pa.types.is_dictionary(t) for t in table.schema.types):
             return None
+        table = _nested(table, self.flatten)
         # A row per line that is not empty - unless some are only whitespace (or "\r"),
         # which pyarrow skips too: then the rows are fewer, and each line is looked at.
         rows = np.flatnonzero(records.lengths() > 0)
@@ -249,8 +261,7 @@ class JsonLines(LineFormat):
     def _times_in_arrow(self, table: pa.Table) -> pa.Table | None:
         """The table with its time fields as UTC nanoseconds, all in Arrow (no round trip
         through pandas for the other columns: most of a small block's cost); None when a
-        time field needs pandas (numbers by magnitude, a given format, text Arrow's ISO
-        8601 parser refuses)."""
+        time field needs pandas (a given format, text Arrow's ISO 8601 parser refuses)."""
         if self.time_format:
             return None
         utc = pa.timestamp("ns", "UTC")
@@ -258,6 +269,12 @@ class JsonLines(LineFormat):
             if col not in table.column_names:
                 continue
             values = table[col]
+            if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+                nums = values.to_numpy().astype(np.float64)   # nulls are NaN
+                missing = np.isnan(nums)
+                ns = pa.array(_epoch_ns(np.where(missing, 0, nums)), pa.int64(), mask=missing)
+                table = table.set_column(table.column_names.index(col), col, ns.cast(utc))
+                continue
             if not (pa.types.is_timestamp(values.type) or pa.types.is_string(values.type)
                     or pa.types.is_null(values.type)):
                 return None
@@ -291,13 +308,16 @@ class Regex(LineFormat):
         JSON lines). ``time_format`` also overrides a preset's format.
     null : str, optional
         A value meaning "missing" (``"-"`` in access logs).
+    trim : sequence of str, optional
+        Groups whose trailing blanks are dropped (a greedy ``.*`` group then a trim is
+        faster than a lazy ``.*?`` followed by blanks).
     """
 
     name = "regex"
 
     def __init__(self, pattern: str, *, types: Mapping[str, str] | None = None,
                  timestamp: tuple[str, str] | None = None, null: str | None = None,
-                 **kw) -> None:
+                 trim: Sequence[str] = (), **kw) -> None:
         super().__init__(**kw)
         self.pattern = re.compile(pattern)
         if not self.pattern.groupindex:
@@ -305,6 +325,7 @@ class Regex(LineFormat):
         self.types = dict(types or {})
         self.timestamp = timestamp
         self.null = null
+        self.trim = frozenset(trim)
         # Anchored as fullmatch; None once the vectorised engine has refused it.
         self._vector: str | None = f"^(?:{pattern})(?P<{_MATCHED}>)$"
 
@@ -314,7 +335,8 @@ class Regex(LineFormat):
         m = self.pattern.fullmatch(text)
         if m is None:
             raise ValueError("does not match the pattern")
-        return {k: (None if v == self.null else v) for k, v in m.groupdict().items()}
+        return {k: (None if v == self.null else v.rstrip() if k in self.trim and v else v)
+                for k, v in m.groupdict().items()}
 
     def _columns(self, records: Records):
         # Rust's regex engine through polars, which takes a whole column at once (about
@@ -335,7 +357,8 @@ class Regex(LineFormat):
         blank = _blank(texts)
         rejects = [(int(i), "does not match the pattern") for i in np.flatnonzero(~matched & ~blank)]
         keep = matched & ~blank
-        cols = [pl.col(n) for n in self.pattern.groupindex]
+        cols = [pl.col(n).str.strip_chars_end() if n in self.trim else pl.col(n)
+                for n in self.pattern.groupindex]
         if self.null is not None:
             cols = [pl.when(c == self.null).then(None).otherwise(c).alias(n)
                     for c, n in zip(cols, self.pattern.groupindex)]
@@ -359,9 +382,14 @@ class Regex(LineFormat):
         if self.timestamp and self.timestamp[0] in rows.columns:
             col, fmt = self.timestamp
             fmt = self.time_format or fmt
-            if "%" not in fmt or _lacks_year(fmt):  # ISO8601, AUTO, syslog, no year: pandas
+            if fmt == SYSLOG:
+                if rows.get_column(col).str.contains(r"^\d").any():
+                    return None   # RFC 3339 times among them: pandas' ISO 8601 parser
+                exprs.append(_pl_rfc3164(col))
+            elif "%" not in fmt or _lacks_year(fmt):  # ISO8601, AUTO, no year: pandas
                 return None
-            exprs.append(pl.col(col).str.to_datetime(fmt, time_unit="ns", strict=False))
+            else:
+                exprs.append(pl.col(col).str.to_datetime(fmt, time_unit="ns", strict=False))
             times.append(col)
         elif not self.timestamp and any(c in rows.columns for c in TIME_FIELDS):
             return None  # any format, value by value: pandas
@@ -509,7 +537,7 @@ _SYSLOG_3164 = (r'(?:<(?P<pri>\d{1,3})>)?'
                 r'(?P<time>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?'
                 r'|[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:[.,]\d+)?(?: \d{4})?) +(?P<host>\S+)'
                 r'(?: +(?P<app>[^\s\[:]+(?: [^\s\[:]+)?)(?:\[(?P<pid>\d+)\])?(?: (?:\([^)]*\)|[^\s:]+))?:(?: |$))?'
-                r' *(?P<message>.*?)\s*')
+                r' *(?P<message>.*)')
 _SYSLOG_5424 = (r'<(?P<pri>\d{1,3})>(?P<version>\d{1,2}) (?P<time>\S+) (?P<host>\S+) (?P<app>\S+) '
                 r'(?P<procid>\S+) (?P<msgid>\S+) (?P<structured_data>-|(?:\[(?:[^\]\\]|\\.)*\])+)'
                 r'(?: (?P<message>.*))?')
@@ -518,7 +546,7 @@ PRESETS = {
     "combined": lambda **kw: Regex(_COMBINED, types={"status": "int", "body_bytes_sent": "int"},
                                    timestamp=("time", "%d/%b/%Y:%H:%M:%S %z"), null="-", **kw),
     "syslog": lambda **kw: Regex(_SYSLOG_3164, types={"pri": "int", "pid": "int"},
-                                 timestamp=("time", SYSLOG), **kw),
+                                 timestamp=("time", SYSLOG), trim=("message",), **kw),
     "syslog5424": lambda **kw: Regex(_SYSLOG_5424, types={"pri": "int", "version": "int"},
                                      timestamp=("time", "ISO8601"), null="-", **kw),
 }
@@ -527,7 +555,7 @@ PRESETS["syslog3164"] = PRESETS["syslog"]
 
 
 def get_format(fmt, *, delimiter: str = ",", max_line_bytes: int = 1 << 20,
-               time_format: str | None = None) -> LineFormat:
+               time_format: str | None = None, flatten: bool = True) -> LineFormat:
     """A format from its name (``csv``, ``jsonl``, a preset), a ``regex:<pattern>`` or an instance."""
     if isinstance(fmt, LineFormat):
         return fmt
@@ -537,13 +565,48 @@ def get_format(fmt, *, delimiter: str = ",", max_line_bytes: int = 1 << 20,
     if isinstance(fmt, str) and fmt.startswith("csv:"):  # column names given, no header line
         return CsvLines(delimiter=delimiter, names=fmt[4:].split(","), **kw)
     if fmt in ("jsonl", "json", "ndjson"):
-        return JsonLines(**kw)
+        return JsonLines(flatten=flatten, **kw)
     if fmt in PRESETS:
         return PRESETS[fmt](**kw)
     if isinstance(fmt, str) and fmt.startswith("regex:"):
         return Regex(fmt[len("regex:"):], **kw)
     raise ValueError(f"unknown format {fmt!r}: use csv, csv:<col>,<col>..., jsonl, "
                      f"{', '.join(sorted(PRESETS))}, or regex:<pattern with named groups>")
+
+
+def _json(value) -> str:
+    """JSON text of a nested value, compact, as polars writes it on the fast path."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _flat(value: dict, prefix: str = "", out: dict | None = None) -> dict:
+    """``{"a": {"b": 1}, "c": [1]}`` -> ``{"a.b": 1, "c": "[1]"}``."""
+    out = {} if out is None else out
+    for k, v in value.items():
+        if isinstance(v, dict):
+            _flat(v, f"{prefix}{k}.", out)
+        else:
+            out[prefix + k] = _json(v) if isinstance(v, list) else v
+    return out
+
+
+def _nested(table: pa.Table, flatten: bool) -> pa.Table:
+    """Struct columns as dotted columns (``flatten``) or JSON text; lists as JSON text."""
+    if flatten:
+        while any(pa.types.is_struct(t) for t in table.schema.types):
+            table = table.flatten()   # one level: "a.b"
+    for i, f in enumerate(table.schema):
+        if pa.types.is_nested(f.type):
+            table = table.set_column(i, f.name, _json_column(table.column(i)))
+    return table
+
+
+def _json_column(col: pa.ChunkedArray) -> pa.Array:
+    """A nested column as compact JSON text, at vector speed (polars' encoder)."""
+    import polars as pl
+    wrapped = pl.from_arrow(pa.table({"v": col})).select(pl.struct("v").struct.json_encode())
+    text = wrapped.to_series().str.slice(5, None).str.head(-1)   # '{"v":' ... '}'
+    return pc.if_else(pc.is_null(col), pa.scalar(None, pa.string()), text.to_arrow().cast(pa.string()))
 
 
 def _reject(file: str, records: Records, i: int, reason: str) -> dict:
@@ -588,6 +651,19 @@ def _parse_times(df: pd.DataFrame, col: str, *, fmt: str, bad: dict | None = Non
         i = int(wrong.to_numpy().nonzero()[0][0])
         raise ValueError(f"{col}={raw.iloc[i]!r} is not a time")
     return df.assign(**{col: _ns(parsed)})
+
+
+def _pl_rfc3164(col: str):
+    """A polars expression: RFC 3164 times (one or two spaces, a year after them or
+    this year - last year for a time more than a day ahead -, fractions of seconds)."""
+    import polars as pl
+    text = pl.col(col).str.replace_all(r"\s+", " ")
+    now = pd.Timestamp.now(tz="UTC")
+    year = text.str.extract(r" (\d{4})$", 1)
+    stamp = (pl.coalesce(year, pl.lit(str(now.year))) + " " + text.str.replace(r" \d{4}$", "")) \
+        .str.to_datetime("%Y %b %d %H:%M:%S%.f", time_unit="ns", strict=False)
+    ahead = year.is_null() & (stamp > now.tz_localize(None) + pd.Timedelta(days=1))
+    return pl.when(ahead).then(stamp.dt.offset_by("-1y")).otherwise(stamp).alias(col)
 
 
 def _lacks_year(fmt: str) -> bool:
@@ -668,6 +744,14 @@ def _numeric(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return num, (num.isna() & raw.notna()).to_numpy()
 
 
+def _epoch_ns(values: np.ndarray) -> np.ndarray:
+    """Epoch times in s, ms, us or ns (by magnitude) -> int64 nanoseconds."""
+    a = np.abs(values)
+    to_ns = np.select([a < 1e11, a < 1e14, a < 1e17], [10**9, 10**6, 10**3], 1)
+    whole = np.floor(values)  # in integers, exact; the fraction apart
+    return whole.astype(np.int64) * to_ns + np.round((values - whole) * to_ns).astype(np.int64)
+
+
 def _auto_times(raw: pd.Series) -> pd.Series:
     """Times of any common form, value by value: numbers are epoch times (s, ms, us or ns
     by magnitude), text is ISO 8601 or else whatever pandas recognises; NaT otherwise."""
@@ -680,11 +764,7 @@ def _auto_times(raw: pd.Series) -> pd.Series:
     is_num = nums.notna().to_numpy()
     parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
     if is_num.any():
-        values = nums.to_numpy(dtype="float64", na_value=np.nan)[is_num]
-        a = np.abs(values)
-        to_ns = np.select([a < 1e11, a < 1e14, a < 1e17], [10**9, 10**6, 10**3], 1)
-        whole = np.floor(values)  # in integers, exact; the fraction apart
-        ns = whole.astype(np.int64) * to_ns + np.round((values - whole) * to_ns).astype(np.int64)
+        ns = _epoch_ns(nums.to_numpy(dtype="float64", na_value=np.nan)[is_num])
         parsed[is_num] = pd.to_datetime(ns, unit="ns", utc=True)
     text = raw[~is_num & raw.notna().to_numpy()].astype("string")
     if len(text):

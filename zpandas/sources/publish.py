@@ -21,6 +21,7 @@ from .._tables import with_source
 from ..producer import Producer
 from .checkpoint import Checkpoint
 from .csv import CsvReader
+from .encoding import Transcoder
 from .follow import Follower
 from .lines import REJECT_SCHEMA, get_format
 from .pipeline import ParsePipeline, default_threads
@@ -89,6 +90,7 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                   poll_interval: float | None = None, stop: threading.Event | None = None,
                   duration: float | None = None, block_size: int = 4 << 20,
                   progress: bool = False, parse_threads: int | None = None,
+                  encoding: str = "utf-8", errors: str = "reject", flatten: bool = True,
                   **producer_options) -> dict:
     """Publish the rows of files: whole, or following them as they grow and rotate.
 
@@ -147,6 +149,18 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     parse_threads : int, optional
         Line formats: threads parsing blocks while the next ones are read (pyarrow and
         polars parse without the GIL). Default 2 on a machine with 2 cores or more, else 1.
+    encoding : str, default "utf-8"
+        The files' encoding, any codec Python knows (``"latin-1"``, ``"cp1252"``,
+        ``"utf-16"``, ``"shift_jis"``); decoded a block at a time. A file that starts
+        with a UTF-16 or UTF-32 byte-order mark is read as such whatever this says.
+        ``_offset`` stays the byte offset in the file.
+    errors : {"reject", "replace"}, default "reject"
+        A line with bytes that do not decode is a reject (``"bytes that are not
+        cp1252"``), or they are read as U+FFFD.
+    flatten : bool, default True
+        JSON lines: objects inside a line become dotted columns
+        (``connections.accepted``), lists JSON text; False keeps every nested value as
+        JSON text.
     **producer_options
         Passed to :class:`Producer` (``wait_for_subscribers``, ``name``, ``policy``, ...).
 
@@ -165,14 +179,20 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     """
     own = not isinstance(endpoint, Producer)
     lines = format != "csv" or follow or checkpoint is not None or multiline is not None
-    if lines and schema is not None:
-        raise ValueError("schema= applies to whole CSV files; following, checkpoints and line "
-                         "formats infer types from the first records")
     if time_format is not None and (format == "csv" or str(format).startswith("csv:")):
         raise ValueError("time_format= applies to jsonl, regex and the presets; CSV columns are "
                          "typed as Arrow infers them (ISO 8601 times become datetimes), or by "
                          "schema= in whole files")
+    codec = Transcoder(encoding, errors)
     files = [] if follow else expand_paths(paths)
+    # Whole CSV files are cut into blocks at newline bytes: UTF-16 and UTF-32 files
+    # (asked for, or found by their byte-order mark) are read record by record instead.
+    lines = lines or not codec.ascii_compatible or any(
+        codec.for_file(_first_bytes(f))[0].name != codec.name for f in files)
+    if lines and schema is not None:
+        raise ValueError("schema= applies to whole CSV files in encodings with newline bytes; "
+                         "following, checkpoints, line formats and UTF-16/32 files infer types "
+                         "from the first records")
     producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
     try:
         if lines:
@@ -181,18 +201,26 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                                   multiline_timeout=multiline_timeout,
                                   max_line_bytes=max_line_bytes, time_format=time_format,
                                   poll_interval=poll_interval, parse_threads=parse_threads,
-                                  stop=stop, duration=duration, own=own)
+                                  stop=stop, duration=duration, own=own, encoding=encoding,
+                                  errors=errors, flatten=flatten)
         return _publish_csv(files, producer, schema=schema, delimiter=delimiter,
-                            block_size=block_size, progress=progress)
+                            block_size=block_size, progress=progress, encoding=encoding,
+                            errors=errors)
     finally:
         if own:
             producer.close()
 
 
-def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str,
-                 block_size: int, progress: bool) -> dict:
+def _first_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
 
-    reader = CsvReader(schema=schema, delimiter=delimiter, block_size=block_size)
+
+def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str,
+                 block_size: int, progress: bool, encoding: str, errors: str) -> dict:
+
+    reader = CsvReader(schema=schema, delimiter=delimiter, block_size=block_size,
+                       encoding=encoding, errors=errors)
     total = sum(os.path.getsize(f) for f in files)
     rows = rejects = 0
     run = uuid.uuid4().hex[:12]  # rows carry offsets: a source names this run's read of a file
@@ -219,17 +247,18 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
 def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow: bool,
                    checkpoint, multiline, multiline_timeout: float, max_line_bytes: int,
                    time_format: str | None, poll_interval: float, parse_threads: int | None,
-                   stop, duration, own: bool) -> dict:
+                   stop, duration, own: bool, encoding: str, errors: str,
+                   flatten: bool) -> dict:
     """Records of files (followed or not) -> rows and rejects, with checkpoints."""
 
     fmt = get_format(format, delimiter=delimiter, max_line_bytes=max_line_bytes,
-                     time_format=time_format)
+                     time_format=time_format, flatten=flatten)
     patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     source_id = ckpt.source_id if ckpt else uuid.uuid4().hex[:12]
     follower = Follower(patterns, quoted=fmt.quoted, multiline=multiline,
                         multiline_timeout=multiline_timeout, resume=ckpt.load() if ckpt else None,
-                        max_line_bytes=max_line_bytes)
+                        max_line_bytes=max_line_bytes, encoding=encoding, errors=errors)
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
     if poll_interval is None:

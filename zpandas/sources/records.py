@@ -34,12 +34,15 @@ class Records:
     """Records of one block: record ``i`` is ``data[bounds[i]:bounds[i+1]]`` less one final newline.
 
     ``lines[i]`` is its line number and ``offsets[i]`` its byte offset in the file.
+    ``data`` is UTF-8 (the file's bytes, or the file decoded from ``encoding``): bytes in
+    it that are not UTF-8 did not decode.
     """
 
     data: bytes
     bounds: np.ndarray
     lines: np.ndarray
     offsets: np.ndarray
+    encoding: str = "utf-8"
 
     @classmethod
     def of(cls, records: list[Record]) -> Records:
@@ -70,7 +73,7 @@ class Records:
         start, stop, _ = key.indices(len(self))
         stop = max(start, stop)
         return Records(self.data, self.bounds[start:stop + 1], self.lines[start:stop],
-                       self.offsets[start:stop])
+                       self.offsets[start:stop], self.encoding)
 
     def lengths(self) -> np.ndarray:
         """Bytes of each record, its final newline excluded."""
