@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench multicast browser clean
+.PHONY: demo test bench multicast browser lab docs dist clean
 
 $(STAMP): pyproject.toml
 	@echo "make: first run: creating $(VENV) and installing zpandas with pyzmq, pyarrow, pandas,"
@@ -43,6 +43,23 @@ $(VENV)/.browser: $(STAMP)
 	  { echo "make browser: no chromium and no apt-get: tests/test_browser.py will skip"; exit 0; }
 	$(PY) -m pip install --progress-bar off -e '.[test,browser]'
 	touch $@
+
+# JupyterLab in .venv, opened on the notebooks
+lab: $(STAMP)
+	$(PY) -m pip install --progress-bar off -e '.[lab]'
+	$(PY) -m jupyter lab notebooks/
+
+# The documentation site, warnings as errors: out/site/index.html
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# What a release needs: a wheel and an sdist that build cleanly and pass twine's checks
+dist: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dist]'
+	rm -rf out/dist
+	$(PY) -m build --outdir out/dist
+	$(VENV)/bin/twine check --strict out/dist/*
 
 bench: $(STAMP)
 	$(PY) bench/bench_pipeline.py

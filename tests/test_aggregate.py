@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -114,7 +116,8 @@ def test_a_bad_batch_is_rejected_with_its_reason_and_the_aggregation_goes_on():
     agg.update(pd.DataFrame({"host": ["a"], "value": [2.0]}))
     stats = agg.stats()
     assert stats["rejected_batches"] == 1 and "host" in stats["errors"][0]
-    assert agg.result()["value_sum"].tolist() == [3.0]
+    with pytest.warns(zp.ColumnWarning, match="'hostname'"):
+        assert agg.result()["value_sum"].tolist() == [3.0]
 
 
 def test_memory_follows_groups_times_windows_not_rows():
@@ -220,3 +223,25 @@ def test_partial_results_of_disjoint_parts_combine_to_pandas_over_all_rows(windo
     if window:
         assert got["final"].any()
     assert combine(zp.Aggregation(**spec), [(None, None, 0)]).empty
+
+
+def test_a_typo_in_a_column_name_is_said_once_with_the_columns_there_are():
+    """by="hots" gave an empty result and no word; now the first result() after such
+    rows warns, naming the columns the rows have (and the log said it at once)."""
+    agg = zp.Aggregation(by="hots", values={"value": "mean"})
+    agg.update(pd.DataFrame({"host": ["a", "b"], "value": [1.0, 2.0]}))
+    with pytest.warns(zp.ColumnWarning, match=r"no column\(s\) \['hots'\].*'host', 'value'"):
+        assert agg.result().empty
+    agg.update(pd.DataFrame({"host": ["a"], "value": [3.0]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # said once, not at every result()
+        agg.result()
+    assert agg.stats()["rejected_batches"] == 2
+
+
+def test_a_producer_waiting_for_another_topic_says_what_the_subscribers_asked_for():
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="metrics") as sub:
+        with zp.Producer(">" + sub.endpoints[0], topic="xmetrics") as p:
+            with pytest.raises(TimeoutError, match=r"0 of 1 subscribers to topic 'xmetrics'.*"
+                                                   r"asked for 'metrics'"):
+                p.wait_for_subscribers(1, timeout=2)

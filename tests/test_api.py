@@ -12,7 +12,7 @@ def test_all_is_pinned():
         "ParquetSink", "publish_files", "spawn",
         "ZpandasError", "EndpointError", "ClosedError", "WireError", "SchemaMismatchError",
         "SourceError", "SubscriberBrokenError", "ProducerBrokenError", "DataLossWarning",
-        "MemoryBudgetWarning", "SecurityWarning", "__version__",
+        "MemoryBudgetWarning", "SecurityWarning", "ColumnWarning", "__version__",
     ])
     for name in zpandas.__all__:
         assert getattr(zpandas, name) is not None

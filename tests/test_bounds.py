@@ -1,5 +1,5 @@
 """Nothing grows without bound: every per-producer, per-source and per-file structure has
-a cap or an expiry (README, "Limits"), and a long soak shows flat memory."""
+a cap or an expiry (docs/guarantees.md, "Limits"), and a long soak shows flat memory."""
 
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ def test_gaps_and_rejects_keep_the_last_ones_and_count_all(monkeypatch):
 
 
 def test_documented_limits_are_the_constants():
-    """The README's Limits table states these numbers."""
+    """The Limits table of docs/guarantees.md states these numbers."""
     from zpandas import streams, subscriber
     assert (streams.MAX_STREAMS, streams.MAX_SOURCES, streams.SOURCES_PER_STREAM,
             receiver_module.GAPS_KEPT, receiver_module.REJECTS_KEPT, receiver_module._BAD_LOG_EVERY,

@@ -9,7 +9,7 @@ its last one (which stops the jobs), then the test checks what the page shows:
 * a ``1+1`` cell returns ``2`` while the plot keeps updating;
 * then the last cell runs, and no cell shows an error.
 
-The picture is saved as ``out/browser/liveplot.png`` (the README's LivePlot picture is one).
+The picture is saved as ``out/browser/liveplot.png`` (docs/notebook.md's LivePlot picture is one).
 Skips, with the reason, where Chromium or Playwright or JupyterLab is not installed;
 ``.ci/run`` installs them (``make browser``).
 """

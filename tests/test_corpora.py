@@ -153,3 +153,12 @@ def test_csv_spectrum_case_reads_as_pythons_csv_module_does(case, mode, tmp_path
     pd.testing.assert_frame_equal(df, expected, check_dtype=False)
     for name in header:
         assert pd.api.types.is_numeric_dtype(df[name]) == pd.api.types.is_numeric_dtype(expected[name])
+
+
+def test_the_recipes_in_the_docs_are_the_ones_tested():
+    docs = (Path(__file__).parent.parent / "docs" / "files.md").read_text()
+    for system, (fmt, time_format) in RECIPES.items():
+        if fmt != "syslog":
+            cmd = f"--format '{fmt}'" + (f" --time-format '{time_format}'" if time_format else "")
+            assert f"zpandas publish {system.lower()}.log {cmd}" in docs, system
+        assert f"| {system} |" in docs, system

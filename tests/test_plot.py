@@ -6,6 +6,8 @@ notebooks/live_dashboard.ipynb (tests/test_notebooks.py).
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -100,3 +102,67 @@ def test_bad_sources_are_clear():
         zp.LivePlot(pd.DataFrame())
     with pytest.raises(ValueError, match="windows"):
         zp.LivePlot(zp.Aggregation(values={"v": "sum"}))
+
+
+def spanning(span: str, window: str, hosts: int = 3) -> zp.Aggregation:
+    """An aggregation of ``hosts`` lines over ``span`` of event time, from 05:19:58 UTC."""
+    t = pd.date_range("2026-12-05 05:19:58", periods=200, freq=pd.Timedelta(span) / 200, tz="UTC")
+    agg = zp.Aggregation(by="host", values={"value": "mean"}, window=window)
+    agg.update(pd.DataFrame({"timestamp": list(t) * hosts,
+                             "host": [f"h{k:02d}" for k in range(hosts) for _ in t],
+                             "value": [float(k * 1000 + i) for k in range(hosts) for i in range(200)]}))
+    return agg
+
+
+def drawn(plot: zp.LivePlot):
+    fig = plot._figure(plot._data())
+    fig.canvas.draw()
+    return fig, fig.axes[0]
+
+
+@pytest.mark.parametrize("span,window,ticks,offset", [
+    ("30s", "1s", r"\d\d:\d\d|\d\d", "2026-Dec-05 05:20"),      # seconds: 05:20, 05, 10, ...
+    ("30min", "1min", r"\d\d:\d\d", "2026-Dec-05"),
+    ("12h", "10min", r"\d\d:\d\d", "2026-Dec-05"),
+    ("10D", "1h", r"\d\d", "2026-Dec"),                          # days of the month
+    ("400D", "1D", r"\d{4}|[A-Z][a-z]{2}", ""),                  # months, years
+])
+def test_time_axis_ticks_are_times_a_person_reads(span, window, ticks, offset):
+    fig, ax = drawn(zp.LivePlot(spanning(span, window), start=False, backlog=10_000))
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) >= 4 and all(re.fullmatch(ticks, x) for x in labels), labels
+    assert ax.xaxis.get_offset_text().get_text() == offset   # the date, once
+    assert ax.get_xlabel() == "window start (UTC)"
+
+
+def test_the_time_axis_reads_in_the_zone_asked_for():
+    fig, ax = drawn(zp.LivePlot(spanning("30min", "1min"), start=False, tz="Europe/Paris",
+                                backlog=10_000))
+    assert ax.get_xticklabels()[0].get_text() == "06:20"         # 05:20 UTC is 06:20 in Paris
+    assert ax.get_xlabel() == "window start (Europe/Paris)"
+    with pytest.raises(ValueError, match="unknown time zone"):
+        zp.LivePlot(spanning("30min", "1min"), start=False, tz="Mars/Olympus")
+
+
+@pytest.mark.parametrize("hosts", [1, 8, 30])
+def test_the_legend_sits_outside_the_axes_and_hides_no_line(hosts):
+    plot = zp.LivePlot(spanning("30min", "1min", hosts), start=False, backlog=10_000, max_lines=30)
+    fig, ax = drawn(plot)
+    assert len(ax.get_lines()) == hosts
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())   # so it covers no line, whatever the data
+    assert legend.x1 <= fig.bbox.x1 + 1 and legend.y0 >= fig.bbox.y0 - 1   # and it is in the picture
+
+
+def test_beyond_max_lines_the_largest_groups_have_lines_and_the_rest_one_entry():
+    fig, ax = drawn(zp.LivePlot(spanning("30min", "1min", 45), start=False, backlog=10_000))
+    assert len(ax.get_lines()) == 45                                   # every group is drawn
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert names[0] == "35 others" and sorted(names[1:]) == [f"h{k}" for k in range(35, 45)]
+
+
+def test_a_still_plot_has_no_controls_and_zero_starts_the_axis_at_zero():
+    still = zp.LivePlot(spanning("30min", "1min"), start=False, zero=True)
+    assert [type(c).__name__ for c in still.widget.children] == ["HTML", "HBox"]   # status, picture
+    fig, ax = drawn(still)
+    assert ax.get_ylim()[0] == 0

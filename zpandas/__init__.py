@@ -9,6 +9,7 @@ from .errors import (
     DataLossWarning,
     MemoryBudgetWarning,
     SecurityWarning,
+    ColumnWarning,
     EndpointError,
     ProducerBrokenError,
     SchemaMismatchError,
@@ -52,5 +53,6 @@ __all__ = [
     "DataLossWarning",
     "MemoryBudgetWarning",
     "SecurityWarning",
+    "ColumnWarning",
     "__version__",
 ]

@@ -37,7 +37,7 @@ log = logging.getLogger("zpandas")
 
 #: The frame size RCVHWM is computed with (the producers' default ``frame_bytes``).
 _TYPICAL_FRAME = 4 << 20
-#: Bounds of what is kept for the caller (documented in the README).
+#: Bounds of what is kept for the caller (documented in docs/guarantees.md).
 GAPS_KEPT = 10_000              # rows of gaps()
 REJECTS_KEPT = 100_000          # rows of rejects()
 #: The bad-frame log line for one reason is written at most this often (seconds).

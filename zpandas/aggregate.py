@@ -14,8 +14,10 @@ that is already final is *late*: it is counted and kept aside
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,8 +26,11 @@ import pyarrow as pa
 
 from ._eventtime import EventTime
 from ._feed import Feed
+from .errors import ColumnWarning
 
 __all__ = ["Aggregation"]
+
+log = logging.getLogger("zpandas")
 
 #: Reductions offered, and how two partial results of each combine.
 _MERGE = {"count": "sum", "size": "sum", "sum": "sum", "min": "min", "max": "max",
@@ -117,6 +122,7 @@ class Aggregation:
         self._counts = {"rows": 0, "late_rows": 0, "rejected_batches": 0, "windows_closed": 0,
                         "dropped_rows": 0}
         self._errors: list[str] = []
+        self._unseen: dict[str, bool] = {}   # missing-column messages -> told the caller
         # Event-time progress per source: a producer's id, or None for update()'s caller.
         self._time = EventTime(self.lateness, self.idle, self.window)
         self._lock = threading.Lock()
@@ -153,6 +159,10 @@ class Aggregation:
             frames = [self._finish(self._closed[0], final=True)] if self._closed else []
             if not closed_only and self._state is not None and len(self._state):
                 frames.append(self._finish(self._state, final=False))
+            untold = [m for m, told in self._unseen.items() if not told]
+            self._unseen.update(dict.fromkeys(untold, True))
+        for message in untold:   # on the caller's thread, once each: a typo'd column
+            warnings.warn(f"Aggregation: {message}", ColumnWarning, stacklevel=2)
         if not frames:
             return self._empty()
         out = pd.concat(frames, ignore_index=True)
@@ -255,13 +265,17 @@ class Aggregation:
             self._counts["rejected_batches"] += 1
             self._errors.append(f"{type(e).__name__}: {e}")
             del self._errors[:-100]
+            if isinstance(e, _MissingColumns) and str(e) not in self._unseen:
+                self._unseen[str(e)] = False   # said on the worker's log, then by result()
+                log.warning("aggregation: %s", e)
 
     def _update(self, df: pd.DataFrame, sources: list) -> None:
         missing = [c for c in [*self.by, *self.values] if c not in df.columns]
         if self.window is not None and self.on not in df.columns:
             missing.append(self.on)
         if missing:
-            raise KeyError(f"batch has no column(s) {missing}")
+            raise _MissingColumns(f"the rows have no column(s) {missing} (named by by=, values= or "
+                                  f"on=); their columns: {[c for c in df.columns if c != '_offset']}")
         if self.where is not None and len(df):
             mask = df.eval(self.where) if isinstance(self.where, str) else self.where(df)
             mask = np.asarray(mask, dtype=bool)
@@ -385,6 +399,11 @@ class Aggregation:
                 "window": None if self.window is None else str(self.window),
                 "every": None if self.every is None else str(self.every),
                 "rows": self._counts["rows"], "late_rows": self._counts["late_rows"]}
+
+
+class _MissingColumns(KeyError):
+    def __str__(self) -> str:   # KeyError's would quote the message
+        return str(self.args[0])
 
 
 def combine(template: Aggregation, partials: list) -> pd.DataFrame:

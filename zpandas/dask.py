@@ -22,7 +22,7 @@ Where workers connect: the same ``endpoints`` serve every worker, so they must n
 the worker - producers that bind (``@tcp://*:5556`` on each node; workers connect to every
 node), or a :class:`~zpandas.Proxy` that producers and workers both connect to.
 
-Needs ``pip install zpandas[dask]``.
+Needs Dask: ``pip install '.[dask]'`` in zpandas' folder (or ``pip install 'dask[distributed,dataframe]'``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ try:
     import dask.dataframe as dd
     import distributed
 except ImportError as e:  # pragma: no cover - an optional extra
-    raise ImportError("zpandas.dask needs Dask: pip install 'zpandas[dask]'") from e
+    raise ImportError("zpandas.dask needs Dask: pip install 'dask[distributed,dataframe]' "
+                      "(or, in zpandas' folder, pip install '.[dask]')") from e
 
 __all__ = ["DaskSubscriber", "DaskAggregation"]
 

@@ -23,6 +23,7 @@ __all__ = [
     "DataLossWarning",
     "MemoryBudgetWarning",
     "SecurityWarning",
+    "ColumnWarning",
 ]
 
 
@@ -80,3 +81,8 @@ class MemoryBudgetWarning(UserWarning):
 
 class SecurityWarning(UserWarning):
     """A setting that leaves data unprotected (e.g. CURVE asked for on multicast)."""
+
+
+class ColumnWarning(UserWarning):
+    """A column that an aggregation or a plot names is not in the rows (a typo?): the
+    message lists the columns there are."""

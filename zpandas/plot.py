@@ -55,7 +55,16 @@ class LivePlot:
     title : str, optional
         Default: what is plotted, by what, over which windows (and ``where``).
     start : bool, default True
-        Start refreshing at once if an event loop is running (in Jupyter it is).
+        Start refreshing at once if an event loop is running (in Jupyter it is). A plot
+        made with ``start=False`` is a still picture: no pause button, no slider.
+    tz : str, default "UTC"
+        The time zone the time axis is read in (``"Europe/Paris"``; ``"local"``: this
+        machine's); the axis label names it.
+    max_lines : int, default 10
+        Groups drawn as their own line, with a legend entry: the largest by their latest
+        value; the others are thin grey lines under one legend entry ("32 others").
+    zero : bool, default False
+        Start the y axis at 0 (a small change then looks small).
 
     Examples
     --------
@@ -65,12 +74,17 @@ class LivePlot:
 
     def __init__(self, source, *, y: str | None = None, x: str = "timestamp", by=None,
                  interval: float = 1.0, backlog: int = 60, subscriber=None,
-                 title: str | None = None, start: bool = True) -> None:
+                 title: str | None = None, start: bool = True, tz: str = "UTC",
+                 max_lines: int = 10, zero: bool = False) -> None:
         from .aggregate import Aggregation
         from .subscriber import Subscriber
 
         if interval <= 0:
             raise ValueError("interval must be positive")
+        if max_lines < 1:
+            raise ValueError("max_lines must be at least 1")
+        self.tz = _zone(tz)
+        self.max_lines, self.zero = max_lines, zero
         self.source = source
         # An Aggregation, or one that combines several (zpandas.dask.DaskAggregation)
         self._is_agg = isinstance(source, Aggregation) or all(
@@ -121,9 +135,11 @@ class LivePlot:
         self.image = w.Image(format="png", layout=w.Layout(flex="1 1 0%", min_width="360px",
                                                            max_width="720px", height="auto"))
         self.table = w.HTML(value="", layout=w.Layout(flex="0 0 auto", margin="0 0 0 8px"))
-        self.widget = w.VBox([w.HBox([self.pause, self.backlog]), self.status,
-                              w.HBox([self.image, self.table],
-                                     layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))])
+        picture = w.HBox([self.image, self.table],
+                         layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
+        # A still picture (start=False) has nothing to pause and no backlog to slide.
+        self.widget = w.VBox(([w.HBox([self.pause, self.backlog])] if start else [])
+                             + [self.status, picture])
         self.backlog.observe(lambda change: self.refresh(), names="value")
         self.pause.observe(self._on_pause, names="value")
         self.refresh()
@@ -221,25 +237,41 @@ class LivePlot:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(7.2, 3.4), dpi=100)
+        import matplotlib.dates as mdates
+
+        fig = Figure(figsize=(7.2, 3.4), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         if len(df):
-            groups = df.groupby(self.by, sort=True) if self.by else [(self.y, df)]
-            for key, g in groups:
-                g = g.sort_values(self.x)
+            groups = [(k, g.sort_values(self.x)) for k, g in df.groupby(self.by, sort=True)] \
+                if self.by else [(self.y, df.sort_values(self.x))]
+            # The largest by latest value get a line and a legend entry each; the rest are
+            # drawn thin and grey under one entry, so the legend stays readable.
+            groups.sort(key=lambda kg: -_last(kg[1][self.y]))
+            shown, rest = groups[:self.max_lines], groups[self.max_lines:]
+            for i, (key, g) in enumerate(rest):
+                ax.plot(g[self.x], g[self.y], color="0.75", linewidth=0.8, zorder=1,
+                        label=f"{len(rest)} others" if i == 0 else None)
+            for key, g in sorted(shown, key=lambda kg: str(kg[0])):
                 label = ", ".join(map(str, key)) if isinstance(key, tuple) else str(key)
-                ax.plot(g[self.x], g[self.y], label=label, linewidth=1.5)
+                ax.plot(g[self.x], g[self.y], label=label, linewidth=1.5, zorder=2)
             if self.by:
-                ax.legend(loc="upper left", fontsize="small", ncols=min(4, df.groupby(self.by).ngroups))
+                # Outside the axes, on the right: it never hides a line.
+                entries = len(shown) + bool(rest)
+                ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                          fontsize="small", frameon=False, title=", ".join(self.by),
+                          title_fontsize="small", ncols=-(-entries // 15))  # 15 fit a column
         else:
             ax.text(0.5, 0.5, "waiting for rows...", ha="center", va="center", transform=ax.transAxes)
+        locator = mdates.AutoDateLocator(tz=self.tz)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=self.tz))
         ax.set_title(self.title, fontsize="medium")
         ax.set_ylabel(self.label)
-        ax.set_xlabel("window start" if self._is_agg else self.x)
+        ax.set_xlabel(f"{'window start' if self._is_agg else self.x} ({_zone_name(self.tz)})")
+        if self.zero and len(df) and df[self.y].min() >= 0:
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
         return fig
 
     def _latest_html(self, df: pd.DataFrame) -> str:
@@ -276,6 +308,29 @@ class LivePlot:
                       f"{a['windows_open']} windows open"]
         state = "paused" if self.pause.value else f"every {self.interval:g} s"
         return " · ".join(parts + [state])
+
+
+def _last(values: pd.Series) -> float:
+    last = values.dropna()
+    return float(last.iloc[-1]) if len(last) else float("-inf")
+
+
+def _zone(tz: str):
+    """A tzinfo for ``tz`` ("UTC", "local", or an IANA name)."""
+    import datetime
+    import zoneinfo
+    if tz == "local":
+        return datetime.datetime.now().astimezone().tzinfo
+    try:
+        return zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {tz!r}: 'UTC', 'local' or a name such as "
+                         "'Europe/Paris'") from None
+
+
+def _zone_name(tz) -> str:
+    import datetime
+    return getattr(tz, "key", None) or tz.tzname(datetime.datetime.now())
 
 
 def _duration(t: pd.Timedelta) -> str:

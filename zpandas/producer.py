@@ -347,9 +347,15 @@ class Producer:
             self._check()
             if not ok:
                 have = min(self._matching_subscriptions(t) for t in tkeys)
+                others = sorted(p.decode("utf-8", "replace") for p, k in
+                                self._sender.subscriptions.items() if k > 0)
+                hint = (f"; subscribers connected asked for {', '.join(map(repr, others))}, "
+                        "and a subscription matches a topic that starts with it"
+                        if others and not have else "")
                 raise TimeoutError(f"{have} of {n} subscribers to topic "
                                    f"{' / '.join(t.decode('utf-8', 'replace') for t in tkeys)!r} "
-                                   f"after {timeout} s on {', '.join(map(str, self._endpoints))}")
+                                   f"after {timeout} s on {', '.join(map(str, self._endpoints))}"
+                                   f"{hint}")
 
     def stats(self) -> dict:
         """Counters of what was sent.

@@ -35,7 +35,7 @@ Key = tuple[bytes, bytes]
 
 #: Window over which rows/s is measured (seconds).
 RATE_WINDOW = 5.0
-#: Bounds of the receive state (documented in the README): a peer that invents producer
+#: Bounds of the receive state (documented in docs/guarantees.md): a peer that invents producer
 #: ids or sources makes the oldest entries be forgotten, never memory grow.
 MAX_STREAMS = 10_000            # (producer, topic) states
 MAX_SOURCES = 100_000           # sources remembered for deduplication

@@ -232,7 +232,7 @@ class JsonLines(LineFormat):
                 parse_options=pajson.ParseOptions(explicit_schema=self._strings,
                                                   unexpected_field_behavior="infer"))
             # pyarrow types text that looks like a time as a timestamp: only the time
-            # fields convert (as the README says); others are read again as text.
+            # fields convert (as docs/files.md says); others are read again as text.
             stray = [f.name for f in table.schema
                      if pa.types.is_timestamp(f.type) and f.name not in self.timestamp]
             if not stray:
