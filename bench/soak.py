@@ -175,6 +175,14 @@ def main() -> int:
         sub.close()
 
     missing = sum(written[k] - counts.received(k, written[k]) for k in range(n))
+    if missing:   # what the checkpoints say, to find where the lines went
+        import sqlite3
+        for k in range(n):
+            db = sqlite3.connect(os.path.join(root, f"node{k}", "checkpoint.db"))
+            for row in db.execute("SELECT key, path, ino, length(head), offset, line FROM files"):
+                print(f"node{k} checkpoint: {row}")
+            db.close()
+        print(sst["producers"][["name", "rows", "missed_rows", "skipped_rows"]].to_string())
     for k in range(n):   # where the missing lines are: runs of line numbers
         gone = np.flatnonzero(counts.seen[k][:written[k]] == 0)
         if len(gone):

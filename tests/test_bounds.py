@@ -83,7 +83,7 @@ def test_dedup_sources_are_capped(monkeypatch):
                 peer.send(rows, producer=pid, seq=i, total=i, source=f"src/{i}", start=0, end=10)
             wait_for(lambda: sub.stats()["messages"] == 1000, what="every message")
             assert len(sub._rx.protocol.done) == 100
-            assert list(sub._rx.protocol.done)[-1] == "src/999"  # the most recent are the ones kept
+            assert list(sub._rx.protocol.done)[-1][1] == "src/999"  # the most recent are kept
             sources = sub.stats()["producers"].iloc[0]["sources"]
             assert list(sources) == [f"src/{i}" for i in range(990, 1000)]
             assert sub.stats()["rows"] == 1000

@@ -41,8 +41,10 @@ class Transcoded:
     each (a lone surrogate, 3 bytes in ``data``), as they took one byte (or code unit).
     """
 
-    def __init__(self, data: bytes, width: int, per_char: np.ndarray | None = None) -> None:
+    def __init__(self, data: bytes, width: int, per_char: np.ndarray | None = None,
+                 chars: int = -1) -> None:
         self.data = data
+        self._ascii = chars == len(data)
         self._width = width          # source bytes per character, 0: per_char says
         self._per_char = per_char    # source bytes of each character (multi-byte codecs)
         self._chars: np.ndarray | None = None
@@ -50,19 +52,22 @@ class Transcoded:
     def to_source(self, positions):
         """Positions in ``data`` (at characters' starts) -> positions in the bytes read."""
         positions = np.asarray(positions, np.int64)
+        if self._ascii and self._per_char is None:   # one byte a character in the text
+            return self._width * positions
         if self._chars is None:
             arr = np.frombuffer(self.data, np.uint8)
             # [chars before each position, astral characters before it]
-            self._chars = np.zeros((2, len(arr) + 1), np.int64)
+            self._chars = np.zeros((2, len(arr) + 1), np.int32)   # blocks are < 2 GiB
             np.cumsum((arr & 0xC0) != 0x80, out=self._chars[0, 1:])
             if self._width == 2:
                 np.cumsum(arr >= 0xF0, out=self._chars[1, 1:])
             if self._per_char is not None:
                 self._per_char = np.concatenate([[0], np.cumsum(self._per_char)])
-        chars = self._chars[0][positions]
+        chars = self._chars[0][positions].astype(np.int64)
         if self._per_char is not None:
             return self._per_char[chars]
-        return self._width * chars + (2 * self._chars[1][positions] if self._width == 2 else 0)
+        astral = self._chars[1][positions].astype(np.int64) if self._width == 2 else 0
+        return self._width * chars + 2 * astral
 
 
 class Transcoder:
@@ -122,7 +127,7 @@ class Transcoder:
         if self.errors == "replace":
             text = _LONE.sub("\ufffd", text)   # 3 bytes in UTF-8, as a lone surrogate
         return Transcoded(text.encode("utf-8", "surrogatepass"), self._width or (1 if self._single else 0),
-                          per_char)
+                          per_char, len(text))
 
 
 def _single_byte(name: str) -> bool:

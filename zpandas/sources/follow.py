@@ -26,8 +26,8 @@ Rotation:
 
 Files with the same content as far as we have read cannot be told from a copy; as with
 any content fingerprint, they count as one. So do two files found in the same look, none
-read yet, when the one later in path order is the start of the other (a copy caught in
-the middle of a copytruncate). Empty files are not followed until they have bytes (a
+read yet, when the later one is named as a rotated copy of the other (``app.log.1`` of
+``app.log``) and holds its start (a copy caught in the middle of a copytruncate). Empty files are not followed until they have bytes (a
 copy is created empty and then written).
 """
 
@@ -312,9 +312,12 @@ class Follower:
             return (size >= c.offset and _head(path, len(c.head)) == c.head
                     and _read_at(path, c.offset - len(c.tail), c.offset) == c.tail)
         # Not read yet (found in the same look as ``path``, perhaps in the middle of a
-        # copytruncate): ``path`` is a copy when it holds the start of c's file, else
-        # the copy of an unread file is read as a file of its own and its lines come
-        # twice. (Not the other way round: any file starts with a few bytes of another.)
+        # copytruncate): ``path`` is a copy when it is named as a rotated copy of c's file
+        # and holds the start of it, else the copy of an unread file is read as a file of
+        # its own and its lines come twice. (Not the other way round: any file starts
+        # with a few bytes of another.)
+        if not _rotated_name(path, c.path):
+            return False   # other files with the same start (two equal exports) are each read
         try:
             theirs = os.path.getsize(c.path)
         except OSError:
@@ -429,6 +432,15 @@ class Follower:
         if not len(records):
             return None
         return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino)
+
+
+def _rotated_name(path: str, original: str) -> bool:
+    """``path`` is named as a rotated copy of ``original``: ``app.log.1``, ``app.log-2026``,
+    ``app.log_old`` in the same folder (``app.log.10`` is not one of ``app.log.1``)."""
+    head, name = os.path.split(path)
+    base_head, base = os.path.split(original)
+    return head == base_head and len(name) > len(base) and name.startswith(base) \
+        and name[len(base)] in ".-_"
 
 
 def _head(path: str, n: int) -> bytes:
