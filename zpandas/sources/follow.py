@@ -27,8 +27,8 @@ Rotation:
 Files with the same content as far as we have read cannot be told from a copy; as with
 any content fingerprint, they count as one. So do two files found in the same look, none
 read yet, when the later one is named as a rotated copy of the other (``app.log.1`` of
-``app.log``) and holds its start (a copy caught in the middle of a copytruncate). Empty files are not followed until they have bytes (a
-copy is created empty and then written).
+``app.log``) and holds its start (a copy caught in the middle of a copytruncate). Empty
+files are not followed until they have bytes (a copy is created empty and then written).
 """
 
 from __future__ import annotations
@@ -407,11 +407,10 @@ class Follower:
                                                           cut.offsets + used))
                 used += n
         # Offsets in the block -> offsets in the file
+        offsets = records.offsets
         if block is not None:
-            used = int(block.to_source(used))
-            records = Records(records.data, records.bounds, records.lines,
-                              block.to_source(records.offsets), records.encoding)
-        records = Records(records.data, records.bounds, records.lines, records.offsets + c.offset,
+            offsets, used = block.to_source(offsets), int(block.to_source(used))
+        records = Records(records.data, records.bounds, records.lines, offsets + c.offset,
                           c.codec.name)
         if used:
             c.tail = (c.tail + raw[:used])[-_TAIL_BYTES:]
