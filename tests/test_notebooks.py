@@ -33,6 +33,35 @@ assert (result["value_mean"] - expected["mean"]).abs().max() < 1e-9
 assert (result["value_max"].to_numpy() == expected["max"].to_numpy()).all()
 assert len(back) == len(result) and os.path.exists(os.path.join(OUT, "quickstart.png"))
 """,
+    # the plot redraws while a cell awaits, pause stops it, the stop button's function ends
+    # the tails cleanly and removes the logs, and an idle stream's windows all close
+    "live_dashboard.ipynb": """
+import asyncio
+first, n0 = plot.png, plot.refreshes
+for _ in range(600):
+    await asyncio.sleep(0.05)
+    if plot.refreshes >= n0 + 4 and plot.png != first and sub.stats()["rows"] > 0:
+        break
+assert plot.running and plot.refreshes >= n0 + 4 and plot.png != first, (plot.refreshes, plot.last_error)
+plot.pause.value = True
+n = plot.refreshes
+await asyncio.sleep(1.2)
+assert plot.refreshes == n
+plot.pause.value = False
+stop_nodes()
+assert [p.poll() for p in tails] == [-signal.SIGTERM] * 3 and not os.path.exists(logs)
+assert summary.value.startswith("stopped:") and stop_button.disabled
+for _ in range(600):
+    await asyncio.sleep(0.05)
+    if agg.stats()["windows_open"] == 0:
+        break
+stats = agg.stats()
+assert stats["windows_open"] == 0 and agg.result()["final"].all()
+assert set(agg.result()["host"]) == {"node1", "node2", "node3"}
+assert stats["late_rows"] < 0.01 * sub.stats()["rows"], stats
+plot.stop()
+sub.close()
+""",
 }
 
 

@@ -278,6 +278,8 @@ class LivePlot:
         if not len(df):
             return ""
         latest = df.sort_values(self.x).groupby(self.by, sort=True).tail(1) if self.by else df.tail(1)
+        if self.by:
+            latest = latest.sort_values(self.by)   # a readout by group, in the legend's order
         latest = latest[[*self.by, self.x, self.y]].rename(columns={self.y: self.label})
         # Times as the clock shows them (the date and zone are on the plot's axis): the
         # table stays narrow enough to sit beside the picture.
