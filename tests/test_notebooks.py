@@ -62,6 +62,13 @@ assert stats["late_rows"] < 0.01 * sub.stats()["rows"], stats
 plot.stop()
 sub.close()
 """,
+    # through the CURVE proxy: every row, the intruder refused and counted, its row absent,
+    # and the keys made for the example removed
+    "multi_node.ipynb": """
+assert len(df) == 20_000 and set(df["host"]) == {"node1", "node2"}
+assert intruder.stats()["auth_failures"] >= 1 and "evil" not in set(df["host"])
+assert not os.path.exists(work)
+""",
 }
 
 

@@ -287,7 +287,7 @@ class DaskSubscriber:
         a share first: one restarted in a lost one's place); return the moves made now,
         also kept in :attr:`lost`. Every other call does this first."""
         with self._lock:
-            live = list(self.client.scheduler_info()["workers"])
+            live = _workers(self.client)
             moves = []
             for w in [w for w in self._actors if w not in live]:
                 self._actors.pop(w)
@@ -317,7 +317,7 @@ class DaskSubscriber:
             if self._closed:
                 return
             self._closed = True
-            live = set(self.client.scheduler_info()["workers"])
+            live = set(_workers(self.client))
             for w, a in self._actors.items():
                 if w in live:
                     try:
@@ -415,3 +415,14 @@ class DaskAggregation:
 
     def __repr__(self) -> str:
         return f"<zpandas.dask.DaskAggregation {self._template!r}>"
+
+
+def _workers_on(dask_scheduler=None) -> list[str]:
+    return list(dask_scheduler.workers)
+
+
+def _workers(client) -> list[str]:
+    """The workers the scheduler knows now (``Client.scheduler_info()`` is a copy refreshed
+    every few seconds: just after a worker restarts it can name none of the live ones)."""
+    return client.run_on_scheduler(_workers_on)
+
