@@ -530,3 +530,34 @@ def test_kill_9_while_a_slow_subscriber_holds_the_producer_back_loses_nothing(tm
         assert p.wait(30) == -signal.SIGTERM
         ids_ = sorted(i for b in got for i in b["i"])
     assert ids_ == list(range(lines))
+
+
+def test_a_file_deleted_past_the_checkpoint_while_stopped_is_counted_as_lost(tmp_path, caplog):
+    """A producer behind its files (or stopped) whose rotated copy is deleted before it
+    read it: the restart says which file and how many bytes, and counts them."""
+    from zpandas.sources.checkpoint import Checkpoint
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(10)))
+    pattern = [str(tmp_path / "app.log*")]
+    with Checkpoint(tmp_path / "ck.db") as ck:
+        f = Follower(pattern, release_after=0)
+        (chunk,) = f.poll()
+        ck.save(f.discovered)
+        ck.save([(chunk.key, chunk.path, chunk.dev, chunk.ino, chunk.head, chunk.end, chunk.line,
+                  chunk.size)])                     # every line read and claimed
+        with open(log, "ab") as out:                # then more, seen but not read
+            out.write(b"".join(b"more %d\n" % i for i in range(5)))
+        ck.sizes(f.sizes())
+        f.close()
+        unread = log.stat().st_size - chunk.end
+        os.rename(log, tmp_path / "app.log.1")      # rotated away and deleted while stopped
+        os.remove(tmp_path / "app.log.1")
+        log.write_bytes(b"new file\n")
+        again = Follower(pattern, resume=ck.load(), release_after=0)
+        try:
+            got = [r.raw for ch in again.poll() for r in ch.records]
+        finally:
+            again.close()
+    assert got == [b"new file"] and again.lost_bytes == unread == 35
+    assert "app.log was gone when following started again: the 35 bytes" in caplog.text

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS files (
     offset INTEGER NOT NULL,       -- rows before this byte were handed to the socket
     line INTEGER NOT NULL,         -- line number at offset
     updated REAL NOT NULL,
-    seen REAL                      -- when a followed path last was this file
+    seen REAL,                     -- when a followed path last was this file
+    size INTEGER                   -- its size when last read (NULL: not known)
 );
 """
 
@@ -61,6 +62,8 @@ class Checkpoint:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(files)")}
             if "seen" not in columns:  # a checkpoint written before entries expired
                 self._db.execute("ALTER TABLE files ADD COLUMN seen REAL")
+            if "size" not in columns:  # written before sizes were kept
+                self._db.execute("ALTER TABLE files ADD COLUMN size INTEGER")
             row = self._db.execute("SELECT value FROM meta WHERE name='source_id'").fetchone()
             if row is None:
                 self.source_id = uuid.uuid4().hex[:12]
@@ -68,25 +71,41 @@ class Checkpoint:
             else:
                 self.source_id = row[0]
 
-    def load(self) -> dict[str, tuple[int, int, bytes, int, int]]:
-        """``{key: (dev, ino, head, offset, line)}`` for every incarnation recorded."""
+    def load(self) -> dict[str, tuple]:
+        """``{key: (dev, ino, head, offset, line, size, path)}`` for every incarnation
+        recorded (``size``: the file's size when last read, or None)."""
         with self._lock:
-            rows = self._db.execute("SELECT key, dev, ino, head, offset, line FROM files").fetchall()
-        return {k: (dev, ino, bytes(head), off, line) for k, dev, ino, head, off, line in rows}
+            rows = self._db.execute(
+                "SELECT key, dev, ino, head, offset, line, size, path FROM files").fetchall()
+        return {k: (dev, ino, bytes(head), off, line, size, path)
+                for k, dev, ino, head, off, line, size, path in rows}
 
-    def save(self, entries: list[tuple[str, str, int, int, bytes, int, int]]) -> None:
-        """Record ``(key, path, dev, ino, head, offset, line)`` for each, in one transaction."""
+    def save(self, entries: list[tuple]) -> None:
+        """Record ``(key, path, dev, ino, head, offset, line[, size])`` for each, in one
+        transaction."""
         if not entries:
             return
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO files (key, path, dev, ino, head, offset, line, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "INSERT INTO files (key, path, dev, ino, head, offset, line, updated, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
                 "path=excluded.path, dev=excluded.dev, ino=excluded.ino, head=excluded.head, "
-                "offset=MAX(offset, excluded.offset), line=excluded.line, updated=excluded.updated",
-                [(k, p, d, i, h, o, ln, now) for k, p, d, i, h, o, ln in entries])
+                "offset=MAX(offset, excluded.offset), line=excluded.line, updated=excluded.updated, "
+                "size=MAX(COALESCE(size, 0), COALESCE(excluded.size, 0))",
+                [(*e[:7], now, e[7] if len(e) > 7 else None) for e in entries])
+            self._db.execute("COMMIT")
+
+    def sizes(self, sizes: dict[str, int]) -> None:
+        """Record how large each followed file (by key) is now, read or not: what a restart
+        finds gone past its offset is then known to be lost, and how much."""
+        if not sizes:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE files SET size=MAX(COALESCE(size, 0), ?) WHERE key=?",
+                                 [(n, k) for k, n in sizes.items()])
             self._db.execute("COMMIT")
 
     def expire(self, present, *, now: float | None = None, retention: float = RETENTION) -> int:

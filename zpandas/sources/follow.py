@@ -33,6 +33,7 @@ files are not followed until they have bytes (a copy is created empty and then w
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -90,6 +91,7 @@ class Chunk:
     head: bytes
     dev: int
     ino: int
+    size: int = -1             # the file's size when this was read
 
 
 class Follower:
@@ -152,12 +154,27 @@ class Follower:
         # perhaps a copy still being written (copytruncate of a large file)
         self._maybe_copies: dict[tuple[int, int], list] = {}
         self.lost_truncations = 0
+        #: Bytes of files that were gone, unread past our offset, when we started again
+        #: (rotated away and deleted while stopped, or while too far behind).
+        self.lost_bytes = 0
+        self._looked = False
         #: The last poll read a whole block of some file: more is there to read now.
         self.behind = False
         #: Incarnations seen for the first time (not resumed), as checkpoint entries
         #: ``(key, path, dev, ino, head, offset, line)``, to register before any of
         #: their rows leave: their keys must survive a crash.
         self.discovered: list[tuple] = []
+
+    def sizes(self) -> dict[str, int]:
+        """The size of every file being read, by key (one fstat each): for a checkpoint."""
+        out = {}
+        for c in self._cursors:
+            if c.f is not None:
+                try:
+                    out[c.key] = os.fstat(c.f.fileno()).st_size
+                except OSError:
+                    pass
+        return out
 
     @property
     def open_files(self) -> int:
@@ -166,6 +183,9 @@ class Follower:
     def poll(self, *, final: bool = False) -> list[Chunk]:
         """Read what is new. ``final``: treat every file as finished (flush all records)."""
         self._discover()
+        if self._resume and not self._looked:
+            self._gone_unread()
+        self._looked = True
         self.behind = False
         chunks = []
         for c in self._cursors:
@@ -253,7 +273,8 @@ class Follower:
             return None
         head = _head(path, HEAD_BYTES)
         c = self._cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
-        for key, (dev, ino, h, offset, line) in list(self._resume.items()):
+        for key, entry in list(self._resume.items()):
+            h, offset, line = entry[2], entry[3], entry[4]
             # By content, not inode: a file renamed or copied (copytruncate) while we were
             # stopped starts with the head we saw and reaches our offset; the truncated
             # original does neither.
@@ -263,9 +284,24 @@ class Follower:
                 del self._resume[key]
                 break
         else:
-            self.discovered.append((c.key, c.path, c.dev, c.ino, c.head, 0, 1))
+            self.discovered.append((c.key, c.path, c.dev, c.ino, c.head, 0, 1, st.st_size))
         self._cursors.append(c)
         return c
+
+    def _gone_unread(self) -> None:
+        """Checkpoint entries of files this producer follows that are nowhere now, though
+        they held bytes past where we were: those bytes are lost. Said once, counted."""
+        for key, entry in self._resume.items():
+            offset, size, path = entry[3], entry[5] if len(entry) > 5 else None, \
+                entry[6] if len(entry) > 6 else None
+            if size is None or path is None or size <= offset or not any(
+                    fnmatch.fnmatch(path, os.path.abspath(p)) for p in self.patterns):
+                continue
+            self.lost_bytes += size - offset
+            log.warning("%s was gone when following started again: the %d bytes it held past "
+                        "offset %d are lost (rotated away and deleted while this producer was "
+                        "stopped or too far behind: keep more rotated copies, or the producer "
+                        "up)", path, size - offset, offset)
 
     def _cursor(self, **fields) -> _Cursor:
         c = _Cursor(**fields)
@@ -424,13 +460,15 @@ class Follower:
             records = self._framer.group(c, records, flush=finished or quiet >= self.multiline_timeout)
             if c.pending is not None:
                 end, line = int(c.pending.offsets[0]), int(c.pending.lines[0])
+        size = c.offset + len(raw) - used   # what the file held as far as this read saw
         if finished:
             c.f.close()
             c.f = None
             c.done = True
         if not len(records):
             return None
-        return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino)
+        return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino,
+                     size)
 
 
 def _rotated_name(path: str, original: str) -> bool:

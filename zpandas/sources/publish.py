@@ -296,7 +296,7 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                 out["rows"] += table.num_rows
             out["bytes"] += ch.end - ch.start
             ends.setdefault(source, {})[ch.end] = (ch.key, ch.path, ch.dev, ch.ino, ch.head,
-                                                   ch.end, ch.line)
+                                                   ch.end, ch.line, ch.size)
 
     try:
         while True:
@@ -314,6 +314,8 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                 next_expiry = now + 60.0
             if now >= next_save:
                 save(producer.sent_offsets())  # only rows surely out of this process
+                if ckpt:
+                    ckpt.sizes(follower.sizes())
                 next_save = now + 1.0
             if not follow and not follower.active and not chunks:
                 break
@@ -352,5 +354,6 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
             ckpt.close()
     out["files"] = len(seen)
     out["lost_truncations"] = follower.lost_truncations
+    out["lost_bytes"] = follower.lost_bytes
     out["widened"] = []  # line formats widen numbers silently (receivers unify the types)
     return out
