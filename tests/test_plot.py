@@ -166,3 +166,20 @@ def test_a_still_plot_has_no_controls_and_zero_starts_the_axis_at_zero():
     assert [type(c).__name__ for c in still.widget.children] == ["HTML", "HBox"]   # status, picture
     fig, ax = drawn(still)
     assert ax.get_ylim()[0] == 0
+
+
+def test_the_rate_is_never_negative_when_the_row_count_goes_down():
+    """A Dask worker lost takes its rows out of the total: the status line said -63 rows/s."""
+    class Source:   # a subscriber whose total drops, as a DaskSubscriber's does
+        closed = False
+        rows = [1000, 400]
+
+        def stats(self):
+            return {"rows": self.rows.pop(0) if len(self.rows) > 1 else self.rows[0],
+                    "producers": pd.DataFrame({"producer": ["a"], "alive": [True]}),
+                    "missed_rows": 0, "bad_frames": {}}
+
+    plot = zp.LivePlot(spanning("30min", "1min"), start=False, subscriber=Source())
+    plot.refresh()
+    assert "-" not in plot.status.value.split(" rows/s")[0].split("·")[-1], plot.status.value
+    assert " 0 rows/s" in plot.status.value

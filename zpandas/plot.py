@@ -297,7 +297,8 @@ class LivePlot:
             st = sub.stats()
             now = time.monotonic()
             then, rows_then = self._last
-            rate = (st["rows"] - rows_then) / max(now - then, 1e-6)
+            # Never negative: rows counted by a worker that is lost leave the total.
+            rate = max(0, st["rows"] - rows_then) / max(now - then, 1e-6)
             self._last = (now, st["rows"])
             prod = st["producers"]
             alive = int(prod.groupby("producer")["alive"].any().sum()) if len(prod) else 0
