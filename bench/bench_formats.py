@@ -5,7 +5,8 @@
 * nested JSON: NGINX Plus-like status lines (``tests/nginx_status.py``, about 7 KB each,
   nested 4 levels), ``publish_files(format="jsonl")`` -> Subscriber ``collect()`` (rows
   flattened into dotted columns), against ``pyarrow.json.read_json`` of the same file
-  (structs, no flattening, all cores). Target: >= 1.0x.
+  (structs, no flattening, all cores; target >= 1.0x), and against the same DataFrame made
+  locally (read_json, structs flattened, lists as JSON text, to_pandas).
 * encodings: the same CSV (metrics with accented host names) in UTF-8 and in latin-1,
   whole files end to end; the latin-1 one is decoded a block at a time. Target: latin-1
   >= 0.8x UTF-8. And the same for JSON lines read record by record (follow mode's path).
@@ -33,6 +34,7 @@ sys.path.insert(0, ROOT)
 
 import zpandas as zp  # noqa: E402
 from tests import nginx_status  # noqa: E402
+from zpandas.sources.lines import _nested  # noqa: E402
 
 
 def end_to_end(path: str, **kw) -> tuple[float, int]:
@@ -66,12 +68,16 @@ def main() -> None:
     nginx_status.write(nested, args.lines)
     mb = os.path.getsize(nested) / 1e6
     local = best(lambda: _timed(lambda: pajson.read_json(nested)), args.repeat)
+    # The same DataFrame made locally: read_json, structs flattened, lists as JSON text
+    same = best(lambda: _timed(lambda: _nested(pajson.read_json(nested), True).to_pandas()),
+                args.repeat)
     ours = best(lambda: end_to_end(nested, format="jsonl")[0], args.repeat)
     cols = len(pd.json_normalize(nginx_status.status(0)).columns)
     print(f"nested JSON, {args.lines:,} lines ({mb:.0f} MB, {cols} columns flattened):")
-    print(f"  pyarrow.json.read_json   {local:6.2f} s  {args.lines / local:10,.0f} lines/s")
-    print(f"  zpandas end to end       {ours:6.2f} s  {args.lines / ours:10,.0f} lines/s  "
-          f"= {local / ours:.2f}x read_json (target >= 1.0x)")
+    print(f"  pyarrow.json.read_json           {local:6.2f} s  {args.lines / local:10,.0f} lines/s")
+    print(f"  the same DataFrame, locally      {same:6.2f} s  {args.lines / same:10,.0f} lines/s")
+    print(f"  zpandas end to end               {ours:6.2f} s  {args.lines / ours:10,.0f} lines/s  "
+          f"= {local / ours:.2f}x read_json (target >= 1.0x), {same / ours:.2f}x the same DataFrame locally")
 
     rng = np.random.default_rng(0)
     hosts = np.array(["zürich-01", "são-paulo-02", "köln-03", "málaga-04", "oslo-05", "brno-06"])
