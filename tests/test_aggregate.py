@@ -245,3 +245,15 @@ def test_a_producer_waiting_for_another_topic_says_what_the_subscribers_asked_fo
             with pytest.raises(TimeoutError, match=r"0 of 1 subscribers to topic 'xmetrics'.*"
                                                    r"asked for 'metrics'"):
                 p.wait_for_subscribers(1, timeout=2)
+
+
+def test_late_rows_kept_are_bounded_and_all_are_counted(monkeypatch):
+    from zpandas import aggregate
+    monkeypatch.setattr(aggregate, "_LATE_KEPT", 10)
+    agg = zp.Aggregation(by="host", values={"value": "sum"}, window="1min", idle=0)
+    t = pd.Timestamp("2026-11-01T10:00:00Z")
+    agg.update(pd.DataFrame({"timestamp": [t, t + pd.Timedelta("10min")], "host": "a", "value": 1.0}))
+    for _ in range(20):   # 20 batches of 4 rows, all for the closed 10:00 window
+        agg.update(pd.DataFrame({"timestamp": [t] * 4, "host": "a", "value": 1.0}))
+    assert agg.stats()["late_rows"] == 80
+    assert 10 - 4 < len(agg.late()) <= 10     # the last ones, whole batches, within the bound

@@ -298,6 +298,8 @@ def test_documented_limits_are_the_constants():
             receiver_module.GAPS_KEPT, receiver_module.REJECTS_KEPT, receiver_module._BAD_LOG_EVERY,
             subscriber.LIVE_RETAIN) == (10_000, 100_000, 1_000, 10_000, 100_000, 10.0, 1_000_000)
     assert RETENTION == 7 * 24 * 3600
+    from zpandas import aggregate
+    assert aggregate._LATE_KEPT == 100_000
     assert subscriber._default_budget() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     sub = zp.Subscriber(LOCAL)
     try:
