@@ -62,6 +62,14 @@ assert stats["late_rows"] < 0.01 * sub.stats()["rows"], stats
 plot.stop()
 sub.close()
 """,
+    # every node's rows on the workers, the dead worker's buckets moved and its loss counted
+    # while the stream went on, and every producer ended by its SIGTERM
+    "dask_cluster.ipynb": """
+assert set(summary.index) == {f"node{n}" for n in range(1, 9)}
+assert move["worker"] == victim
+assert after["rows"] > before and after["skipped_rows"] > 0
+assert codes == [-signal.SIGTERM] * 8
+""",
     # through the CURVE proxy: every row, the intruder refused and counted, its row absent,
     # and the keys made for the example removed
     "multi_node.ipynb": """
