@@ -93,6 +93,27 @@ def test_an_idle_streams_last_window_closes_by_the_wall_clock():
     assert got["final"].all() and got["value_sum"].tolist() == [1.0, 2.0]
 
 
+def test_rows_given_as_final_close_every_window_at_once():
+    # Data that ended a month ago, given whole: its windows are final now, not after the
+    # watermark (a month behind the wall clock) catches up.
+    t = pd.Timestamp("2026-11-01T10:00:00Z") + pd.to_timedelta(np.arange(600), unit="s")
+    df = pd.DataFrame({"timestamp": t, "host": np.where(np.arange(600) % 2, "a", "b"), "value": 1.0})
+    agg = zp.Aggregation(by="host", values={"value": "sum"}, window="1min")
+    agg.update(df.iloc[:300])
+    assert not agg.result()["final"].any()          # more may come: idle is 5 s
+    agg.update(df.iloc[300:], final=True)
+    got = agg.result()
+    assert got["final"].all() and len(got) == 20 and got["value_sum"].sum() == 600
+    assert agg.stats()["windows_open"] == 0
+    # a row for a final window, given later, is late: counted and kept aside
+    agg.update(df.iloc[:1])
+    assert agg.stats()["late_rows"] == 1 and agg.result()["value_sum"].sum() == 600
+    # without windows there is nothing to close
+    plain = zp.Aggregation(by="host", values={"value": "sum"})
+    plain.update(df, final=True)
+    assert plain.result()["value_sum"].tolist() == [300.0, 300.0]
+
+
 def test_late_rows_are_kept_aside_and_counted_never_merged():
     agg = zp.Aggregation(by="host", values={"value": ["sum", "count"]}, window="1min", lateness="30s",
                          idle=0)

@@ -31,6 +31,7 @@ expected = (df[df["metric"] == "cpu_pct"]
 assert (result["value_count"].to_numpy() == expected["count"].to_numpy()).all()
 assert (result["value_mean"] - expected["mean"]).abs().max() < 1e-9
 assert (result["value_max"].to_numpy() == expected["max"].to_numpy()).all()
+assert result["final"].all()   # all the rows there are, given with final=True
 assert len(back) == len(result) and os.path.exists(os.path.join(OUT, "quickstart.png"))
 """,
     # the plot redraws while a cell awaits, pause stops it, the stop button's function ends

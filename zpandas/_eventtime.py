@@ -55,6 +55,14 @@ class EventTime:
         """``source`` ended its stream: it holds nothing back any more."""
         self.ended.add(source)
 
+    def complete(self) -> None:
+        """The caller says no more rows come for the time seen so far: every window up
+        to the latest progress is final now."""
+        if self.progress and self.window is not None:
+            through = max(self.progress.values()) + self.window
+            if self.final_through is None or through > self.final_through:
+                self.final_through = through
+
     def advance(self, ts: pd.Series, sources: list) -> None:
         """Each source's progress from its rows: ``ts``, the event times of consecutive
         slices ``sources`` = [(source, rows), ...]."""

@@ -132,16 +132,28 @@ class Aggregation:
 
     # -- public API -------------------------------------------------------------------
 
-    def update(self, data) -> None:
+    def update(self, data, *, final: bool = False) -> None:
         """Fold a batch of rows (DataFrame or Arrow table) into the running results.
 
         A batch that lacks a column this aggregation needs is rejected whole (counted in
         :meth:`stats`, the reason kept), and the aggregation carries on.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame or pyarrow.Table
+        final : bool, default False
+            These are the last rows you will give for the time they reach: every window
+            up to the latest row's is final at once (``final`` is True in
+            :meth:`result`), instead of ``idle`` seconds after the watermark passes it.
+            Rows for those windows given later are late: counted and kept aside
+            (:meth:`late`). For data that is complete, e.g. read from files.
         """
         with self._lock:
             self._fold_fed()
             self._arrived(None)
             self._fold(data)
+            if final:
+                self._time.complete()
             self._close_windows()
 
     def result(self, *, closed_only: bool = False) -> pd.DataFrame:
