@@ -77,21 +77,19 @@ def test_the_plot_shows_the_column_its_title_and_axis_name():
     agg = zp.Aggregation(by="host", values={"value": ["count", "mean", "max"]}, window="10s",
                          where="value >= 0")
     agg.update(rows("2026-11-01T10:00:00", 100))
-    with pytest.raises(ValueError, match="say which.*value_mean"):
-        zp.LivePlot(agg, start=False)              # three results: which one is not guessed
     with pytest.raises(ValueError, match="not a result.*value_count"):
         zp.LivePlot(agg, y="value_median", start=False)
     plot = zp.LivePlot(agg, y="value_mean", start=False)
     assert plot.title == "mean of value, 10s windows where value >= 0, by host"
     result = agg.result()
-    ax = plot._figure(plot._data()).axes[0]
+    ax = drawn(plot)[1]
     assert ax.get_title() == plot.title and ax.get_ylabel() == "mean of value"
     assert [line.get_label() for line in ax.lines] == ["a", "b"]
     for line, (_, want) in zip(ax.lines, result.groupby("host")):
         assert list(line.get_ydata()) == want["value_mean"].tolist()   # the mean, not the count
     # a title of one's own is used as given; the axis still names what is drawn
     own = zp.LivePlot(agg, y="value_max", title="hottest hosts", start=False)
-    ax = own._figure(own._data()).axes[0]
+    ax = drawn(own)[1]
     assert (ax.get_title(), ax.get_ylabel()) == ("hottest hosts", "max of value")
     plot.refresh()
     assert "mean of value" in plot.table.value and "10:01:30" in plot.table.value  # times, short
@@ -115,7 +113,8 @@ def spanning(span: str, window: str, hosts: int = 3) -> zp.Aggregation:
 
 
 def drawn(plot: zp.LivePlot):
-    fig = plot._figure(plot._data())
+    """The figure of what ``plot`` shows now, drawn."""
+    fig = plot._figure(plot._shown)
     fig.canvas.draw()
     return fig, fig.axes[0]
 
@@ -166,6 +165,93 @@ def test_a_still_plot_has_no_controls_and_zero_starts_the_axis_at_zero():
     assert [type(c).__name__ for c in still.widget.children] == ["HTML", "HBox"]   # status, picture
     fig, ax = drawn(still)
     assert ax.get_ylim()[0] == 0
+    # a still picture shows all it has, not the last 60 windows of a live one
+    agg = spanning("2h", "1min")
+    windows = agg.result()["window_start"].nunique()
+    assert windows > 60
+    assert len(drawn(zp.LivePlot(agg, start=False))[1].get_lines()[0].get_xdata()) == windows
+
+
+def several() -> zp.Aggregation:
+    t = pd.date_range("2026-12-05 05:00", periods=120, freq="30s", tz="UTC")
+    agg = zp.Aggregation(by=["host", "dc"], values={"value": ["mean", "max"], "ms": "sum"},
+                         window="1min")
+    agg.update(pd.DataFrame({"timestamp": list(t) * 4, "host": [h for h in "abcd" for _ in t],
+                             "dc": [d for d in ("x", "x", "y", "y") for _ in t],
+                             "value": [float(k) for k in range(4) for _ in t], "ms": 2.0}), final=True)
+    return agg
+
+
+def test_the_statistic_groups_and_range_are_chosen_in_the_widget():
+    agg = several()
+    plot = zp.LivePlot(agg, backlog=10)
+    controls = plot.widget.children[0].children
+    assert plot.stat in controls and plot.backlog in controls and plot.all in controls
+    assert [label for label, _ in plot.stat.options] == ["mean of value", "max of value", "sum of ms"]
+    assert plot.y == "value_mean" and plot.title.startswith("mean of value, 1min windows")
+
+    plot.stat.value = "ms_sum"                                   # the dropdown redraws
+    fig, ax = drawn(plot)
+    assert ax.get_ylabel() == "sum of ms" and ax.get_title().startswith("sum of ms")
+    assert {v for line in ax.get_lines() for v in line.get_ydata()} == {4.0}   # 2 rows x 2.0
+    assert "sum of ms" in plot.table.value
+
+    # every group is offered, by its legend name; choosing some draws only those
+    assert plot.groups.options == ("a, x", "b, x", "c, y", "d, y")
+    plot.groups.value = ("b, x", "d, y")
+    fig, ax = drawn(plot)
+    assert [line.get_label() for line in ax.get_lines()] == ["b, x", "d, y"]
+    assert ">a<" not in plot.table.value and ">d<" in plot.table.value
+
+    # the last 10 windows, then all 60
+    assert len(ax.get_lines()[0].get_xdata()) == 10
+    plot.all.value = True
+    assert plot.backlog.disabled
+    assert len(drawn(plot)[1].get_lines()[0].get_xdata()) == 60
+    # new groups keep the choice
+    agg.update(pd.DataFrame({"timestamp": [pd.Timestamp("2026-12-05 06:00", tz="UTC")], "host": "e",
+                             "dc": "z", "value": 9.0, "ms": 1.0}))
+    plot.refresh()
+    assert plot.groups.options[-1] == "e, z" and plot.groups.value == ("b, x", "d, y")
+    assert plot.last_error is None
+
+
+def test_chosen_groups_each_get_a_line_beyond_max_lines():
+    agg = spanning("30min", "1min", 12)
+    plot = zp.LivePlot(agg, start=False, max_lines=3)
+    assert [t.get_text() for t in drawn(plot)[1].get_legend().get_texts()][0] == "9 others"
+    plot.groups.value = tuple(f"h{k:02d}" for k in range(6))
+    names = [t.get_text() for t in drawn(plot)[1].get_legend().get_texts()]
+    assert names == [f"h{k:02d}" for k in range(6)]
+
+
+def test_to_png_and_savefig_are_exactly_what_is_shown(tmp_path):
+    agg = several()
+    plot = zp.LivePlot(agg, start=False)
+    plot.groups.value = ("a, x",)
+    shown = plot.png
+    assert plot.to_png(tmp_path / "p.png") == shown == (tmp_path / "p.png").read_bytes()
+    # more rows arrive: the picture on screen is unchanged until it refreshes, and so
+    # are to_png() and savefig()
+    agg.update(pd.DataFrame({"timestamp": [pd.Timestamp("2026-12-05 07:00", tz="UTC")], "host": "a",
+                             "dc": "x", "value": 50.0, "ms": 1.0}))
+    assert plot.to_png() == shown
+    plot.savefig(tmp_path / "p.svg")
+    svg = (tmp_path / "p.svg").read_text()
+    assert svg.startswith("<?xml") and "mean of value" in svg
+    plot.refresh()
+    assert plot.to_png() != shown
+    plot.savefig(tmp_path / "p.pdf")
+    assert (tmp_path / "p.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_the_picture_takes_the_width_it_is_given_and_stays_sharp():
+    plot = zp.LivePlot(spanning("30min", "1min"), start=False, figsize=(9, 3))
+    assert plot.image.layout.max_width is None and plot.image.layout.flex == "1 1 0%"
+    import matplotlib.image
+    import io
+    img = matplotlib.image.imread(io.BytesIO(plot.png), format="png")
+    assert img.shape[:2] == (450, 1350)     # 9 x 3 inches at 150 dpi
 
 
 def test_the_rate_is_never_negative_when_the_row_count_goes_down():
