@@ -71,6 +71,25 @@ def test_streams_are_capped_and_their_losses_still_counted(monkeypatch):
             peer.close()
 
 
+def test_what_a_producer_sent_adds_up_and_waiting_for_producers_says_who():
+    five = pa.table({"x": range(5)})
+    with zp.Subscriber(LOCAL) as sub:
+        peer = RawPeer(sub.endpoints[0])
+        try:
+            pid = b"p" * 16
+            peer.send(five, producer=pid, seq=2, total=10)      # 2 messages sent before we joined
+            peer.send(five, producer=pid, seq=4, total=20)      # seq 3 lost on the way
+            table = sub.wait_for_producers(1, timeout=30)
+            wait_for(lambda: sub.stats()["rows"] == 10, what="both messages")
+            row = sub.stats()["producers"].iloc[0]
+            assert (row["rows"], row["skipped_rows"], row["missed_rows"], row["sent_rows"]) == (10, 10, 5, 25)
+            assert len(table) == 1 and table["name"].iloc[0] == pid.hex()[:6]
+            with pytest.raises(TimeoutError, match=r"rows from 1 of 2 producers within 0.3 s: 707070"):
+                sub.wait_for_producers(2, timeout=0.3)
+        finally:
+            peer.close()
+
+
 def test_dedup_sources_are_capped(monkeypatch):
     monkeypatch.setattr(streams_module, "MAX_SOURCES", 100)
     monkeypatch.setattr(streams_module, "SOURCES_PER_STREAM", 10)

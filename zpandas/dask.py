@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import uuid
 
 import pandas as pd
@@ -266,6 +267,45 @@ class DaskSubscriber:
         out["workers"] = len(actors)
         out["lost"] = list(self.lost)
         return out
+
+    def wait_for_producers(self, producers: int = 1, timeout: float | None = 60.0) -> pd.DataFrame:
+        """Wait until rows from ``producers`` live producers have arrived on the live
+        workers (see :meth:`zpandas.Subscriber.wait_for_producers`).
+
+        Also after a worker is lost: until the scheduler notices, calls to it fail, and
+        this waits on; then its buckets move and their streams go on elsewhere.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``stats()["producers"]`` at that moment.
+
+        Raises
+        ------
+        TimeoutError
+            If fewer sent rows within ``timeout`` seconds; it says which did.
+        """
+        from .errors import ClosedError
+        deadline = None if timeout is None else time.monotonic() + timeout
+        names, trouble = [], ""
+        while True:
+            try:
+                table = self.stats()["producers"]
+            except ClosedError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a worker gone, the scheduler not told yet
+                trouble = f" (last: {type(e).__name__}: {e})"
+            else:
+                trouble = ""
+                if len(table):
+                    sending = table[table["alive"] & (table["rows"] > 0)]
+                    if sending["producer"].nunique() >= producers:
+                        return table
+                    names = sorted(sending["name"].unique())
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"rows from {len(names)} of {producers} producers within "
+                                   f"{timeout} s: {', '.join(names) or 'none'}{trouble}")
+            time.sleep(0.1)   # the workers' stats are asked for, not pushed: look again
 
     def gaps(self) -> pd.DataFrame:
         """Every loss seen by every worker: when, from whom, how many messages and rows."""

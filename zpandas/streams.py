@@ -273,8 +273,8 @@ class ReceiveStream:
         over the last RATE_WINDOW seconds, and ``alive`` (not finished, and heard from
         within ``dead_after`` seconds)."""
         return [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
-                 "messages": s.messages, "rows": s.rows, "bytes": s.bytes,
-                 "missed": s.missed, "missed_rows": s.missed_rows,
+                 "messages": s.messages, "rows": s.rows, "sent_rows": s.next_total,
+                 "bytes": s.bytes, "missed": s.missed, "missed_rows": s.missed_rows,
                  "skipped_rows": s.skipped_rows, "gaps": s.gaps,
                  "rows_per_s": s.rate(now), "lag_s": s.lag, "last_seen": s.last_seen,
                  "finished": s.finished,

@@ -299,6 +299,40 @@ class Subscriber:
             self._rx.aggregations.append(agg)
         return agg
 
+    def wait_for_producers(self, producers: int = 1, timeout: float | None = 30.0) -> pd.DataFrame:
+        """Wait until rows from ``producers`` live producers have arrived.
+
+        For a live stream, what :meth:`Producer.wait_for_subscribers` is on the other
+        side: "go on once every node is sending". (For producers that end, use
+        :meth:`collect`.)
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``stats()["producers"]`` at that moment.
+
+        Raises
+        ------
+        TimeoutError
+            If fewer sent rows within ``timeout`` seconds; it says which did.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            table = self.stats()["producers"]
+            sending = table[table["alive"] & (table["rows"] > 0)]
+            if sending["producer"].nunique() >= producers:
+                return table
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                names = sorted(sending["name"].unique())
+                raise TimeoutError(f"rows from {len(names)} of {producers} producers within "
+                                   f"{timeout} s: {', '.join(names) or 'none'}")
+            with self._cond:   # woken by a closing subscriber; otherwise looks every 50 ms
+                if self._closed:
+                    self._check_error()
+                    raise ClosedError("the subscriber was closed while waiting for producers")
+                self._cond.wait(0.05 if left is None else min(0.05, left))
+
     def stats(self) -> dict:
         """Counters of what arrived, what was lost and who sent it.
 
@@ -319,7 +353,9 @@ class Subscriber:
             micro-batches waiting for :meth:`get`. ``peers``: connections now.
             ``auth_failures``: CURVE handshakes refused (or failed). ``producers``: a
             DataFrame with one row per (producer, topic), the last ``MAX_STREAMS``
-            (10,000) heard from: counts, gaps, ``rows_per_s`` (last 5 s), ``lag_s`` (send
+            (10,000) heard from: counts, gaps, ``sent_rows`` (rows the producer had sent
+            on that topic by its latest message: ``rows + missed_rows + skipped_rows``,
+            and the duplicates it resent), ``rows_per_s`` (last 5 s), ``lag_s`` (send
             to receive), ``last_seen``, ``alive``, ``received`` (messages of every kind,
             heartbeats included), ``bad_frames`` (refused messages whose header named
             it, once it had been heard from) and ``sources`` (file -> byte range of the rows received from it, the
@@ -454,7 +490,7 @@ class Subscriber:
             warnings.warn(message, MemoryBudgetWarning, stacklevel=4)
 
 
-_PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "bytes", "missed",
+_PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "sent_rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
                      "finished", "alive", "received", "bad_frames", "sources"]
 
