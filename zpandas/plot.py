@@ -316,6 +316,7 @@ class LivePlot:
             try:
                 self.groups.options = options
                 self.groups.value = chosen
+                self.groups.rows = max(2, min(8, len(options)))
             finally:
                 self._quiet = False
 
