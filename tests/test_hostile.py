@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import struct
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,8 @@ class Fuzzer:
                          "l": [[1], [2, 3]], "ts": pa.array([0, 1], pa.timestamp("ns", "UTC"))})
         self.base = base
         self.offsets = pa.table({"src": ["fuzz", "fuzz"], "_offset": pa.array([0, 10], pa.int64())})
+        # k is an 8,000-byte buffer
+        self.packed = pa.table({"k": np.arange(1000, dtype=np.int64), "src": ["fuzz"] * 1000})
         self.rejects = pa.Table.from_pylist(
             [{"file": "f", "line": 1, "offset": 0, "reason": "r", "text": "t"}], schema=REJECT_SCHEMA)
         bad_dict = pa.DictionaryArray.from_buffers(
@@ -82,7 +85,7 @@ class Fuzzer:
         ]
         self.kinds = [self.frame_count, self.magic, self.version, self.truncated_header,
                       self.oversized_header, self.wrong_kind, self.fingerprint, self.bad_body,
-                      self.compressed, self.offsets_outside, self.rejects_schema, self.oversize,
+                      self.compressed, self.compressed_ok, self.offsets_outside, self.rejects_schema, self.oversize,
                       self.flip, self.flip, self.flip, self.flip]
 
     def _id(self) -> bytes:
@@ -133,7 +136,18 @@ class Fuzzer:
         return _message(t, producer=self._id(), seq=self.seq)
 
     def compressed(self):
-        return _message(self.base, producer=self._id(), compression=self.rng.choice(["lz4", "zstd"]))
+        """A compressed body that lies: a bomb's declaration, or a size that is not the
+        buffer's (compressed bodies that tell the truth are valid traffic)."""
+        f = _message(self.packed, producer=self._id(), compression=self.rng.choice(["lz4", "zstd"]))
+        claim = self.rng.choice([4 << 30, MAX_BYTES * 2, 4000, 8001, -5])
+        f[2] = f[2].replace(struct.pack("<q", 8000), struct.pack("<q", claim))
+        return f
+
+    def compressed_ok(self):
+        """A compressed body that tells the truth: accepted, like any valid message."""
+        self.seq += 1
+        return _message(self.packed, producer=self._id(), seq=self.seq,
+                        compression=self.rng.choice(["lz4", "zstd"]))
 
     def offsets_outside(self):
         return _message(self.offsets, producer=self._id(), source="s", start=50, end=60)

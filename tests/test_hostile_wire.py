@@ -105,15 +105,86 @@ def test_hostile_body_is_refused_with_its_reason(name):
     assert reason(frames_of(t)) == expected
 
 
-def test_compressed_body_is_refused_before_it_is_decompressed():
-    # 800 MB of zeros in about 3 KB: decompressing it would be the attack.
+def lying(frames: list[bytes], honest: int, claim: int) -> list[bytes]:
+    """``frames`` with the compressed buffer that declares ``honest`` bytes declaring ``claim``."""
+    body = frames[2]
+    prefix = struct.pack("<q", honest)
+    assert body.count(prefix) == 1
+    return [frames[0], frames[1], body.replace(prefix, struct.pack("<q", claim))]
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_bodies_decode_exactly(codec):
+    t = pa.table({"x": np.arange(10_000), "host": pa.array([f"web{i % 7}" for i in range(10_000)]),
+                  "level": pa.array(["info", "warn"] * 5_000).dictionary_encode()})
+    frames = frames_of(t, compression=codec)
+    assert len(frames[2]) < t.nbytes / 2
+    assert wire.decode(frames).table.equals(t)
+    # and as zpandas encodes them: a small body is sent plain, a large one compressed
+    small = wire.encode(t.slice(0, 10), header=wire.Header(producer=PRODUCER), compression=codec)
+    large = wire.encode(t, header=wire.Header(producer=PRODUCER), compression=codec)
+    assert len(small[2]) == len(wire.encode(t.slice(0, 10), header=wire.Header(producer=PRODUCER))[2])
+    assert len(large[2]) < len(frames_of(t)[2]) / 2
+    assert wire.decode(large).table.equals(t)
+    with pytest.raises(ValueError, match="compression must be one of"):
+        wire.encode(t, header=wire.Header(producer=PRODUCER), compression="gzip")
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_a_compression_bomb_is_refused_before_it_is_decompressed(codec):
+    # 800 MB of zeros in a few KB: decompressing it would be the attack.
     bomb = pa.table({"x": pa.array(np.zeros(100_000_000, np.int64))})
-    frames = frames_of(bomb, compression="zstd")
-    assert len(frames[2]) < 100_000
-    assert reason(frames) == "compressed"
-    # also inside a dictionary batch
-    d = pa.table({"d": pa.array(["x" * 1000] * 10).dictionary_encode()})
-    assert reason(frames_of(d, compression="lz4")) == "compressed"
+    frames = frames_of(bomb, compression=codec)
+    assert len(frames[2]) < 4_000_000
+    with pytest.raises(WireError, match="over the 268,435,456-byte limit") as e:
+        wire.decode(frames)
+    assert e.value.reason == "compressed"
+    with pytest.raises(WireError, match="over the 1,000,000-byte limit"):
+        wire.decode(frames_of(pa.table({"x": np.zeros(200_000, np.int64)}), compression=codec),
+                    max_bytes=1_000_000)
+    # also inside a dictionary batch: 5 MB of dictionary in a few KB
+    d = pa.table({"d": pa.array([c * 1_000_000 for c in "abcde"] * 2).dictionary_encode()})
+    frames = frames_of(d, compression=codec)
+    assert len(frames[2]) < 100_000 and wire.decode(frames).table.equals(d)
+    with pytest.raises(WireError, match="over the 1,000,000-byte limit"):
+        wire.decode(frames, max_bytes=1_000_000)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_bodies_that_lie_are_refused_by_reason(codec):
+    t = pa.table({"x": np.arange(1000, dtype=np.int64)})   # one 8,000-byte data buffer
+    good = frames_of(t, compression=codec)
+    # 1 KiB declaring 4 GiB: refused from the declaration alone
+    assert reason(lying(good, 8000, 4 << 30)) == "compressed"
+    # a size smaller or larger than what the buffer holds, or negative: Arrow's check
+    for claim in (4000, 8001, 16000, -2):
+        assert reason(lying(good, 8000, claim)) == "compressed", claim
+    # a truncated compressed buffer (the body cut short, lengths kept)
+    body = bytearray(good[2])
+    at = body.index(struct.pack("<q", 8000)) + 8
+    body[at + 8:at + 40] = bytes(32)   # scribble over compressed bytes
+    assert reason([good[0], good[1], bytes(body)]) == "compressed"
+    # a codec the format does not define (LZ4 frame is the default value: not written)
+    if codec == "lz4":
+        return
+    body = bytearray(good[2])
+    reader = ipc.MessageReader.open_stream(pa.BufferReader(good[2]))
+    next(reader)
+    meta = next(reader).metadata.to_pybytes()
+    m = bytes(body).index(meta)
+    codec_byte = 0 if codec == "lz4" else 1
+    patched = None
+    for i in range(len(meta)):   # the BodyCompression codec byte: the one whose change is noticed
+        if meta[i] == codec_byte:
+            trial = bytearray(body)
+            trial[m + i] = 7
+            try:
+                wire.decode([good[0], good[1], bytes(trial)])
+            except WireError as e:
+                if "codec 7" in str(e):
+                    patched = e
+                    break
+    assert patched is not None and patched.reason == "compressed"
 
 
 @pytest.mark.timeout(10)

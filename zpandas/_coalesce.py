@@ -43,8 +43,9 @@ class Pending:
 class Coalescer:
     """Per-topic pending rows and the ticket counter of one Producer."""
 
-    def __init__(self, producer: bytes, name: str, frame_bytes: int, flush_interval: float) -> None:
-        self.producer, self.name = producer, name
+    def __init__(self, producer: bytes, name: str, frame_bytes: int, flush_interval: float,
+                 compression: str | None = None) -> None:
+        self.producer, self.name, self.compression = producer, name, compression
         self.frame_bytes = frame_bytes
         self.flush_interval = flush_interval
         self.pending: dict[bytes, Pending] = {}
@@ -102,5 +103,6 @@ class Coalescer:
         step = -(-table.num_rows // parts)
         frames = []
         for i in range(0, table.num_rows, step):
-            frames += wire.encode(table.slice(i, step), topic=topic, header=header)
+            frames += wire.encode(table.slice(i, step), topic=topic, header=header,
+                                  compression=self.compression)
         return frames

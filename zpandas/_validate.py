@@ -6,8 +6,11 @@ flatbuffer metadata is well formed and that every buffer lies inside the body, a
 column whose offsets point past its data buffer passes both and is then read out of
 bounds by ``to_pandas``. So before a table is accepted this module checks:
 
-* **compression** - refused, *before* anything is decompressed: a few KiB of zstd
-  can claim gigabytes;
+* **compression** - *before* anything is decompressed, every compressed buffer's declared
+  size is read (the 8 bytes Arrow writes in front of it) and their sum held to the
+  receiver's limit: a few KiB of zstd can claim gigabytes. Only LZ4 frame and ZSTD, per
+  buffer, as the format defines; Arrow then checks that each buffer decompresses to
+  exactly its declared size;
 * **types** - only those ``to_pandas`` converts without surprises (no views, run-end
   encoding, unions, intervals or extension types; bounded nesting; unique names), and
   a zero-row ``to_pandas`` of the schema must work (e.g. a known time zone);
@@ -36,11 +39,12 @@ import pyarrow.compute as pc
 
 from .errors import WireError
 
-__all__ = ["check_body_messages", "check_table", "REASONS"]
+__all__ = ["check_body_messages", "check_table", "REASONS", "DEFAULT_LIMIT"]
 
 #: Every ``reason`` this module raises, with what it means (documented in docs/wire.md).
 REASONS = {
-    "compressed": "the body uses IPC buffer compression, which zpandas does not accept",
+    "compressed": "a compressed body is malformed, declares more bytes than the receiver's "
+                  "max_message_bytes, or does not decompress to what it declares",
     "type": "a column's type is not accepted, names repeat, or the schema does not convert",
     "invalid": "offsets, lengths, UTF-8 or dictionary indices are wrong, or a dictionary's values are null or repeated",
     "size": "an array claims far more elements than its bytes can hold",
@@ -57,10 +61,15 @@ _MAX_COLUMNS = 10_000
 #: Tables up to this many rows are validated by one call of Arrow's full validation.
 _SMALL_ROWS = 8192
 
+#: Decompressed bytes a body may declare when the caller gives no limit.
+DEFAULT_LIMIT = 256 << 20
+
 # Flatbuffer layout of Arrow's Message (format/Message.fbs): union field ``header``
-# takes slots 1 (type) and 2 (value); RecordBatch.compression is slot 3;
-# DictionaryBatch.data is slot 1.
+# takes slots 1 (type) and 2 (value), bodyLength slot 3; RecordBatch.buffers is slot 2
+# (structs of offset and length, 16 bytes each), RecordBatch.compression slot 3
+# (BodyCompression: codec slot 0, method slot 1); DictionaryBatch.data is slot 1.
 _DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
+_CODECS = {0: "lz4_frame", 1: "zstd"}   # CompressionType
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
@@ -82,37 +91,83 @@ def _child_table(buf: memoryview, pos: int) -> int:
     return pos + _U32.unpack_from(buf, pos)[0]
 
 
-def _is_compressed(buf: memoryview) -> bool:
-    root = _U32.unpack_from(buf, 0)[0]
-    type_pos = _field_pos(buf, root, 1)
-    header_pos = _field_pos(buf, root, 2)
+def _record_batch(meta: memoryview) -> int:
+    """Position of the message's RecordBatch table (its own, or a DictionaryBatch's), or 0."""
+    root = _U32.unpack_from(meta, 0)[0]
+    type_pos = _field_pos(meta, root, 1)
+    header_pos = _field_pos(meta, root, 2)
     if not type_pos or not header_pos:
-        return False
-    kind = buf[type_pos]
-    batch = _child_table(buf, header_pos)
+        return 0
+    kind = meta[type_pos]
+    batch = _child_table(meta, header_pos)
     if kind == _DICTIONARY_BATCH:
-        data_pos = _field_pos(buf, batch, 1)
-        if not data_pos:
-            return False
-        batch = _child_table(buf, data_pos)
-    elif kind != _RECORD_BATCH:
-        return False
-    return _field_pos(buf, batch, 3) != 0
+        data_pos = _field_pos(meta, batch, 1)
+        return _child_table(meta, data_pos) if data_pos else 0
+    return batch if kind == _RECORD_BATCH else 0
 
 
-def check_body_messages(body) -> None:
-    """Refuse a body with compressed buffers before any of it is decompressed.
+def _declared_bytes(meta: memoryview, body: memoryview) -> int:
+    """Bytes a message's buffers hold once decompressed (-1: the message is not compressed).
+
+    Raises :class:`WireError` ("compressed") for a codec or method the format does not
+    define, a buffer outside the body or too short for its size prefix, or a negative size.
+    """
+    batch = _record_batch(meta)
+    if not batch:
+        return -1
+    compression = _field_pos(meta, batch, 3)
+    if not compression:
+        return -1
+    spec = _child_table(meta, compression)
+    codec_pos, method_pos = _field_pos(meta, spec, 0), _field_pos(meta, spec, 1)
+    codec = meta[codec_pos] if codec_pos else 0
+    method = meta[method_pos] if method_pos else 0
+    if codec not in _CODECS or method != 0:
+        raise WireError("compressed", f"compression codec {codec}, method {method} is not LZ4 frame "
+                        "or ZSTD per buffer")
+    buffers = _field_pos(meta, batch, 2)
+    if not buffers:
+        return 0
+    vec = buffers + _U32.unpack_from(meta, buffers)[0]
+    count = _U32.unpack_from(meta, vec)[0]
+    if vec + 4 + 16 * count > len(meta):
+        raise WireError("compressed", "the buffer list runs past the message's metadata")
+    total = 0
+    for i in range(count):
+        offset, length = struct.unpack_from("<qq", meta, vec + 4 + 16 * i)
+        if not length:
+            continue
+        if offset < 0 or length < 8 or offset + length > len(body):
+            raise WireError("compressed", f"buffer {i} ({offset}, {length}) is not a compressed "
+                            f"buffer inside the {len(body)}-byte message body")
+        size = _I64.unpack_from(body, offset)[0]
+        if size < -1:
+            raise WireError("compressed", f"buffer {i} declares {size} bytes")
+        total += length - 8 if size == -1 else size   # -1: stored as is
+    return total
+
+
+def check_body_messages(body, limit: int | None = None) -> int:
+    """Check a body's compression before any of it is decompressed.
 
     Walks the IPC stream's framing (continuation marker, metadata length, flatbuffer
     metadata, body) without reading any batch; framing it cannot follow is left for
     Arrow's reader to refuse.
+
+    Returns
+    -------
+    int
+        The bytes its compressed buffers declare (0: nothing is compressed).
+
+    Raises
+    ------
+    WireError
+        "compressed": see :func:`_declared_bytes`, or the declared bytes add up to more
+        than ``limit`` (default :data:`DEFAULT_LIMIT`).
     """
-    if _any_compressed(memoryview(body)):
-        raise WireError("compressed", REASONS["compressed"])
-
-
-def _any_compressed(buf: memoryview) -> bool:
-    pos, n = 0, len(buf)
+    limit = DEFAULT_LIMIT if limit is None else limit
+    buf = memoryview(body)
+    pos, n, declared = 0, len(buf), 0
     try:
         while pos + 8 <= n:
             length = _I32.unpack_from(buf, pos)[0]
@@ -121,19 +176,27 @@ def _any_compressed(buf: memoryview) -> bool:
                 length = _I32.unpack_from(buf, pos)[0]
                 pos += 4
             if length <= 0 or pos + length > n:
-                return False  # end of stream, or framing Arrow will refuse
+                break  # end of stream, or framing Arrow will refuse
             meta = buf[pos:pos + length]
             pos += length
-            if _is_compressed(meta):
-                return True
             body_len_pos = _field_pos(meta, _U32.unpack_from(meta, 0)[0], 3)
             body_len = _I64.unpack_from(meta, body_len_pos)[0] if body_len_pos else 0
-            if body_len < 0:
-                return False  # Arrow refuses it; going back would loop here for ever
+            if body_len < 0 or pos + body_len > n:
+                break  # Arrow refuses it
+            size = _declared_bytes(meta, buf[pos:pos + body_len])
+            if size >= 0:
+                declared += size
+                if declared > limit:
+                    raise WireError("compressed", f"the body declares {declared:,}+ bytes once "
+                                    f"decompressed, over the {limit:,}-byte limit")
             pos += body_len
+    except WireError:
+        raise
     except (struct.error, IndexError, ValueError):
-        pass
-    return False
+        # Metadata that points outside itself: Arrow's reader would refuse it too, but it
+        # must not get the chance to decompress what was not measured.
+        raise WireError("body", "the body's IPC metadata points outside itself") from None
+    return declared
 
 
 # -- schema ------------------------------------------------------------------------------

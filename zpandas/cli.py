@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-by", metavar="COLUMN",
                    help="with --shards: the column whose value picks a row's bucket "
                         "(default: this producer's name picks one for all its rows)")
+    p.add_argument("--compression", choices=["zstd", "lz4", "none"], default="none",
+                   help="compress message bodies (Arrow IPC buffer compression): fewer bytes "
+                        "on a network link for some CPU (default: none)")
     _policy_options(p, "producer")
     _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -237,7 +240,8 @@ def _publish(args) -> int:
                            policy=args.policy, buffer_bytes=args.buffer_bytes,
                            curve=_curve(args), progress=not args.quiet and not args.follow,
                            schema=dict(args.schema) if args.schema else None,
-                           shards=args.shards, shard_by=args.shard_by)
+                           shards=args.shards, shard_by=args.shard_by,
+                           compression=None if args.compression == "none" else args.compression)
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""

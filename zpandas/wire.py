@@ -38,6 +38,7 @@ __all__ = [
     "Message",
     "fingerprint",
     "encode_body",
+    "COMPRESSIONS",
     "encode",
     "decode",
     "stamp",
@@ -193,19 +194,45 @@ def fingerprint(schema: pa.Schema) -> bytes:
     return hashlib.sha256(schema.serialize()).digest()[:8]
 
 
-def encode_body(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
-    """Serialize a table or batch as a complete Arrow IPC stream."""
+#: Codecs a body may be compressed with (Arrow IPC buffer compression).
+COMPRESSIONS = ("zstd", "lz4")
+#: Bodies smaller than this are sent plain: compressing them gains too little to pay.
+MIN_COMPRESS_BYTES = 4096
+
+
+def encode_body(data: pa.Table | pa.RecordBatch, compression: str | None = None) -> pa.Buffer:
+    """Serialize a table or batch as a complete Arrow IPC stream.
+
+    Parameters
+    ----------
+    compression : {"zstd", "lz4", None}
+        Compress every buffer with Arrow IPC's buffer compression (LZ4 frame or ZSTD)
+        when the body is at least :data:`MIN_COMPRESS_BYTES` and compressing makes it
+        smaller; otherwise, and with None, the body is plain.
+    """
     # Written twice: first to count the bytes (no copying), then into a buffer of
     # exactly that size - a growing buffer would copy the body again as it doubles.
     size = pa.MockOutputStream()
     _write_stream(size, data)
+    if compression is not None and size.size() >= MIN_COMPRESS_BYTES:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS} or None, not {compression!r}")
+        sink = pa.BufferOutputStream()
+        _write_stream(sink, data, _WRITE_OPTIONS[compression])
+        packed = sink.getvalue()
+        if packed.size < size.size():
+            return packed
     body = pa.allocate_buffer(size.size())
     _write_stream(pa.FixedSizeBufferWriter(body), data)
     return body
 
 
-def _write_stream(sink, data: pa.Table | pa.RecordBatch) -> None:
-    with ipc.new_stream(sink, data.schema) as writer:
+_WRITE_OPTIONS = {"zstd": ipc.IpcWriteOptions(compression="zstd"),
+                  "lz4": ipc.IpcWriteOptions(compression="lz4")}
+
+
+def _write_stream(sink, data: pa.Table | pa.RecordBatch, options=None) -> None:
+    with ipc.new_stream(sink, data.schema, options=options) as writer:
         if isinstance(data, pa.RecordBatch):
             writer.write_batch(data)
         else:
@@ -213,11 +240,12 @@ def _write_stream(sink, data: pa.Table | pa.RecordBatch) -> None:
 
 
 def encode(data: pa.Table | pa.RecordBatch | None, *, topic: bytes | str = b"",
-           header: Header = Header()) -> list:
+           header: Header = Header(), compression: str | None = None) -> list:
     """Encode one message as its three frames ``[topic, header, body]``.
 
     For a data message, ``header.rows`` and ``header.fingerprint`` are filled in from
-    ``data``; the body is a ``pyarrow.Buffer`` (send it with ``copy=False`` when large).
+    ``data``; the body is a ``pyarrow.Buffer`` (send it with ``copy=False`` when large),
+    compressed as :func:`encode_body` says.
     """
     if isinstance(topic, str):
         topic = topic.encode("utf-8")
@@ -225,7 +253,7 @@ def encode(data: pa.Table | pa.RecordBatch | None, *, topic: bytes | str = b"",
         if data is None:
             raise ValueError(f"a {header.kind.name} message needs a table or record batch")
         header = replace(header, rows=data.num_rows, fingerprint=fingerprint(data.schema))
-        body = encode_body(data)
+        body = encode_body(data, compression)
     else:
         if data is not None:
             raise ValueError(f"a {header.kind.name} message carries no rows")
@@ -280,17 +308,20 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
             raise WireError("body", f"a {header.kind.name} message must have an empty body")
         return Message(topic, header, None, nbytes)
     buffer = pa.py_buffer(body)
-    check_body_messages(buffer)
+    # Compressed buffers' declared sizes, held to the limit before any is decompressed
+    declared = check_body_messages(buffer, max_bytes)
     try:
         reader = ipc.open_stream(pa.BufferReader(buffer), options=_READ_OPTIONS)
         table = reader.read_all()
         table.validate()
     except (pa.ArrowException, ValueError, OSError) as e:
+        if declared:
+            raise WireError("compressed", f"the compressed body does not decompress: {e}") from None
         raise WireError("body", f"body is not an Arrow IPC stream: {e}") from None
     if fingerprint(table.schema) != header.fingerprint:
         raise WireError("fingerprint", "the body's schema does not match the header's fingerprint")
     if table.num_rows != header.rows:
         raise WireError("rows", f"header says {header.rows} rows, body has {table.num_rows}")
-    table = check_table(table, header.fingerprint, body_bytes=body.nbytes,
+    table = check_table(table, header.fingerprint, body_bytes=max(body.nbytes, declared),
                         rejects=header.kind is Kind.REJECTS, start=header.start, end=header.end)
     return Message(topic, header, table, nbytes)
