@@ -44,8 +44,9 @@ class Coalescer:
     """Per-topic pending rows and the ticket counter of one Producer."""
 
     def __init__(self, producer: bytes, name: str, frame_bytes: int, flush_interval: float,
-                 compression: str | None = None) -> None:
+                 compression: str | None = None, dictionary: bool = True) -> None:
         self.producer, self.name, self.compression = producer, name, compression
+        self.dictionary = dictionary
         self.frame_bytes = frame_bytes
         self.flush_interval = flush_interval
         self.pending: dict[bytes, Pending] = {}
@@ -100,6 +101,8 @@ class Coalescer:
         if not table.num_rows:   # columns only (see Producer.send)
             return wire.encode(table, topic=topic, header=header)
         parts = 1 if pend.source else max(1, round(table.nbytes / self.frame_bytes))
+        if self.dictionary:   # before slicing: the parts share the dictionaries
+            table = wire.dictionary_encode(table)
         step = -(-table.num_rows // parts)
         frames = []
         for i in range(0, table.num_rows, step):

@@ -52,11 +52,13 @@ class Receiver:
     def __init__(self, *, ctx: zmq.Context, cond: threading.Condition, endpoints: list[Endpoint],
                  topics: tuple[bytes, ...], bell: str, policy: str, buffer_bytes: int,
                  batcher: MicroBatcher, retain: int | None, memory_budget: int,
-                 max_bytes: int, text_format, curve: Curve | None, multicast: dict | None) -> None:
+                 max_bytes: int, text_format, curve: Curve | None, multicast: dict | None,
+                 categories: frozenset = frozenset()) -> None:
         self._ctx, self._cond, self._endpoints, self.topics = ctx, cond, endpoints, topics
         self._bell, self.policy, self.buffer_bytes, self._batcher = bell, policy, buffer_bytes, batcher
         self._retain, self._memory_budget, self._max_bytes = retain, memory_budget, max_bytes
         self._text_format, self._curve, self._multicast = text_format, curve, multicast
+        self._categories = categories
         # Read by the Subscriber under the condition.
         self.queue: collections.deque[pa.Table] = collections.deque()
         self.queued_bytes = 0
@@ -193,7 +195,7 @@ class Receiver:
         now = time.time()
         if len(frames) == 1 and self._text_format is not None:
             return self._receive_text(frames[0], now)
-        msg = wire.decode(frames, max_bytes=self._max_bytes)
+        msg = wire.decode(frames, max_bytes=self._max_bytes, categories=self._categories)
         with self._cond:
             rows, ended = self._act(self.protocol.receive(msg, now))
             aggregations = list(self.aggregations)

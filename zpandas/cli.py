@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=["zstd", "lz4", "none"], default="none",
                    help="compress message bodies (Arrow IPC buffer compression): fewer bytes "
                         "on a network link for some CPU (default: none)")
+    p.add_argument("--no-dictionary", dest="dictionary", action="store_false",
+                   help="send repeated strings as they are, not dictionary-encoded (subscribers "
+                        "get the same rows either way)")
     _policy_options(p, "producer")
     _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -241,7 +244,8 @@ def _publish(args) -> int:
                            curve=_curve(args), progress=not args.quiet and not args.follow,
                            schema=dict(args.schema) if args.schema else None,
                            shards=args.shards, shard_by=args.shard_by,
-                           compression=None if args.compression == "none" else args.compression)
+                           compression=None if args.compression == "none" else args.compression,
+                           dictionary=args.dictionary)
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""

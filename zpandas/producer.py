@@ -130,6 +130,11 @@ class Producer:
         Compress message bodies with Arrow IPC's buffer compression: fewer bytes on a
         network link for some CPU on both ends (see the benchmarks in the docs). Bodies
         under 4 KiB, or that would not shrink, are sent plain.
+    dictionary : bool, default True
+        Dictionary-encode, for the wire, the string columns whose values repeat
+        (hosts, levels, methods, user agents: at most one distinct value per two rows),
+        decided per column and message. Fewer bytes, compressed or not; subscribers
+        turn them back into strings (or pandas categories, with their ``categories=``).
 
     Examples
     --------
@@ -143,7 +148,8 @@ class Producer:
                  linger: float = 10.0, heartbeat: float = 1.0, policy: Policy = "block",
                  buffer_bytes: int = 256 << 20, curve: Curve | None = None,
                  multicast: dict | None = None, shards: int | None = None,
-                 shard_by: str | None = None, compression: str | None = None) -> None:
+                 shard_by: str | None = None, compression: str | None = None,
+                 dictionary: bool = True) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if frame_bytes < 1:
@@ -177,7 +183,8 @@ class Producer:
         # numbers and checkpoint claims, the counters and subscriptions.
         self._lock = threading.Condition()
         self._closing = False
-        self._coalescer = Coalescer(self.id, self.name, frame_bytes, flush_interval, compression)
+        self._coalescer = Coalescer(self.id, self.name, frame_bytes, flush_interval, compression,
+                                    dictionary)
         # A message may still be in ZeroMQ's queues in this process until SNDHWM + one
         # batch more were sent after it (see SendStream.sent).
         self._stream = SendStream(self.id, self.name, in_flight=hwm + BATCH_MESSAGES)

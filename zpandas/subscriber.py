@@ -94,6 +94,9 @@ class Subscriber:
         CURVE security: authenticated, encrypted connections (see :class:`Curve`).
     multicast : dict, optional
         Options for ``epgm://``/``pgm://`` endpoints, over ``MULTICAST_DEFAULTS``.
+    categories : list of str, optional
+        String columns to receive as pandas ``category`` (as producers dictionary-encode
+        repeated strings for the wire, this costs nothing); the others arrive as ``str``.
     text_format : str, optional
         Also take plain text messages from existing ZeroMQ programs: single-frame
         ``"topic payload"`` strings (``send_string``), the payload parsed with this line
@@ -112,7 +115,8 @@ class Subscriber:
                  batch_rows: int = 100_000, latency: float = 0.1, retain: int | None = None,
                  dead_after: float = 5.0, max_message_bytes: int = 256 << 20,
                  text_format=None, curve: Curve | None = None,
-                 multicast: dict | None = None, memory_budget: int | None = None) -> None:
+                 multicast: dict | None = None, memory_budget: int | None = None,
+                 categories: list[str] | tuple[str, ...] = ()) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if buffer_bytes < 1:
@@ -141,7 +145,8 @@ class Subscriber:
             memory_budget=_default_budget() if memory_budget is None else memory_budget,
             max_bytes=max_message_bytes,
             text_format=None if text_format is None else get_format(text_format),
-            curve=curve, multicast=multicast)
+            curve=curve, multicast=multicast,
+            categories=frozenset([categories] if isinstance(categories, str) else categories))
         self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._rx.setup,
                                    self._rx.loop, self._rx.teardown, self._rx.failed)
         try:

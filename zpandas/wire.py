@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ._validate import REASONS as VALIDATION_REASONS
@@ -39,6 +40,9 @@ __all__ = [
     "fingerprint",
     "encode_body",
     "COMPRESSIONS",
+    "WIRE_DICTIONARY",
+    "dictionary_encode",
+    "restore",
     "encode",
     "decode",
     "stamp",
@@ -227,6 +231,68 @@ def encode_body(data: pa.Table | pa.RecordBatch, compression: str | None = None)
     return body
 
 
+#: Field metadata of a column dictionary-encoded for the wire only: receivers turn it back
+#: into the strings it was (unless asked for a category).
+WIRE_DICTIONARY = {b"zpandas": b"wire-dictionary"}
+_SAMPLE = 1024
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def dictionary_encode(table: pa.Table, *, ratio: float = 0.5, min_rows: int = 256) -> pa.Table:
+    """Dictionary-encode the string columns whose values repeat, for the wire.
+
+    A column is encoded when its first 1,024 values, then all of them, hold at most
+    ``ratio`` distinct values per row (hosts, levels, methods, paths, user agents); each
+    encoded field is marked with :data:`WIRE_DICTIONARY`. Tables under ``min_rows`` rows
+    are left as they are: their dictionaries would cost what they save.
+    """
+    if table.num_rows < min_rows:
+        return table
+    for i, field in enumerate(table.schema):
+        if not _is_text(field.type):
+            continue
+        col = table.column(i)
+        head = pc.dictionary_encode(col.slice(0, _SAMPLE))
+        if _distinct(head) > ratio * min(_SAMPLE, len(col)):
+            continue
+        coded = pc.dictionary_encode(col)   # one dictionary for every chunk
+        if _distinct(coded) > ratio * len(col):
+            continue
+        table = table.set_column(i, field.with_type(coded.type).with_metadata(WIRE_DICTIONARY), coded)
+    return table
+
+
+def _distinct(coded: pa.ChunkedArray) -> int:
+    return max((len(c.dictionary) for c in coded.chunks), default=0)
+
+
+def restore(table: pa.Table, categories=()) -> pa.Table:
+    """Columns as the sender had them: a wire dictionary back to its strings, but as a
+    dictionary (a pandas ``category``) for the names in ``categories`` - also when a
+    message carried that column plain, so that every message's schema agrees."""
+    fields = table.schema
+    if not categories and not any(f.metadata for f in fields):
+        return table
+    for i, field in enumerate(fields):
+        wired = field.metadata == WIRE_DICTIONARY
+        if field.name in categories:
+            if wired:
+                table = table.set_column(i, field.remove_metadata(), table.column(i))
+            elif _is_text(field.type):
+                coded = pc.dictionary_encode(table.column(i))
+                table = table.set_column(i, field.with_type(coded.type), coded)
+        elif wired:
+            col = table.column(i)
+            plain = pa.chunked_array([c.dictionary_decode() for c in col.chunks],
+                                     type=field.type.value_type)
+            table = table.set_column(i, pa.field(field.name, field.type.value_type, field.nullable),
+                                     plain)
+    return table
+
+
 _WRITE_OPTIONS = {"zstd": ipc.IpcWriteOptions(compression="zstd"),
                   "lz4": ipc.IpcWriteOptions(compression="lz4")}
 
@@ -274,7 +340,7 @@ def stamp(header: bytearray, seq: int, send_ns: int, total: int) -> None:
     _STAMP.pack_into(header, _STAMP_OFFSET, seq, send_ns, total)
 
 
-def decode(frames, *, max_bytes: int | None = None) -> Message:
+def decode(frames, *, max_bytes: int | None = None, categories=()) -> Message:
     """Decode ``[topic, header, body]`` frames into a :class:`Message`.
 
     Parameters
@@ -283,7 +349,11 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
         The frames of one multipart message (``bytes``, ``memoryview`` or any object
         with the buffer protocol, e.g. a ``zmq.Frame``); the body is read zero-copy.
     max_bytes : int, optional
-        Reject messages whose frames add up to more than this (reason ``"oversize"``).
+        Reject messages whose frames add up to more than this (reason ``"oversize"``),
+        or whose compressed buffers declare more (reason ``"compressed"``).
+    categories : collection of str
+        String columns to return as dictionaries (pandas ``category``); other columns a
+        producer dictionary-encoded for the wire come back as strings (see :func:`restore`).
 
     Raises
     ------
@@ -324,4 +394,4 @@ def decode(frames, *, max_bytes: int | None = None) -> Message:
         raise WireError("rows", f"header says {header.rows} rows, body has {table.num_rows}")
     table = check_table(table, header.fingerprint, body_bytes=max(body.nbytes, declared),
                         rejects=header.kind is Kind.REJECTS, start=header.start, end=header.end)
-    return Message(topic, header, table, nbytes)
+    return Message(topic, header, restore(table, categories), nbytes)
