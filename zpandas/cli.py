@@ -143,12 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-by", metavar="COLUMN",
                    help="with --shards: the column whose value picks a row's bucket "
                         "(default: this producer's name picks one for all its rows)")
-    p.add_argument("--compression", choices=["zstd", "lz4", "none"], default="none",
-                   help="compress message bodies (Arrow IPC buffer compression): fewer bytes "
-                        "on a network link for some CPU (default: none)")
-    p.add_argument("--no-dictionary", dest="dictionary", action="store_false",
-                   help="send repeated strings as they are, not dictionary-encoded (subscribers "
-                        "get the same rows either way)")
+    p.add_argument("--compression", choices=["auto", "lz4", "zstd", "none"], default="auto",
+                   help="compress message bodies (Arrow IPC buffer compression): fewer bytes on "
+                        "a network link for some CPU. auto (default): lz4, or none when every "
+                        "endpoint is on this machine; zstd for slow links (100 Mbit/s and less)")
+    p.add_argument("--dictionary", action=argparse.BooleanOptionalAction, default=None,
+                   help="dictionary-encode repeated strings for the wire (subscribers get the "
+                        "same rows either way); default: on, unless every endpoint is on this "
+                        "machine")
     _policy_options(p, "producer")
     _curve_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -57,6 +57,20 @@ class Endpoint:
     def multicast(self) -> bool:
         return self.address.split("://", 1)[0] in MULTICAST
 
+    @property
+    def on_this_machine(self) -> bool:
+        """Its peers can only be on this machine: ipc://, inproc://, or tcp:// on a
+        loopback address (``127.x.x.x``, ``::1``, ``localhost``)."""
+        transport, _, rest = self.address.partition("://")
+        if transport in ("ipc", "inproc"):
+            return True
+        if transport != "tcp":
+            return False
+        host = rest.rsplit(":", 1)[0].strip("[]")
+        if ";" in host:        # tcp://source;destination: where the peers are
+            host = host.split(";", 1)[1]
+        return host == "localhost" or host == "::1" or host.startswith("127.")
+
     def __str__(self) -> str:
         return ("@" if self.action == "bind" else ">") + self.address
 

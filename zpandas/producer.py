@@ -126,15 +126,19 @@ class Producer:
     shard_by : str, optional
         With ``shards``: the column whose value picks a row's bucket. Default: the
         producer's name picks one bucket for all its rows.
-    compression : {"zstd", "lz4", None}, default None
+    compression : {"auto", "lz4", "zstd", None}, default "auto"
         Compress message bodies with Arrow IPC's buffer compression: fewer bytes on a
-        network link for some CPU on both ends (see the benchmarks in the docs). Bodies
-        under 4 KiB, or that would not shrink, are sent plain.
-    dictionary : bool, default True
+        network link for some CPU on both ends. ``"auto"``: ``"lz4"``, unless every
+        endpoint is on this machine (``ipc://``, ``inproc://``, ``tcp://`` on a loopback
+        address), where bytes are free and CPU is not: None. ``"zstd"`` packs tighter
+        for slow links (100 Mbit/s and less). Bodies under 4 KiB, or that would not
+        shrink, are sent plain.
+    dictionary : bool, optional
         Dictionary-encode, for the wire, the string columns whose values repeat
         (hosts, levels, methods, user agents: at most one distinct value per two rows),
         decided per column and message. Fewer bytes, compressed or not; subscribers
         turn them back into strings (or pandas categories, with their ``categories=``).
+        Default: on, unless every endpoint is on this machine.
 
     Examples
     --------
@@ -148,8 +152,8 @@ class Producer:
                  linger: float = 10.0, heartbeat: float = 1.0, policy: Policy = "block",
                  buffer_bytes: int = 256 << 20, curve: Curve | None = None,
                  multicast: dict | None = None, shards: int | None = None,
-                 shard_by: str | None = None, compression: str | None = None,
-                 dictionary: bool = True) -> None:
+                 shard_by: str | None = None, compression: str | None = "auto",
+                 dictionary: bool | None = None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if frame_bytes < 1:
@@ -160,11 +164,16 @@ class Producer:
             raise ValueError(f"shards must be a positive int, not {shards!r}")
         if shard_by is not None and shards is None:
             raise ValueError("shard_by= needs shards=")
-        if compression is not None and compression not in wire.COMPRESSIONS:
-            raise ValueError(f"compression must be one of {wire.COMPRESSIONS} or None, "
+        if compression not in (None, "auto", *wire.COMPRESSIONS):
+            raise ValueError(f"compression must be 'auto', one of {wire.COMPRESSIONS} or None, "
                              f"not {compression!r}")
-        self.compression = compression
         self._endpoints = parse_endpoints(endpoint, default="connect")
+        # What bench/bench_link.py and bench_pipeline.py measured: on a link, LZ4 and
+        # dictionaries pay for themselves many times; on this machine, they only cost.
+        local = all(ep.on_this_machine for ep in self._endpoints)
+        #: The compression and dictionary encoding in use (after "auto").
+        self.compression = (None if local else "lz4") if compression == "auto" else compression
+        self.dictionary = (not local) if dictionary is None else dictionary
         if wait_for_subscribers and all(ep.multicast for ep in self._endpoints):
             raise ValueError("wait_for_subscribers needs a tcp:// or ipc:// endpoint: multicast "
                              "carries no subscriptions back to the publisher")
@@ -183,8 +192,8 @@ class Producer:
         # numbers and checkpoint claims, the counters and subscriptions.
         self._lock = threading.Condition()
         self._closing = False
-        self._coalescer = Coalescer(self.id, self.name, frame_bytes, flush_interval, compression,
-                                    dictionary)
+        self._coalescer = Coalescer(self.id, self.name, frame_bytes, flush_interval,
+                                    self.compression, self.dictionary)
         # A message may still be in ZeroMQ's queues in this process until SNDHWM + one
         # batch more were sent after it (see SendStream.sent).
         self._stream = SendStream(self.id, self.name, in_flight=hwm + BATCH_MESSAGES)
