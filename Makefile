@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench multicast browser lab docs dist clean
+.PHONY: demo test bench multicast browser node lab docs dist clean
 
 $(STAMP): pyproject.toml
 	@echo "make: first run: creating $(VENV) and installing zpandas with pyzmq, pyarrow, pandas,"
@@ -43,6 +43,12 @@ $(VENV)/.browser: $(STAMP)
 	  { echo "make browser: no chromium and no apt-get: tests/test_browser.py will skip"; exit 0; }
 	$(PY) -m pip install --progress-bar off -e '.[test,browser]'
 	touch $@
+
+# A reader in another language (tests/test_node_reader.py): apache-arrow and codecs for
+# Node.js, from npm. Without node or npm, says so: that test then skips.
+node:
+	@command -v npm >/dev/null || { echo "make node: no npm: tests/test_node_reader.py will skip"; exit 0; }
+	cd tests/node && npm ci --no-audit --no-fund --silent
 
 # JupyterLab in .venv, opened on the notebooks
 lab: $(STAMP)
