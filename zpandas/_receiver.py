@@ -24,7 +24,7 @@ import time
 import pyarrow as pa
 import zmq
 
-from . import wire
+from . import history, wire
 from ._batcher import MicroBatcher
 from ._monitor import Monitor
 from ._retained import Retained
@@ -70,6 +70,11 @@ class Receiver:
         self.bad = collections.Counter()
         self.aggregations: list = []
         self.memory_warning: str | None = None   # for the caller to warn about
+        # History requests (zpandas.history): subscriptions the caller asks the worker to
+        # make or drop, and the replies of each request still open, by its topic.
+        self.commands: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.replies: dict[bytes, Replies] = {}
+        self.others_replies = 0   # messages of other subscribers' requests (dropped)
         self.error: BaseException | None = None  # what ended the loop
         self.stop = threading.Event()
         self.monitor: Monitor | None = None
@@ -141,6 +146,8 @@ class Receiver:
             if monitor.socket in events:
                 with self._cond:
                     monitor.drain()
+            if bell in events:
+                self._obey(sock, bell)
             if sock in events:
                 for _ in range(1000):  # bounded, so batches still leave on time under load
                     try:
@@ -153,6 +160,28 @@ class Receiver:
                             self._enqueue(batch)
             for batch in batcher.due(time.monotonic()):
                 self._enqueue(batch)
+
+    def _obey(self, sock: zmq.Socket, bell: zmq.Socket) -> None:
+        """Subscribe and unsubscribe as the caller asked (the worker owns the socket)."""
+        while True:
+            try:
+                bell.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        with self._cond:
+            commands, self.commands = list(self.commands), collections.deque()
+        for op, topic in commands:
+            (sock.subscribe if op == "subscribe" else sock.unsubscribe)(topic)
+
+    def _reply(self, msg: wire.Message) -> None:
+        """A history reply: to its request, if it is one of ours (caller holds nothing)."""
+        with self._cond:
+            replies = self.replies.get(msg.topic)
+            if replies is None:
+                self.others_replies += 1   # another subscriber's request (we take everything)
+                return
+            replies.add(msg)
+            self._cond.notify_all()
 
     def _isolated(self, frames) -> pa.Table | None:
         """:meth:`_receive`, with whatever one message makes it raise counted and skipped.
@@ -196,6 +225,9 @@ class Receiver:
         if len(frames) == 1 and self._text_format is not None:
             return self._receive_text(frames[0], now)
         msg = wire.decode(frames, max_bytes=self._max_bytes, categories=self._categories)
+        if history.is_history(msg.topic):
+            self._reply(msg)
+            return None
         with self._cond:
             rows, ended = self._act(self.protocol.receive(msg, now))
             aggregations = list(self.aggregations)
@@ -290,3 +322,33 @@ class Receiver:
             self.queue.append(table)
             self.queued_bytes += table.nbytes
             self._cond.notify_all()
+
+
+class Replies:
+    """What the producers answered to one history request (guarded by the caller's
+    condition): their rows, and each one's end (status, reason, counts)."""
+
+    def __init__(self, request) -> None:
+        self.request = request
+        self.tables: list[pa.Table] = []
+        self.ends: dict[bytes, dict] = {}          # producer id -> its HISTORY_END
+        self.names: dict[bytes, str] = {}
+        self.rows: dict[bytes, int] = {}
+        self.missed: dict[bytes, int] = {}         # reply messages lost on the way
+        self.bytes: dict[bytes, int] = {}          # received, as on the wire
+        self._next: dict[bytes, int] = {}
+
+    def add(self, msg: wire.Message) -> None:
+        h = msg.header
+        self.names[h.producer] = h.name
+        self.bytes[h.producer] = self.bytes.get(h.producer, 0) + msg.nbytes
+        expected = self._next.get(h.producer, 0)
+        if h.seq > expected:
+            self.missed[h.producer] = self.missed.get(h.producer, 0) + h.seq - expected
+        if h.kind is wire.Kind.HISTORY_END:
+            self.ends[h.producer] = history.read_end(msg.table)
+        elif h.kind is wire.Kind.DATA:
+            self._next[h.producer] = max(expected, h.seq + 1)
+            self.rows[h.producer] = self.rows.get(h.producer, 0) + msg.table.num_rows
+            if msg.table.num_rows:
+                self.tables.append(msg.table)

@@ -23,7 +23,7 @@ import time
 
 import zmq
 
-from . import wire
+from . import history, wire
 from ._coalesce import Coalescer
 from ._monitor import Monitor
 from .endpoints import MULTICAST_DEFAULTS, Curve, Endpoint, attach, secure
@@ -33,6 +33,7 @@ from .streams import SendStream
 ZERO_COPY_MIN = 64 * 1024  # below this a copy is cheaper than zero-copy bookkeeping
 _SEND_TIMEOUT_MS = 100     # longest a blocked send holds the owner away from its loop
 _REPAIR_BEAT = 0.1         # seconds between heartbeats while a multicast socket drains
+_REPLIES_AHEAD = 8         # history messages waiting for the owner: memory stays bounded
 
 
 class Sender:
@@ -49,7 +50,7 @@ class Sender:
         # Read by the Producer (under the lock where it says so).
         self.subscriptions: dict[bytes, int] = {}   # under lock
         self.sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0,
-                     "rejects": 0}                  # under lock
+                     "rejects": 0, "history_messages": 0}   # under lock
         self.error: BaseException | None = None     # what ended the loop, under lock
         self.monitor: Monitor | None = None
         self.auth = None
@@ -59,6 +60,15 @@ class Sender:
         self.abandoned = False              # gave up at close()'s deadline
         self._dropped = False  # "drop" had a full subscriber: its pipe may be parked
         self._first_send: float | None = None
+        # History replies (zpandas.history): sent when no live message waits, numbered
+        # per reply topic here (never in the live streams' numbering or heartbeats).
+        self._replies: collections.deque[_Outgoing] = collections.deque()
+        self._reply_numbers: dict[bytes, list[int]] = {}
+        #: What answers history requests with rows (publish_files' FileHistory); None:
+        #: "no history". Set before the producer is used.
+        self.history_provider = None
+        self._inbox: collections.deque[list] = collections.deque()   # replays' messages, under lock
+        self.producer_id, self.name = coalescer.producer, coalescer.name
 
     def setup(self) -> tuple[zmq.Socket, Monitor]:
         """The XPUB socket, set up on the owner thread (which alone uses and closes it)."""
@@ -187,6 +197,13 @@ class Sender:
                 next_heartbeat = time.monotonic() + self._heartbeat
 
             self._send_out(xpub, out)
+            if not out:   # the past yields to the present
+                with self._lock:
+                    while self._inbox and len(self._replies) < 2:
+                        self._replies.append(_Outgoing(*self._inbox.popleft(), reply=True))
+                        self._lock.notify_all()   # a replay waiting for room
+                if self._replies:
+                    self._send_out(xpub, self._replies)
 
             if self._past_deadline():
                 self.abandoned = True  # close() timed out: what is queued here is dropped
@@ -279,10 +296,59 @@ class Sender:
                 return
             if not msg or msg[0] not in (0, 1):
                 continue  # not a subscription message
+            if history.is_history(msg[1:]):
+                self._history_request(msg[1:], subscribed=msg[0] == 1)
+                continue
             with self._lock:
                 n = self.subscriptions.get(msg[1:], 0) + (1 if msg[0] == 1 else -1)
                 self.subscriptions[msg[1:]] = max(0, n)
                 self._lock.notify_all()
+
+    def _history_request(self, topic: bytes, *, subscribed: bool) -> None:
+        """A subscriber asks for the past (or stops asking): answer under its topic."""
+        if not subscribed:
+            if self.history_provider is not None:
+                self.history_provider.cancel(topic)
+            return
+        try:
+            req = history.parse_request(topic)
+        except history.RequestError as e:
+            self._reply_end(topic, "refused", str(e))
+            return
+        wanted = req.topic.encode("utf-8")
+        with self._lock:
+            mine = [t for t in self._stream.topics if t.startswith(wanted)]
+        if not mine:
+            return   # a request for another stream: its producers answer
+        if self.history_provider is None:
+            self._reply_end(topic, "no history",
+                            "this producer keeps no history: it sends the rows it is given "
+                            "(Producer.send), or publishes files without history on "
+                            "(zpandas publish --history)")
+            return
+        answer = self.history_provider.start(req, topic)
+        if answer is not None:
+            self._reply_end(topic, *answer)
+
+    def post_reply(self, topic: bytes, frames: list, cancelled: threading.Event) -> bool:
+        """A replay's message, for the owner to send when no live message waits (any
+        thread). Waits while a few are ahead of it; False once cancelled or closing."""
+        with self._lock:
+            while (len(self._inbox) >= _REPLIES_AHEAD and not cancelled.is_set()
+                   and not self.closing and self.error is None):
+                self._lock.wait(0.1)
+            if cancelled.is_set() or self.closing or self.error is not None:
+                return False
+            self._inbox.append(frames)
+        self._handoff.ring()
+        return True
+
+    def _reply_end(self, topic: bytes, status: str, reason: str, **counts) -> None:
+        numbers = self._reply_numbers.setdefault(topic, [0, 0])
+        header = wire.Header(kind=wire.Kind.HISTORY_END, producer=self.producer_id, name=self.name,
+                             seq=numbers[0], total=numbers[1], send_ns=time.time_ns())
+        frames = wire.encode(history.end_table(status, reason, **counts), topic=topic, header=header)
+        self._replies.append(_Outgoing(*frames, reply=True))
 
     def _send_out(self, xpub: zmq.Socket, out: collections.deque[_Outgoing], *,
                   final: bool = False) -> bool:
@@ -296,7 +362,7 @@ class Sender:
         while out:
             m = out[0]
             topic = bytes(m.topic)
-            if m.sent == 0:
+            if m.sent == 0 and not m.reply:
                 # Numbered here, in send order; a retry after EAGAIN keeps the number.
                 with self._lock:
                     self._stream.stamp(topic, m.header, time.time_ns())
@@ -334,6 +400,10 @@ class Sender:
                             self.sent["blocked_s"] += time.perf_counter() - t0
                 m.sent += 1
             out.popleft()
+            if m.reply:
+                with self._lock:
+                    self.sent["history_messages"] += 1
+                continue
             with self._lock:
                 self._stream.sent(topic, m.kind, m.rows, m.source, m.end)
                 if m.kind is wire.Kind.DATA:
@@ -432,9 +502,9 @@ class Handoff:
 class _Outgoing:
     """One message on its way out of the owner thread."""
 
-    __slots__ = ("topic", "header", "body", "kind", "rows", "source", "end", "sent")
+    __slots__ = ("topic", "header", "body", "kind", "rows", "source", "end", "sent", "reply")
 
-    def __init__(self, topic, header, body) -> None:
+    def __init__(self, topic, header, body, reply: bool = False) -> None:
         self.topic = topic
         self.header = bytearray(header)   # stamped in place when its turn comes
         self.body = body
@@ -444,5 +514,6 @@ class _Outgoing:
         self.source = h.source
         self.end = h.end
         self.sent = 0                     # frames already accepted by the socket
+        self.reply = reply                # a history reply: numbered when it was made
 
 

@@ -147,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="compress message bodies (Arrow IPC buffer compression): fewer bytes on "
                         "a network link for some CPU. auto (default): lz4, or none when every "
                         "endpoint is on this machine; zstd for slow links (100 Mbit/s and less)")
+    p.add_argument("--history", action="store_true",
+                   help="answer subscribers' history requests (Subscriber.history) with rows read "
+                        "again from these files, rotated copies included, after live rows")
+    p.add_argument("--history-rate", type=_byte_size, metavar="BYTES",
+                   help="with --history: bytes of file per second a replay reads at most "
+                        "(e.g. 20M; default: as fast as the link takes them after live rows)")
+    p.add_argument("--history-max", type=int, default=4, metavar="N",
+                   help="with --history: replays at a time; more are refused (default 4)")
     p.add_argument("--dictionary", action=argparse.BooleanOptionalAction, default=None,
                    help="dictionary-encode repeated strings for the wire (subscribers get the "
                         "same rows either way); default: on, unless every endpoint is on this "
@@ -247,7 +255,8 @@ def _publish(args) -> int:
                            schema=dict(args.schema) if args.schema else None,
                            shards=args.shards, shard_by=args.shard_by,
                            compression=None if args.compression == "none" else args.compression,
-                           dictionary=args.dictionary)
+                           dictionary=args.dictionary, history=args.history,
+                           history_rate=args.history_rate, history_max=args.history_max)
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""
@@ -274,6 +283,15 @@ def _check_names(endpoints: list[str]) -> None:
         except (socket.gaierror, UnicodeError) as e:
             print(f"zpandas publish: warning: cannot resolve {host!r} in {ep} ({e}); "
                   "retrying until it does", file=sys.stderr, flush=True)
+
+
+def _byte_size(text: str) -> float:
+    """``20M``, ``512k``, ``1G`` or a plain number of bytes."""
+    import re
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)i?[bB]?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (20M, 512k, 1G)")
+    return float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
 
 
 def _column_type(text: str) -> tuple[str, pa.DataType]:

@@ -284,6 +284,10 @@ class Producer:
             # them yet, so that they leave flush_interval from now, not later.
             self._handoff.ring()
 
+    def _serve_history(self, provider) -> None:
+        """Answer history requests with ``provider`` (publish_files' FileHistory)."""
+        self._sender.history_provider = provider
+
     def send_rejects(self, rejects, *, topic: str | None = None, source: str = "",
                      offsets: tuple[int, int] = (-1, -1)) -> None:
         """Send lines that could not be parsed, so subscribers can count and show them.
@@ -413,6 +417,9 @@ class Producer:
                 return
             self._closing = self._sender.closing = True
             jobs = self._coalescer.take_all()
+            self._lock.notify_all()   # a replay waiting for room sees closing
+        if self._sender.history_provider is not None:
+            self._sender.history_provider.close()   # replays stop; their threads end
         deadline = time.monotonic() + (self._linger if timeout is None else timeout)
         self._sender.deadline = deadline
         try:

@@ -31,7 +31,7 @@ import zmq
 
 from ._batcher import MicroBatcher
 from ._owner import OwnerThread
-from ._receiver import Receiver
+from ._receiver import Receiver, Replies
 from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, get_format
@@ -133,6 +133,7 @@ class Subscriber:
         self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
         self._dead_after = dead_after
         self._warned_missed = 0    # missed rows already warned about
+        self._history_log: list[dict] = []   # how history requests went, the last 1,000
         self._closed = False
         self._terminated = False
         # One condition for what the caller and the worker share (see _receiver).
@@ -356,7 +357,11 @@ class Subscriber:
             parsed, ``"error"`` for anything else a message made the receive path
             raise); each is skipped and logged, and the thread goes on. ``queued``:
             micro-batches waiting for :meth:`get`. ``peers``: connections now.
-            ``auth_failures``: CURVE handshakes refused (or failed). ``producers``: a
+            ``auth_failures``: CURVE handshakes refused (or failed). ``history``: how
+            :meth:`history` requests went, a row per request and producer (``status``,
+            ``reason``, ``rows``, ``missed`` reply messages, ``bytes`` received); ``others_history_messages``: replies to
+            other subscribers' requests, received (a subscriber to every topic takes
+            them) and dropped. ``producers``: a
             DataFrame with one row per (producer, topic), the last ``MAX_STREAMS``
             (10,000) heard from: counts, gaps, ``sent_rows`` (rows the producer had sent
             on that topic by its latest message: ``rows + missed_rows + skipped_rows``,
@@ -380,6 +385,8 @@ class Subscriber:
             out["peers"] = self._rx.monitor.peers if self._rx.monitor else 0
             out["auth_failures"] = self._rx.monitor.auth_failures if self._rx.monitor else 0
             rows = self._rx.protocol.report(now, self._dead_after)
+            out["history"] = pd.DataFrame(self._history_log, columns=_HISTORY_COLUMNS)
+            out["others_history_messages"] = self._rx.others_replies
         producers = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         producers["last_seen"] = pd.to_datetime(producers["last_seen"], unit="s", utc=True).dt.as_unit("ns")
         out["producers"] = producers
@@ -396,6 +403,112 @@ class Subscriber:
             tables = list(self._rx.rejects)
         if not tables:
             return pd.DataFrame(columns=["producer", "topic", *REJECT_SCHEMA.names])
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def history(self, since=None, until=None, *, where: str | None = None, columns=None,
+                producers: int | None = None, timeout: float = 60.0) -> pd.DataFrame:
+        """Ask the producers for rows they published before now; while the live stream goes on.
+
+        The request travels to every producer the way subscriptions do (directly, or
+        through a Proxy); each answers under a topic only this subscriber takes, with
+        rows and then how it went (``stats()["history"]``): ``"done"``, or why there are
+        none (``"no history"``: a producer of DataFrames, or one without history on;
+        ``"refused"``: with the reason). History rows are returned, not mixed into
+        :meth:`frame` or aggregations.
+
+        Parameters
+        ----------
+        since, until : str, datetime or Timestamp, optional
+            Event time: ``"30min"`` (that long ago), ``"2026-12-06T10:40"`` (UTC unless
+            it says otherwise), a datetime.
+        where : str, optional
+            Only matching rows cross the network (:mod:`zpandas.where`:
+            ``"status >= 500 and method == 'GET'"``).
+        columns : list of str, optional
+            Only these columns cross the network.
+        producers : int, optional
+            Wait for this many producers to answer. Default: the producers alive now on
+            this subscriber's topics (with none known yet, whoever answers within
+            ``timeout``, and half a second more).
+        timeout : float, default 60
+            Seconds to wait; producers that did not answer by then are in
+            ``stats()["history"]`` as ``"no answer"``, with a ``DataLossWarning``.
+
+        Raises
+        ------
+        zpandas.history.RequestError
+            ``since``, ``until``, ``where`` or ``columns`` that cannot be asked for.
+        """
+        from .history import Request
+        requests = [Request.new(topic=t.decode("utf-8", "replace"), since=since, until=until,
+                                where=where, columns=columns) for t in self.topics]
+        with self._cond:
+            self._check_error()
+            if self._closed:
+                raise ClosedError("this Subscriber is closed")
+            now = time.time()
+            expected = {p for (p, t), st in self._rx.protocol.streams.items()
+                        if not st.finished and now - st.last_seen <= self._dead_after}
+            names = {p: st.name for (p, t), st in self._rx.protocol.streams.items()}
+            replies = {r.reply_topic: Replies(r) for r in requests}
+            self._rx.replies.update(replies)
+            self._rx.commands.extend(("subscribe", t) for t in replies)
+        self._ring()
+        deadline = time.monotonic() + timeout
+        try:
+            with self._cond:
+                settled_at = None
+                while True:
+                    answered = {p for rep in replies.values() for p in rep.ends}
+                    if producers is not None:
+                        done = len(answered) >= producers
+                    elif expected:
+                        done = expected <= answered
+                    else:   # nobody known: whoever answers, and half a second for more
+                        if answered and settled_at is None:
+                            settled_at = time.monotonic() + 0.5
+                        done = settled_at is not None and time.monotonic() >= settled_at
+                    left = deadline - time.monotonic()
+                    if done or left <= 0 or self._closed or self._rx.error is not None:
+                        break
+                    self._cond.wait(min(left, 0.1) if settled_at else left)
+                self._check_error()
+        finally:
+            with self._cond:
+                for t in replies:
+                    self._rx.replies.pop(t, None)
+                    self._rx.commands.append(("unsubscribe", t))
+            self._ring()
+        return self._history_result(replies, expected if producers is None else set(), names)
+
+    def _history_result(self, replies: dict, expected: set, names: dict) -> pd.DataFrame:
+        """Record how a history request went (stats()["history"]); its rows as one frame."""
+        answered = {p for rep in replies.values() for p in rep.ends}
+        rows = []
+        for rep in replies.values():
+            for p, end in rep.ends.items():
+                rows.append({"request": rep.request.id[:12], "topic": rep.request.topic,
+                             "producer": p.hex()[:12], "name": rep.names.get(p, ""),
+                             "status": end["status"], "reason": end["reason"],
+                             "rows": rep.rows.get(p, 0), "missed": rep.missed.get(p, 0),
+                             "bytes": rep.bytes.get(p, 0)})
+        silent = expected - answered
+        for p in sorted(silent):
+            rows.append({"request": next(iter(replies.values())).request.id[:12], "topic": "",
+                         "producer": p.hex()[:12], "name": names.get(p, ""), "status": "no answer",
+                         "reason": "no reply before the timeout (gone, or still busy)",
+                         "rows": sum(rep.rows.get(p, 0) for rep in replies.values()), "missed": 0,
+                         "bytes": sum(rep.bytes.get(p, 0) for rep in replies.values())})
+        with self._cond:
+            self._history_log.extend(rows)
+            del self._history_log[:-1000]
+        if silent:
+            warnings.warn(f"history: {len(silent)} producer(s) did not answer: "
+                          f"{', '.join(sorted(names.get(p, p.hex()[:12]) for p in silent))} "
+                          "(stats()['history'])", DataLossWarning, stacklevel=3)
+        tables = [t for rep in replies.values() for t in rep.tables]
+        if not tables:
+            return pd.DataFrame()
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def gaps(self) -> pd.DataFrame:
@@ -495,6 +608,8 @@ class Subscriber:
             warnings.warn(message, MemoryBudgetWarning, stacklevel=4)
 
 
+_HISTORY_COLUMNS = ["request", "topic", "producer", "name", "status", "reason", "rows", "missed",
+                    "bytes"]
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "sent_rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
                      "finished", "alive", "received", "bad_frames", "sources"]

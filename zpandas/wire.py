@@ -83,10 +83,11 @@ class Kind(enum.IntEnum):
     END_OF_STREAM = 1
     HEARTBEAT = 2
     REJECTS = 3       # lines a source could not parse, as rows (not counted in seq/total)
+    HISTORY_END = 4   # a history reply's last message: how it went (zpandas.history)
 
 
 #: Kinds whose body is an Arrow IPC stream.
-WITH_BODY = (Kind.DATA, Kind.REJECTS)
+WITH_BODY = (Kind.DATA, Kind.REJECTS, Kind.HISTORY_END)
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,12 @@ def decode(frames, *, max_bytes: int | None = None, categories=()) -> Message:
         raise WireError("fingerprint", "the body's schema does not match the header's fingerprint")
     if table.num_rows != header.rows:
         raise WireError("rows", f"header says {header.rows} rows, body has {table.num_rows}")
+    if header.kind is Kind.HISTORY_END:
+        from .history import read_end
+        try:
+            read_end(table)
+        except (ValueError, pa.ArrowException) as e:
+            raise WireError("columns", f"a history end: {e}") from None
     table = check_table(table, header.fingerprint, body_bytes=max(body.nbytes, declared),
                         rejects=header.kind is Kind.REJECTS, start=header.start, end=header.end)
     return Message(topic, header, restore(table, categories), nbytes)

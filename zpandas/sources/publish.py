@@ -91,7 +91,8 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                   duration: float | None = None, block_size: int = 4 << 20,
                   progress: bool = False, parse_threads: int | None = None,
                   encoding: str = "utf-8", errors: str = "reject", flatten: bool = True,
-                  **producer_options) -> dict:
+                  history: bool = False, history_rate: float | None = None,
+                  history_max: int = 4, **producer_options) -> dict:
     """Publish the rows of files: whole, or following them as they grow and rotate.
 
     Parameters
@@ -161,6 +162,16 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         JSON lines: objects inside a line become dotted columns
         (``connections.accepted``), lists JSON text; False keeps every nested value as
         JSON text.
+    history : bool, default False
+        Answer subscribers' history requests (:meth:`Subscriber.history`) with rows read
+        again from the files the paths match (rotated copies included), at the lowest
+        priority: a live row never waits for a replayed one. Off: such requests are
+        answered "no history".
+    history_rate : float, optional
+        Bytes of file per second a replay reads at most (default: as fast as the socket
+        takes them, when no live row waits).
+    history_max : int, default 4
+        Replays at a time; more requests are refused with the reason.
     **producer_options
         Passed to :class:`Producer` (``wait_for_subscribers``, ``name``, ``policy``, ...).
 
@@ -194,6 +205,14 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                          "following, checkpoints, line formats and UTF-16/32 files infer types "
                          "from the first records")
     producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
+    if history:
+        from .replay import FileHistory
+        patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        producer._serve_history(FileHistory(
+            patterns, dict(fmt=format, delimiter=delimiter, max_line_bytes=max_line_bytes,
+                           time_format=time_format, flatten=flatten),
+            post=producer._sender.post_reply, producer=producer.id, name=producer.name,
+            rate=history_rate, max_requests=history_max, encoding=encoding))
     try:
         if lines:
             return _publish_lines(paths, producer, format=format, delimiter=delimiter,

@@ -1,0 +1,281 @@
+"""History requests: asked as subscriptions, answered under the requester's own topic, in
+every topology; a producer without history says so, a bad request gets a reply saying why,
+and nobody else's frames are touched."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+import zmq
+
+import zpandas as zp
+from zpandas import history, wire
+from zpandas.history import PREFIX, Request, RequestError, encode_request, parse_request, parse_time
+
+from .conftest import wait_for
+
+NOW = pd.Timestamp("2026-12-06T11:00Z")
+
+
+def test_a_request_travels_as_a_subscription_and_comes_back_whole():
+    req = Request.new(topic="metrics", since="30min", until="2026-12-06T10:55", where="status >= 500",
+                      columns=["host", "status"], now=NOW)
+    topic = req.reply_topic
+    assert topic.startswith(PREFIX) and history.is_history(topic) and len(topic) < 300
+    back = parse_request(topic)
+    assert back == req
+    assert back.since == pd.Timestamp("2026-12-06T10:30Z") and back.until == pd.Timestamp("2026-12-06T10:55Z")
+    assert Request.new(now=NOW).id != Request.new(now=NOW).id     # each request its own topic
+
+
+@pytest.mark.parametrize("value,want", [
+    ("1h", "2026-12-06T10:00Z"), ("90s", "2026-12-06T10:58:30Z"), (pd.Timedelta("2h"), "2026-12-06T09:00Z"),
+    ("2026-12-06T10:40", "2026-12-06T10:40Z"), ("2026-12-06T11:40+01:00", "2026-12-06T10:40Z"),
+    (pd.Timestamp("2026-12-06 10:40"), "2026-12-06T10:40Z"),
+])
+def test_times_are_durations_back_or_points_in_utc(value, want):
+    assert parse_time(value, NOW) == pd.Timestamp(want)
+
+
+@pytest.mark.parametrize("value,says", [
+    ("soon", "not a duration"), ("-1h", "not a duration"), (pd.Timedelta("-1h"), "must be positive"),
+    (pd.NaT, "not a duration|NaT"),
+])
+def test_bad_times_are_refused(value, says):
+    with pytest.raises(RequestError, match=says):
+        parse_time(value, NOW)
+
+
+def test_a_request_that_cannot_be_asked_is_refused_before_it_travels():
+    with pytest.raises(RequestError, match="until .* must be after since"):
+        Request.new(since="10min", until="20min", now=NOW)
+    with pytest.raises(zp.where.WhereError, match="a call of something other"):
+        Request.new(where="__import__('os')")
+    with pytest.raises(RequestError, match="more than 8,192"):
+        Request.new(columns=[f"c{i}" for i in range(2000)]).reply_topic
+
+
+def _raw(doc) -> bytes:
+    return PREFIX + b"1/" + (doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+
+
+GOOD = {"id": "0" * 32, "topic": "", "since": None, "until": None, "where": None, "columns": None}
+
+
+@pytest.mark.parametrize("topic,says", [
+    (PREFIX + b"2/{}", "another version"),
+    (_raw(b"{not json"), "not JSON"),
+    (_raw(b"[1, 2]"), "not a JSON object"),
+    (_raw(b"\xff\xfe"), "not JSON"),
+    (_raw({**GOOD, "evil": 1}), "unknown request field"),
+    (_raw({**GOOD, "id": "x"}), "id is not 32 hex digits"),
+    (_raw({**GOOD, "topic": 5}), "topic is not a string"),
+    (_raw({**GOOD, "since": "yesterday"}), "since is not nanoseconds"),
+    (_raw({**GOOD, "until": 2**70}), "until is not nanoseconds"),
+    (_raw({**GOOD, "since": True}), "since is not nanoseconds"),
+    (_raw({**GOOD, "where": "open('/etc/passwd')"}), "a call of something other"),
+    (_raw({**GOOD, "where": 5}), "where is not a string"),
+    (_raw({**GOOD, "columns": "host"}), "columns are not a list"),
+    (_raw({**GOOD, "columns": [1]}), "columns are not a list"),
+    (_raw({**GOOD, "where": "a == 1 or " * 900 + "a == 2"}), "more than 8,192"),
+])
+def test_hostile_requests_are_refused_with_a_reason(topic, says):
+    with pytest.raises(RequestError, match=says):
+        parse_request(topic)
+
+
+def test_history_end_bodies_are_checked():
+    body = history.end_table("refused", "why", rows=0)
+    assert history.read_end(body)["status"] == "refused"
+    with pytest.raises(ValueError):
+        history.end_table("maybe")
+    header = wire.Header(kind=wire.Kind.HISTORY_END, producer=bytes(16))
+    ok = wire.encode(body, topic=b"t", header=header)
+    assert wire.decode(ok).table.num_rows == 1
+    bad = wire.encode(pa.table({"x": [1]}), topic=b"t", header=header)
+    with pytest.raises(zp.WireError) as e:
+        wire.decode(bad)
+    assert e.value.reason == "columns"
+
+
+def rows(n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({"host": ["a"] * n, "value": range(n)})
+
+
+@pytest.mark.parametrize("topology", ["direct", "proxy"])
+def test_producers_without_history_say_so_in_every_topology(topology):
+    proxy = zp.Proxy("@tcp://127.0.0.1:*", "@tcp://127.0.0.1:*") if topology == "proxy" else None
+    try:
+        sub = zp.Subscriber(">" + proxy.backend[0] if proxy else "@tcp://127.0.0.1:*", topics="m")
+        into = proxy.frontend if proxy else sub.endpoints
+        with sub, zp.Producer(into, topic="m", name="p1", wait_for_subscribers=1) as p1, \
+                zp.Producer(into, topic="m", name="p2", wait_for_subscribers=1) as p2, \
+                zp.Producer(into, topic="other", name="p3") as p3:
+            for p in (p1, p2):
+                p.send(rows())
+            p3.send(rows())
+            wait_for(lambda: len(sub.stats()["producers"]) == 2, what="both producers heard")
+            df = sub.history(since="1h", timeout=30)
+            assert df.empty
+            h = sub.stats()["history"]
+            # both answered, neither in silence; the producer of another topic kept out
+            assert sorted(h["name"]) == ["p1", "p2"] and set(h["status"]) == {"no history"}
+            assert h["reason"].str.contains("keeps no history").all()
+            # the live stream went on as before, and the requests took no subscriber slot
+            p1.send(rows(2))
+            wait_for(lambda: sub.stats()["rows"] == 8, what="live rows after the request")
+            assert p1.stats()["history_messages"] == 1
+    finally:
+        if proxy:
+            proxy.close()
+
+
+def test_a_hostile_request_gets_a_reply_and_the_producer_keeps_serving():
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.SUB)
+    try:
+        port = raw.bind_to_random_port("tcp://127.0.0.1")
+        with zp.Producer(f">tcp://127.0.0.1:{port}", topic="m", name="p1") as p:
+            bad = _raw({**GOOD, "where": "__import__('os').system('id')"})
+            raw.subscribe(bad)
+            assert raw.poll(10_000), "no reply to a hostile request"
+            msg = wire.decode(raw.recv_multipart())
+            assert msg.topic == bad and msg.header.kind is wire.Kind.HISTORY_END
+            end = history.read_end(msg.table)
+            assert end["status"] == "refused" and "a call of something other" in end["reason"]
+            # and then a good one
+            good = Request.new(topic="m").reply_topic
+            raw.subscribe(good)
+            assert raw.poll(10_000)
+            msg = wire.decode(raw.recv_multipart())
+            assert msg.topic == good and history.read_end(msg.table)["status"] == "no history"
+            p.send(rows())
+    finally:
+        raw.close(linger=0)
+        ctx.term()
+
+
+def test_a_subscriber_of_everything_does_not_take_anothers_replies():
+    with zp.Subscriber("@tcp://127.0.0.1:*") as everything, \
+            zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as asker:
+        with zp.Producer([*everything.endpoints, *asker.endpoints], topic="m", name="p1",
+                         wait_for_subscribers=2) as p:
+            p.send(rows())
+            wait_for(lambda: asker.stats()["rows"] == 3 and everything.stats()["rows"] == 3,
+                     what="live rows")
+            asker.history(since="1h", timeout=30)
+            wait_for(lambda: everything.stats()["others_history_messages"] >= 1,
+                     what="the other's reply seen and dropped")
+            st = everything.stats()
+            assert st["rows"] == 3 and st["bad_frames"] == {} and len(everything.frame()) == 3
+
+
+def test_a_producer_that_does_not_answer_is_said():
+    """An old or hung producer (here a raw XPUB that never replies): "no answer", warned."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    try:
+        with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+            pub.connect(sub.endpoints[0])
+            assert pub.poll(10_000)
+            pub.recv()   # the subscription to m
+            header = wire.Header(producer=b"s" * 16, name="silent")
+            pub.send_multipart(wire.encode(pa.table({"x": [1]}), topic=b"m", header=header))
+            wait_for(lambda: sub.stats()["rows"] == 1, what="the silent producer's row")
+            with pytest.warns(zp.DataLossWarning, match=r"1 producer\(s\) did not answer: silent"):
+                assert sub.history(since="1h", timeout=0.5).empty
+            h = sub.stats()["history"]
+            assert h[["name", "status"]].values.tolist() == [["silent", "no answer"]]
+            # with no producer known, whoever answers within the timeout: here nobody
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+
+
+# -- serving history from files --------------------------------------------------------------
+
+T0 = pd.Timestamp("2026-12-06T09:00Z")
+
+
+def write_log(path, start: int, n: int, mode: str = "w") -> None:
+    """``n`` CSV rows one second apart from ``T0 + start`` seconds: status 500 every 7th."""
+    with open(path, mode) as f:
+        if mode == "w":
+            f.write("timestamp,host,status,latency_ms\n")
+        for i in range(start, start + n):
+            f.write(f"{(T0 + pd.Timedelta(seconds=i)).isoformat()},web{i % 3},"
+                    f"{500 if i % 7 == 0 else 200},{i % 1000}\n")
+
+
+def expected(paths, since=None, where=None, columns=None) -> pd.DataFrame:
+    df = pd.concat([pd.read_csv(p, parse_dates=["timestamp"]) for p in paths], ignore_index=True)
+    if since is not None:
+        df = df[df["timestamp"] >= since]
+    if where is not None:
+        df = df.query(where)
+    cols = columns or list(df.columns)
+    return df[cols].sort_values("timestamp" if "timestamp" in cols else cols[0]).reset_index(drop=True)
+
+
+class Publishing:
+    """``publish_files(..., follow=True, history=True)`` on a thread, stopped at the end."""
+
+    def __init__(self, pattern: str, endpoint: str, **options) -> None:
+        import threading
+        self.stop = threading.Event()
+        self.result: dict = {}
+        self.thread = threading.Thread(target=lambda: self.result.update(zp.publish_files(
+            pattern, endpoint, follow=True, history=True, stop=self.stop, topic="m",
+            name="node1", poll_interval=0.05, **options)))
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+def test_history_from_files_equals_a_pandas_filter_of_them(tmp_path):
+    log = tmp_path / "app.log"
+    write_log(log, 0, 1800)                               # the first half hour...
+    log.rename(tmp_path / "app.log.1")                    # ...rotated away
+    write_log(log, 1800, 1800)                            # and the second
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+        pub = Publishing(str(tmp_path / "app.log*"), ">" + sub.endpoints[0])
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 3600, timeout=60, what="the live stream")
+            files = [tmp_path / "app.log.1", log]
+            since = T0 + pd.Timedelta("20min")
+            got = sub.history(since=since, timeout=60)
+            want = expected(files, since)
+            cols = list(want.columns)
+            assert len(got) == len(want) == 2400
+            pd.testing.assert_frame_equal(got[cols].sort_values("timestamp").reset_index(drop=True), want,
+                                          check_dtype=False)
+            # rows carry their file and offset; from both files
+            assert set(got["_file"]) == {str(f) for f in files}
+            h = sub.stats()["history"]
+            assert h[["name", "status", "rows"]].values.tolist() == [["node1", "done", 2400]]
+            everything = h["bytes"].iloc[-1]
+            # pushed down: where and columns at the producer
+            before = sub.stats()["bytes"]
+            got = sub.history(since=since, where="status >= 500 and host == 'web1'",
+                              columns=["timestamp", "status"], timeout=60)
+            want = expected(files, since, "status >= 500 and host == 'web1'", ["timestamp", "status"])
+            assert set(got.columns) == {"timestamp", "status", "_file", "_offset"}
+            pd.testing.assert_frame_equal(got[["timestamp", "status"]].sort_values("timestamp")
+                                          .reset_index(drop=True), want, check_dtype=False)
+            assert 0 < len(got) < 200
+            # the rows and columns left out never crossed the network
+            assert sub.stats()["history"]["bytes"].iloc[-1] * 5 < everything
+            # an until, and an unknown column: the producer's reply says which
+            got = sub.history(since=T0 + pd.Timedelta("10min"), until=T0 + pd.Timedelta("11min"), timeout=60)
+            assert len(got) == 60
+            sub.history(since="1h", columns=["nope"], timeout=60)
+            last = sub.stats()["history"].iloc[-1]
+            assert last["status"] == "refused" and "no column 'nope'" in last["reason"]
+            assert sub.stats()["bytes"] == before   # history bytes are not the live stream's
+        finally:
+            pub.close()

@@ -1,0 +1,215 @@
+"""History requests: sans-IO encoding of "the past, please" as a ZeroMQ subscription.
+
+A subscriber asks the producers for rows they published before it joined by subscribing to
+a topic that *is* the request::
+
+    b"\\xffzp-history/1/" + JSON {"id", "topic", "since", "until", "where", "columns"}
+
+A SUB socket sends every subscription upstream, an XPUB sees each one (zpandas producers
+set ``XPUB_VERBOSER``), and a Proxy forwards them: so a request reaches every producer in
+every topology zpandas supports, with no new socket. A producer replies under that same
+topic - which only the requester subscribed to - with data messages and, last, one
+``HISTORY_END`` message (:data:`zpandas.wire.Kind.HISTORY_END`) saying how it went: rows
+sent, or why there are none (``"no history"``: a producer of DataFrames, or one without
+``--history``; ``"refused"``: a request it could not take, with the reason). Never a
+silent nothing. The requester unsubscribing ends a replay.
+
+Nothing here touches a socket: :func:`encode_request` and :func:`parse_request` turn
+requests into subscription bytes and back, :func:`end_table` and :func:`read_end` the
+``HISTORY_END`` body. A request is bounded (:data:`MAX_REQUEST_BYTES`) and parsed
+strictly: whatever a peer sends is a :class:`RequestError` with a reason, never more.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+
+from .errors import ZpandasError
+
+__all__ = ["PREFIX", "Request", "RequestError", "encode_request", "parse_request", "is_history",
+           "parse_time", "END_SCHEMA", "end_table", "read_end", "MAX_REQUEST_BYTES"]
+
+#: Every history topic starts so (0xff: no text topic a user picks starts with it).
+PREFIX = b"\xffzp-history/"
+_VERSIONED = PREFIX + b"1/"
+#: The largest request: a subscription message this size travels to every producer.
+MAX_REQUEST_BYTES = 8192
+_ID = re.compile(r"[0-9a-f]{32}")
+_KEYS = {"id", "topic", "since", "until", "where", "columns"}
+
+#: The body of a HISTORY_END message: one row.
+END_SCHEMA = pa.schema([("status", pa.string()), ("reason", pa.string()), ("rows", pa.int64()),
+                        ("files", pa.int64()), ("bytes", pa.int64())])
+#: What a HISTORY_END's ``status`` may say.
+STATUSES = ("done", "no history", "refused", "cancelled", "failed")
+
+
+class RequestError(ZpandasError, ValueError):
+    """A history request that cannot be taken: malformed, too large, or asking the impossible."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a subscriber asks the producers for.
+
+    Attributes
+    ----------
+    id : str
+        32 hex digits, new for every request: its reply topic is its own.
+    topic : str
+        The live topic the requester follows: producers whose topic it prefix-matches
+        (as ZeroMQ matches subscriptions) answer with rows.
+    since, until : pandas.Timestamp or None
+        Event time, UTC: rows at or after ``since`` and before ``until``.
+    where : str or None
+        A :mod:`zpandas.where` expression, applied at the producer.
+    columns : tuple of str or None
+        Only these columns cross the network (plus zpandas' own ``_file``/``_offset``).
+    """
+
+    id: str
+    topic: str = ""
+    since: pd.Timestamp | None = None
+    until: pd.Timestamp | None = None
+    where: str | None = None
+    columns: tuple[str, ...] | None = None
+
+    @classmethod
+    def new(cls, *, topic: str = "", since=None, until=None, where: str | None = None,
+            columns=None, now: pd.Timestamp | None = None) -> Request:
+        """A request with a fresh id; ``since``/``until`` as :func:`parse_time` reads them."""
+        since_t, until_t = parse_time(since, now), parse_time(until, now)
+        if since_t is not None and until_t is not None and until_t <= since_t:
+            raise RequestError(f"until ({until_t}) must be after since ({since_t})")
+        if where is not None:
+            from .where import parse
+            parse(where)   # refused here, before it travels
+        if columns is not None:
+            columns = (columns,) if isinstance(columns, str) else tuple(columns)
+        return cls(uuid.uuid4().hex, topic, since_t, until_t, where, columns)
+
+    @property
+    def reply_topic(self) -> bytes:
+        """The subscription that asks, and the topic every reply is sent under."""
+        return encode_request(self)
+
+
+def parse_time(value, now: pd.Timestamp | None = None) -> pd.Timestamp | None:
+    """A point in event time, UTC: ``"1h"``/``"30min"`` (that long before ``now``), an ISO
+    time (``"2026-12-06T10:40"``, UTC unless it says otherwise), a datetime or Timestamp
+    (naive ones are UTC), or None."""
+    if value is None:
+        return None
+    if isinstance(value, (pd.Timedelta, datetime.timedelta)):
+        ago = pd.Timedelta(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*[a-zA-Z]+\s*", value):
+        try:
+            ago = pd.Timedelta(value)
+        except ValueError:
+            raise RequestError(f"{value!r} is not a duration (\"30min\", \"1h\") or a time") from None
+    else:
+        try:
+            t = pd.Timestamp(value)
+        except (ValueError, TypeError):
+            raise RequestError(f"{value!r} is not a duration (\"30min\", \"1h\") or a time") from None
+        if t is pd.NaT:
+            raise RequestError("a time must not be NaT")
+        return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+    if ago < pd.Timedelta(0):
+        raise RequestError(f"{value!r}: a duration back in time must be positive")
+    return (now or pd.Timestamp.now(tz="UTC")) - ago
+
+
+def encode_request(req: Request) -> bytes:
+    """The subscription bytes of ``req`` (without ZeroMQ's leading 0x01)."""
+    doc = {"id": req.id, "topic": req.topic,
+           "since": None if req.since is None else req.since.value,
+           "until": None if req.until is None else req.until.value,
+           "where": req.where, "columns": None if req.columns is None else list(req.columns)}
+    out = _VERSIONED + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(out) > MAX_REQUEST_BYTES:
+        raise RequestError(f"the request is {len(out):,} bytes, more than {MAX_REQUEST_BYTES:,}")
+    return out
+
+
+def is_history(topic: bytes) -> bool:
+    """``topic`` is a history request's (or reply's) topic."""
+    return bytes(topic[:len(PREFIX)]) == PREFIX
+
+
+def parse_request(topic: bytes) -> Request:
+    """The request a subscription carries.
+
+    Raises
+    ------
+    RequestError
+        Its reason: too large, another version, not JSON, unknown or missing fields,
+        values of the wrong kind, an expression outside the ``where=`` language.
+    """
+    if len(topic) > MAX_REQUEST_BYTES:
+        raise RequestError(f"the request is {len(topic):,} bytes, more than {MAX_REQUEST_BYTES:,}")
+    if not topic.startswith(_VERSIONED):
+        raise RequestError("a history request of another version (this producer reads version 1)")
+    try:
+        doc = json.loads(topic[len(_VERSIONED):].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError("the request is not JSON") from None
+    if not isinstance(doc, dict):
+        raise RequestError("the request is not a JSON object")
+    unknown = set(doc) - _KEYS
+    if unknown:
+        raise RequestError(f"unknown request field(s) {sorted(unknown)[:5]}")
+    rid = doc.get("id")
+    if not isinstance(rid, str) or not _ID.fullmatch(rid):
+        raise RequestError("the request's id is not 32 hex digits")
+    topic_ = doc.get("topic", "")
+    if not isinstance(topic_, str):
+        raise RequestError("the request's topic is not a string")
+    times = []
+    for key in ("since", "until"):
+        v = doc.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)
+                              or not -(2**63) < v < 2**63):
+            raise RequestError(f"the request's {key} is not nanoseconds since 1970 (an int)")
+        times.append(None if v is None else pd.Timestamp(v, unit="ns", tz="UTC"))
+    where = doc.get("where")
+    if where is not None:
+        if not isinstance(where, str):
+            raise RequestError("the request's where is not a string")
+        from .where import WhereError, parse
+        try:
+            parse(where)
+        except WhereError as e:
+            raise RequestError(str(e)) from None
+    columns = doc.get("columns")
+    if columns is not None:
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise RequestError("the request's columns are not a list of names")
+        columns = tuple(columns)
+    return Request(rid, topic_, times[0], times[1], where, columns)
+
+
+def end_table(status: str, reason: str = "", *, rows: int = 0, files: int = 0,
+              nbytes: int = 0) -> pa.Table:
+    """The body of a HISTORY_END message."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+    return pa.Table.from_pylist([{"status": status, "reason": reason[:2000], "rows": rows,
+                                  "files": files, "bytes": nbytes}], schema=END_SCHEMA)
+
+
+def read_end(table: pa.Table) -> dict:
+    """A HISTORY_END body as a dict; raises ``ValueError`` unless it is exactly one."""
+    if table.num_rows != 1 or table.schema.names != END_SCHEMA.names:
+        raise ValueError("a history end must be one row of status, reason, rows, files, bytes")
+    row = table.cast(END_SCHEMA).to_pylist()[0]
+    if row["status"] not in STATUSES:
+        raise ValueError(f"unknown history status {row['status']!r}")
+    return row

@@ -1,0 +1,325 @@
+"""Serving history from files: the rows a producer published before, read again on request.
+
+A producer that publishes files with history on (``publish_files(history=True)``,
+``zpandas publish --history``) answers history requests (:mod:`zpandas.history`) from the
+files its paths match now, rotated copies included, oldest first. In each file it finds
+where ``since`` starts by bisection on byte offsets - a probe parses the records after an
+offset and reads their event time (the request's ``on`` column, else the first timestamp
+column) - then reads on from there through the same parser as the live stream, keeps the
+rows in ``[since, until)`` that match ``where``, keeps only ``columns`` (and ``_file``,
+``_offset``), and sends them under the request's topic, then a ``HISTORY_END`` saying how
+many. A file read while it grows is read up to its size when the request came.
+
+Replays run on their own thread, at most ``max_requests`` at a time (more are refused with
+the reason), at most ``rate`` bytes of file per second each, and hand the owner thread at
+most a few messages ahead: the socket owner sends them only when no live message waits,
+and memory stays bounded. The requester unsubscribing cancels its replay.
+
+Limits, said plainly: files are read as UTF-8 (a producer of files in other encodings
+answers "refused"); a multiline format's records are read line by line; bisection assumes
+event time grows along a file (a log's does), give or take ``slack`` (one minute): rows
+further out of order before ``since``'s position are not found.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import history, wire
+from .._tables import with_source
+from .lines import get_format
+from .publish import expand_paths
+from .records import Records, record_ends
+
+log = logging.getLogger("zpandas")
+
+BLOCK = 1 << 20          # bytes read at a time
+PROBE = 64 << 10         # bytes a bisection probe parses
+SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of order still count
+READY_MAX = 8            # reply messages waiting for the socket owner, per producer
+
+
+class FileHistory:
+    """Answers history requests from the files a producer publishes.
+
+    Parameters
+    ----------
+    patterns : list of str
+        The producer's paths and globs (match the rotated copies too: ``"app.log*"``).
+    format_args : dict
+        What ``get_format`` was given for the live stream (format, delimiter, ...).
+    post : callable
+        ``post(frames)``: hand a reply message to the socket owner; blocks while
+        ``READY_MAX`` wait (bounded memory), returns False once the request is cancelled
+        or the producer closes.
+    producer, name : bytes, str
+        The producer's id and name, for the replies' headers.
+    rate : float, optional
+        Bytes of file per second a replay reads at most.
+    max_requests : int
+        Replays at a time; more are refused.
+    encoding : str
+        The files' encoding: only UTF-8 (and ASCII) files are replayed.
+    """
+
+    def __init__(self, patterns: list[str], format_args: dict, *, post, producer: bytes,
+                 name: str, rate: float | None = None, max_requests: int = 4,
+                 encoding: str = "utf-8") -> None:
+        self.patterns, self.format_args = patterns, format_args
+        self.post, self.producer, self.name = post, producer, name
+        self.rate, self.max_requests, self.encoding = rate, max_requests, encoding
+        self._lock = threading.Lock()
+        self._running: dict[bytes, threading.Event] = {}   # reply topic -> cancelled
+        self._threads: list[threading.Thread] = []
+        self.served = 0
+
+    # -- from the socket owner's thread -------------------------------------------------
+
+    def start(self, req: history.Request, topic: bytes) -> tuple[str, str] | None:
+        """Start replaying ``req``; or (status, reason) to answer at once."""
+        if self.encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "ascii"):
+            return "refused", f"this producer's files are {self.encoding}: history replays UTF-8 files"
+        with self._lock:
+            if topic in self._running:
+                return None   # the same request again (a proxy's second path): one replay
+            if len(self._running) >= self.max_requests:
+                return "refused", (f"busy: {len(self._running)} replays running, at most "
+                                   f"{self.max_requests}; ask again later")
+            cancelled = self._running[topic] = threading.Event()
+        thread = threading.Thread(target=self._serve, args=(req, topic, cancelled), daemon=True,
+                                  name=f"zpandas-history-{req.id[:8]}")
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+        return None
+
+    def cancel(self, topic: bytes) -> None:
+        with self._lock:
+            ev = self._running.get(topic)
+        if ev is not None:
+            ev.set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel every replay and wait for their threads (any thread but theirs)."""
+        with self._lock:
+            for ev in self._running.values():
+                ev.set()
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout)
+
+    # -- the replay's own thread ----------------------------------------------------------
+
+    def _serve(self, req: history.Request, topic: bytes, cancelled: threading.Event) -> None:
+        counts = {"rows": 0, "files": 0, "bytes": 0}
+        seq = [0, 0]   # reply messages and rows numbered on this topic
+
+        def send(table: pa.Table, kind=wire.Kind.DATA, source: str = "",
+                 start: int = -1, end: int = -1) -> bool:
+            header = wire.Header(kind=kind, producer=self.producer, name=self.name, seq=seq[0],
+                                 total=seq[1], send_ns=time.time_ns(), source=source,
+                                 start=start, end=end)
+            if kind is wire.Kind.DATA:
+                seq[0] += 1
+                seq[1] += table.num_rows
+            return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
+
+        status, reason = "done", ""
+        try:
+            where = None
+            if req.where is not None:
+                from ..where import parse
+                where = parse(req.where)
+            for path in _files(self.patterns):
+                if cancelled.is_set():
+                    status, reason = "cancelled", "the requester stopped asking"
+                    break
+                ok = self._replay_file(path, req, where, send, counts, cancelled)
+                if not ok:
+                    status, reason = "cancelled", "the requester stopped asking"
+                    break
+        except Exception as e:  # noqa: BLE001 - a replay's failure is the requester's answer
+            status, reason = ("refused" if isinstance(e, ValueError) else "failed"), \
+                f"{type(e).__name__}: {e}"
+            log.warning("history request %s: %s", req.id[:8], reason)
+        finally:
+            with self._lock:
+                self._running.pop(topic, None)
+                self.served += 1
+        if status != "cancelled":
+            send(history.end_table(status, reason, rows=counts["rows"], files=counts["files"],
+                                   nbytes=counts["bytes"]), kind=wire.Kind.HISTORY_END)
+
+    def _replay_file(self, path: str, req: history.Request, where, send, counts: dict,
+                     cancelled: threading.Event) -> bool:
+        fmt = get_format(**self.format_args)
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return True   # rotated away meanwhile
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            header_end = _begin(fmt, f, path)
+            since = None if req.since is None else req.since.value - SLACK_NS
+            start = header_end if since is None else _bisect(fmt, f, path, header_end, size, since)
+            if start >= size:
+                return True
+            counts["files"] += 1
+            source = f"history/{os.path.abspath(path)}"
+            pos, began = start, time.monotonic()
+            while pos < size:
+                if cancelled.is_set():
+                    return False
+                f.seek(pos)
+                data = f.read(min(BLOCK, size - pos))
+                if not data:
+                    break
+                ends = record_ends(data, quoted=fmt.quoted)
+                if not len(ends):
+                    if pos + len(data) < size:   # a record longer than a block: skip past it
+                        pos += len(data)
+                        continue
+                    ends = np.array([len(data)], np.int64)   # the last record, no newline
+                cut = int(ends[-1])
+                records = _records(data[:cut], ends, pos)
+                parsed, _ = fmt.parse_body(fmt.begin(records, path), path)
+                done = False
+                if parsed is not None and parsed.num_rows:
+                    # every row of the block at or past until (and slack): the rest of
+                    # the file is later still
+                    done = req.until is not None and _earliest(parsed) >= req.until.value + SLACK_NS
+                    table = self._select(parsed, req, where)
+                    if table.num_rows:
+                        table = with_source(table, os.path.abspath(path))
+                        if not send(table, source=source, start=pos, end=pos + cut):
+                            return False
+                        counts["rows"] += table.num_rows
+                counts["bytes"] += cut
+                pos += cut
+                if done:
+                    break
+                if self.rate:   # at most `rate` bytes a second: wait, waking on a cancel
+                    ahead = (pos - start) / self.rate - (time.monotonic() - began)
+                    if ahead > 0 and cancelled.wait(ahead):
+                        return False
+        return True
+
+    @staticmethod
+    def _select(table: pa.Table, req: history.Request, where) -> pa.Table:
+        t = _time_column(table)
+        if t is not None:
+            col = pc.cast(table.column(t), pa.timestamp("ns", "UTC"))
+            keep = pc.is_valid(col)
+            if req.since is not None:
+                keep = pc.and_(keep, pc.greater_equal(col, pa.scalar(req.since.value, pa.timestamp("ns", "UTC"))))
+            if req.until is not None:
+                keep = pc.and_(keep, pc.less(col, pa.scalar(req.until.value, pa.timestamp("ns", "UTC"))))
+            table = table.filter(keep)
+        elif req.since is not None or req.until is not None:
+            raise ValueError("these rows have no time column to find since/until in")
+        if where is not None:
+            table = where.filter(table)
+        if req.columns is not None:
+            missing = [c for c in req.columns if c not in table.column_names]
+            if missing:
+                raise ValueError(f"no column {', '.join(map(repr, missing))}; the columns are "
+                                 f"{', '.join(c for c in table.column_names if c != '_offset')}")
+            keep = [c for c in req.columns if c != "_offset"] + ["_offset"]
+            table = table.select([c for c in keep if c in table.column_names])
+        return table
+
+
+def _files(patterns: list[str]) -> list[str]:
+    """The files the patterns match now, oldest first (rotated copies before the live one)."""
+    try:
+        found = expand_paths(patterns)
+    except FileNotFoundError:
+        return []
+    return sorted(found, key=lambda p: (os.path.getmtime(p), p))
+
+
+def _records(data: bytes, ends: np.ndarray, at: int) -> Records:
+    bounds = np.concatenate(([0], ends)).astype(np.int64)
+    return Records(data, bounds, np.full(len(ends), -1, np.int64), bounds[:-1] + at)
+
+
+def _begin(fmt, f, path: str) -> int:
+    """Show the format the file's first record if it is a header (CSV); where rows start."""
+    if not getattr(fmt, "quoted", False) or getattr(fmt, "names", None):
+        return 0
+    f.seek(0)
+    head = f.read(PROBE)
+    ends = record_ends(head, quoted=True)
+    if not len(ends):
+        return len(head)
+    fmt.begin(_records(head[:int(ends[0])], ends[:1], 0), path)
+    return int(ends[0])
+
+
+def _time_column(table: pa.Table) -> int | None:
+    """The event time: the first timestamp column."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            return i
+    return None
+
+
+def _earliest(table: pa.Table) -> int:
+    """The earliest event time (ns) of ``table``'s rows; -1 without times."""
+    t = _time_column(table)
+    if t is None:
+        return -1
+    low = pc.min(pc.cast(table.column(t), pa.timestamp("ns", "UTC"))).value
+    return -1 if low is None else low
+
+
+def _first_time(fmt, f, path: str, at: int, size: int, *, aligned: bool) -> int | None:
+    """Event time (ns) of the first record that parses at ``at`` (``aligned``: a record
+    starts there) or after the first record end past it."""
+    f.seek(at)
+    data = f.read(min(PROBE, size - at))
+    ends = record_ends(data, quoted=fmt.quoted)
+    first = 0
+    if not aligned and len(ends):
+        first, ends = int(ends[0]), ends[1:]
+    if not len(ends):
+        return None
+    records = _records(data[first:int(ends[-1])], ends - first, at + first)
+    table, _ = fmt.parse_body(fmt.begin(records, path), path)
+    if table is None or not table.num_rows:
+        return None
+    t = _time_column(table)
+    if t is None:
+        return None
+    col = pc.cast(table.column(t), pa.timestamp("ns", "UTC")).drop_null()
+    return None if not len(col) else col[0].value
+
+
+def _bisect(fmt, f, path: str, start: int, size: int, since_ns: int) -> int:
+    """Where to start reading for ``since_ns``: the start of a record whose time is before
+    it, as late in the file as bisection finds (``start``: where records begin)."""
+    first = _first_time(fmt, f, path, start, size, aligned=True)
+    if first is None or first >= since_ns:
+        return start
+    lo, hi = start, size
+    while hi - lo > PROBE:
+        mid = (lo + hi) // 2
+        t = _first_time(fmt, f, path, mid, size, aligned=False)
+        if t is None or t >= since_ns:
+            hi = mid
+        else:
+            lo = mid
+    if lo == start:
+        return start
+    # lo is inside a record; the record after the first end past it is before since
+    f.seek(lo)
+    data = f.read(min(PROBE, size - lo))
+    ends = record_ends(data, quoted=fmt.quoted)
+    return lo + int(ends[0]) if len(ends) else size
