@@ -279,3 +279,38 @@ def test_history_from_files_equals_a_pandas_filter_of_them(tmp_path):
             assert sub.stats()["bytes"] == before   # history bytes are not the live stream's
         finally:
             pub.close()
+
+
+def test_a_producer_killed_mid_replay_is_a_counted_loss_and_the_others_finish(tmp_path, procs):
+    import os
+    import signal
+    import threading
+    with zp.Proxy("@tcp://127.0.0.1:*", "@tcp://127.0.0.1:*") as proxy, \
+            zp.Subscriber(">" + proxy.backend[0], topics="m") as sub:
+        for node in ("node1", "node2"):
+            write_log(tmp_path / f"{node}.log", 0, 20_000)
+            # replays at 100 kB/s: about 8 s for each file's 800 kB
+            procs.start("publish", str(tmp_path / f"{node}.log"), "--follow", "--history",
+                        "--history-rate", "100k", "-t", "m", "-e", ">" + proxy.frontend[0],
+                        "--name", node, "--quiet")
+        wait_for(lambda: sub.stats()["rows"] == 40_000, timeout=60, what="both live streams")
+        result: dict = {}
+        asking = threading.Thread(target=lambda: result.update(
+            df=sub.history(since=T0, timeout=120)))
+        with pytest.warns(zp.DataLossWarning, match=r"1 producer\(s\) did not answer: node2"):
+            asking.start()
+
+            def node2_replaying() -> bool:
+                return any(rep.rows.get(p, 0) and rep.names.get(p) == "node2"
+                           for rep in list(sub._rx.replies.values()) for p in list(rep.rows))
+
+            wait_for(node2_replaying, timeout=60, what="node2's replay under way")
+            victim = procs.procs[1]
+            os.kill(victim.pid, signal.SIGKILL)
+            asking.join(120)
+        assert not asking.is_alive()
+        h = sub.stats()["history"].set_index("name")
+        assert h.loc["node1", "status"] == "done" and h.loc["node1", "rows"] == 20_000
+        assert h.loc["node2", "status"] == "no answer" and 0 < h.loc["node2", "rows"] < 20_000
+        df = result["df"]
+        assert len(df) == 20_000 + h.loc["node2", "rows"]          # what came is kept, counted

@@ -431,8 +431,10 @@ class Subscriber:
             this subscriber's topics (with none known yet, whoever answers within
             ``timeout``, and half a second more).
         timeout : float, default 60
-            Seconds to wait; producers that did not answer by then are in
-            ``stats()["history"]`` as ``"no answer"``, with a ``DataLossWarning``.
+            Seconds to wait; producers that did not finish their answer by then, or
+            went away meanwhile (no heartbeat for ``dead_after`` seconds), are in
+            ``stats()["history"]`` as ``"no answer"`` with the rows that came, and a
+            ``DataLossWarning`` says so.
 
         Raises
         ------
@@ -463,7 +465,12 @@ class Subscriber:
                     if producers is not None:
                         done = len(answered) >= producers
                     elif expected:
-                        done = expected <= answered
+                        # a producer that died meanwhile (no heartbeat for dead_after)
+                        # will not answer: its loss is said, the others are waited for
+                        now = time.time()
+                        alive = {p for (p, t), st in self._rx.protocol.streams.items()
+                                 if not st.finished and now - st.last_seen <= self._dead_after}
+                        done = expected <= answered | (expected - alive)
                     else:   # nobody known: whoever answers, and half a second for more
                         if answered and settled_at is None:
                             settled_at = time.monotonic() + 0.5
@@ -496,7 +503,8 @@ class Subscriber:
         for p in sorted(silent):
             rows.append({"request": next(iter(replies.values())).request.id[:12], "topic": "",
                          "producer": p.hex()[:12], "name": names.get(p, ""), "status": "no answer",
-                         "reason": "no reply before the timeout (gone, or still busy)",
+                         "reason": "no end of its reply: it went away, or was still busy at the "
+                                   "timeout; rows that came are kept",
                          "rows": sum(rep.rows.get(p, 0) for rep in replies.values()), "missed": 0,
                          "bytes": sum(rep.bytes.get(p, 0) for rep in replies.values())})
         with self._cond:

@@ -174,11 +174,13 @@ class FileHistory:
             counts["files"] += 1
             source = f"history/{os.path.abspath(path)}"
             pos, began = start, time.monotonic()
+            # with a rate, blocks of a tenth of a second's worth: the pace is even
+            block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
             while pos < size:
                 if cancelled.is_set():
                     return False
                 f.seek(pos)
-                data = f.read(min(BLOCK, size - pos))
+                data = f.read(min(block, size - pos))
                 if not data:
                     break
                 ends = record_ends(data, quoted=fmt.quoted)
