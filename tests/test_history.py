@@ -314,3 +314,63 @@ def test_a_producer_killed_mid_replay_is_a_counted_loss_and_the_others_finish(tm
         assert h.loc["node2", "status"] == "no answer" and 0 < h.loc["node2", "rows"] < 20_000
         df = result["df"]
         assert len(df) == 20_000 + h.loc["node2", "rows"]          # what came is kept, counted
+
+
+def test_a_late_subscriber_gets_the_past_then_the_live_stream_each_row_once(tmp_path, procs):
+    """8 producer processes follow logs holding an hour (a rename and a copytruncate
+    rotation in the middle), through a Proxy; a subscriber that starts after all of it,
+    with since=, gets exactly what a pandas filter of the files gives, then new lines."""
+    import shutil
+    nodes = [f"node{i}" for i in range(1, 9)]
+    with zp.Proxy("@tcp://127.0.0.1:*", "@tcp://127.0.0.1:*") as proxy, \
+            zp.Subscriber(">" + proxy.backend[0], topics="m") as watcher:   # another notebook
+        for i, node in enumerate(nodes):
+            (tmp_path / node).mkdir()
+            write_log(tmp_path / node / "app.log", i * 100_000, 0)           # header only
+            procs.start("publish", str(tmp_path / node / "app.log*"), "--follow", "--history",
+                        "-t", "m", "-e", ">" + proxy.frontend[0], "--name", node, "--quiet")
+        wait_for(lambda: len(watcher.stats()["producers"]) == 8, timeout=60, what="8 producers")
+
+        def first(i):   # the node's own seconds: rows stay unique across nodes
+            return i * 100_000
+
+        for i, node in enumerate(nodes):
+            write_log(tmp_path / node / "app.log", first(i), 1800, mode="a")
+        wait_for(lambda: watcher.stats()["rows"] == 8 * 1800, timeout=60, what="the first half hour")
+        for i, node in enumerate(nodes):
+            log = tmp_path / node / "app.log"
+            if i % 2:                                    # rename
+                log.rename(tmp_path / node / "app.log.1")
+                write_log(log, first(i) + 1800, 0)
+            else:                                        # copytruncate
+                shutil.copy(log, tmp_path / node / "app.log.1")
+                with open(log, "r+") as f:
+                    f.truncate(0)
+                    f.write("timestamp,host,status,latency_ms\n")
+            write_log(log, first(i) + 1800, 1800, mode="a")
+        wait_for(lambda: watcher.stats()["rows"] == 8 * 3600, timeout=60, what="the second half hour")
+
+        since = T0 + pd.Timedelta("30min")
+        with zp.Subscriber(">" + proxy.backend[0], topics="m", since=since) as late:
+            # new lines while the past is asked for: in the replay or live or both - once
+            for i, node in enumerate(nodes):
+                write_log(tmp_path / node / "app.log", first(i) + 3600, 50, mode="a")
+            wait_for(lambda: late.stats()["history"].shape[0] == 8, timeout=120, what="the past")
+            h = late.stats()["history"]
+            assert set(h["status"]) == {"done"}, h
+            # then new lines, live
+            for i, node in enumerate(nodes):
+                write_log(tmp_path / node / "app.log", first(i) + 3650, 50, mode="a")
+            wait_for(lambda: watcher.stats()["rows"] == 8 * 3700, timeout=60, what="the new lines")
+            wait_for(lambda: late.stats()["rows"] == 8 * 100, timeout=60, what="the new lines, late")
+            got = late.frame()
+            cols = ["timestamp", "host", "status", "latency_ms"]
+            everything = expected(sorted(tmp_path.glob("node*/app.log*")))
+            want = everything[everything["timestamp"] >= since][cols].sort_values("timestamp")
+            assert got.duplicated(["timestamp", "host"]).sum() == 0          # each row once
+            pd.testing.assert_frame_equal(got[cols].sort_values("timestamp").reset_index(drop=True),
+                                          want.reset_index(drop=True), check_dtype=False)
+            # the past came first, then the lines written after the replays
+            new = {(f"web{k % 3}", T0 + pd.Timedelta(seconds=k)) for i in range(8)
+                   for k in range(first(i) + 3650, first(i) + 3700)}
+            assert set(zip(got["host"].tail(400), got["timestamp"].tail(400))) == new

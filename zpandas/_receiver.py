@@ -22,6 +22,7 @@ import threading
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import zmq
 
 from . import history, wire
@@ -75,6 +76,11 @@ class Receiver:
         self.commands: collections.deque[tuple[str, bytes]] = collections.deque()
         self.replies: dict[bytes, Replies] = {}
         self.others_replies = 0   # messages of other subscribers' requests (dropped)
+        #: Subscriber(since=...): the past first - live rows wait here until the replies
+        #: are in (set before the thread starts, cleared by it).
+        self.gate: Gate | None = None
+        self.history_log: list[dict] = []   # how history requests went (the last 1,000)
+        self._replayed: dict[str, tuple[int, int]] = {}   # source -> [start, end) the past gave
         self.error: BaseException | None = None  # what ended the loop
         self.stop = threading.Event()
         self.monitor: Monitor | None = None
@@ -101,7 +107,7 @@ class Receiver:
             sock.linger = 1000
             sock.rcvhwm = max(16, self.buffer_bytes // _TYPICAL_FRAME)
             sock.maxmsgsize = self._max_bytes
-            for t in self.topics:
+            for t in [*self.topics, *self.replies]:   # and the past, if asked at the start
                 sock.subscribe(t)
             self.monitor = Monitor(sock, threading.current_thread().name)
             self.auth = secure(sock, self._ctx, self._curve, self._endpoints)
@@ -142,6 +148,8 @@ class Receiver:
             # sends them its subscriptions, while its thread is in one), without a tick:
             # the next batch's due time bounds the wait, close() rings the bell.
             wait = batcher.timeout(time.monotonic())
+            if self.gate is not None:   # the gate opens on time, not on a message
+                wait = 0.05 if wait is None else min(wait, 0.05)
             events = dict(poller.poll(None if wait is None else int(wait * 1000)))
             if monitor.socket in events:
                 with self._cond:
@@ -158,6 +166,10 @@ class Receiver:
                     if table is not None and table.num_rows:   # no rows: columns only
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
+            if self.gate is not None and self._gate_opens():
+                for table in self._open_gate(sock):
+                    for batch in batcher.add(table, time.monotonic()):
+                        self._enqueue(batch)
             for batch in batcher.due(time.monotonic()):
                 self._enqueue(batch)
 
@@ -229,10 +241,73 @@ class Receiver:
             self._reply(msg)
             return None
         with self._cond:
-            rows, ended = self._act(self.protocol.receive(msg, now))
+            rows, ended = self._act(self.protocol.receive(msg, now), msg.header.source)
             aggregations = list(self.aggregations)
         self._feed(aggregations, msg.header.producer, rows, ended)
         return rows
+
+    # -- the past, then live (Subscriber(since=...)) ---------------------------------------
+
+    def _gate_opens(self) -> bool:
+        """Every producer alive has answered the past (or gone), after a settling time in
+        which live producers are heard from; or the gate's timeout."""
+        gate, now = self.gate, time.monotonic()
+        if now >= gate.deadline:
+            return True
+        if now < gate.settle:
+            return False
+        wall = time.time()
+        with self._cond:
+            alive = {p for (p, _), st in self.protocol.streams.items()
+                     if not st.finished and wall - st.last_seen <= gate.dead_after}
+            answered = {p for rep in gate.replies.values() for p in rep.ends}
+        return alive <= answered
+
+    def _open_gate(self, sock) -> list[pa.Table]:
+        """The past's rows, then the live rows that waited (less those the past gave):
+        kept, fed to aggregations and returned for the micro-batches, in that order."""
+        gate = self.gate
+        out: list[tuple[bytes, pa.Table]] = []
+        with self._cond:
+            self.gate = None
+            wall = time.time()
+            expected = {p: st.name for (p, _), st in self.protocol.streams.items()
+                        if not st.finished and wall - st.last_seen <= gate.dead_after}
+            for topic, rep in gate.replies.items():
+                self.replies.pop(topic, None)
+                sock.unsubscribe(topic)
+                for producer, table, source, start, end in rep.parts:
+                    if source:
+                        lo, hi = self._replayed.get(source, (start, end))
+                        self._replayed[source] = (min(lo, start), max(hi, end))
+                    out.append((producer, table))
+                self.history_log.extend(rep.log(expected))
+            del self.history_log[:-1000]
+            for producer, source, table in gate.live:
+                table = self._not_replayed(table, source)
+                if table.num_rows:
+                    out.append((producer, table))
+            for producer, table in out:
+                self.protocol.counts["evicted_rows"] += self.retained.add(producer, table)
+            aggregations = list(self.aggregations)
+            self._cond.notify_all()
+        for producer, table in out:
+            self._feed(aggregations, producer, table, False)
+        return [t for _, t in out]
+
+    def _not_replayed(self, table: pa.Table, source: str) -> pa.Table:
+        """Live rows less those a history reply already gave (same source, offset in its
+        range). Caller holds the condition."""
+        span = self._replayed.get(source) if source else None
+        if span is None or "_offset" not in table.column_names:
+            return table
+        off = table.column("_offset")
+        keep = pc.or_(pc.less(off, span[0]), pc.greater_equal(off, span[1]))
+        dropped = table.num_rows - pc.sum(keep).as_py() if table.num_rows else 0
+        if dropped:
+            self.protocol.counts["duplicate_rows"] += dropped
+            table = table.filter(keep)
+        return table
 
     def _receive_text(self, frame, now: float) -> pa.Table | None:
         """A plain ``"topic payload"`` string from an existing ZeroMQ program."""
@@ -263,14 +338,17 @@ class Receiver:
             if ended:
                 agg._feed_end(producer)
 
-    def _act(self, events: list) -> tuple[pa.Table | None, bool]:
+    def _act(self, events: list, source: str = "") -> tuple[pa.Table | None, bool]:
         """Do what the protocol's events call for (caller holds ``_cond``): the new rows,
         and whether the stream ended."""
         rows, ended = None, False
         for e in events:
             if isinstance(e, Rows):
-                rows = e.table
-                self.protocol.counts["evicted_rows"] += self.retained.add(e.key[0], e.table)
+                if self.gate is not None:   # the past comes first: these wait
+                    self.gate.live.append((e.key[0], source, e.table))
+                    continue
+                rows = self._not_replayed(e.table, source)
+                self.protocol.counts["evicted_rows"] += self.retained.add(e.key[0], rows)
                 self._check_memory()
             elif isinstance(e, Gap):
                 self.gaps.append({"time": e.time, "producer": e.key[0].hex()[:12],
@@ -331,6 +409,7 @@ class Replies:
     def __init__(self, request) -> None:
         self.request = request
         self.tables: list[pa.Table] = []
+        self.parts: list[tuple] = []               # (producer, table, source, start, end)
         self.ends: dict[bytes, dict] = {}          # producer id -> its HISTORY_END
         self.names: dict[bytes, str] = {}
         self.rows: dict[bytes, int] = {}
@@ -352,3 +431,29 @@ class Replies:
             self.rows[h.producer] = self.rows.get(h.producer, 0) + msg.table.num_rows
             if msg.table.num_rows:
                 self.tables.append(msg.table)
+                self.parts.append((h.producer, msg.table, h.source, h.start, h.end))
+
+    def log(self, expected: dict[bytes, str]) -> list[dict]:
+        """How it went, a row per producer that answered or was expected to."""
+        rows = []
+        for p in [*self.ends, *(p for p in expected if p not in self.ends)]:
+            end = self.ends.get(p)
+            rows.append({"request": self.request.id[:12], "topic": self.request.topic,
+                         "producer": p.hex()[:12], "name": self.names.get(p) or expected.get(p, ""),
+                         "status": end["status"] if end else "no answer",
+                         "reason": end["reason"] if end else (
+                             "no end of its reply: it went away, or was still busy at the "
+                             "timeout; rows that came are kept"),
+                         "rows": self.rows.get(p, 0), "missed": self.missed.get(p, 0),
+                         "bytes": self.bytes.get(p, 0)})
+        return rows
+
+
+class Gate:
+    """Live rows held back while the past is asked for (Subscriber(since=...))."""
+
+    def __init__(self, replies: dict, *, timeout: float, settle: float, dead_after: float) -> None:
+        self.replies = replies
+        self.live: list[tuple[bytes, str, pa.Table]] = []
+        now = time.monotonic()
+        self.deadline, self.settle, self.dead_after = now + timeout, now + settle, dead_after

@@ -31,7 +31,7 @@ import zmq
 
 from ._batcher import MicroBatcher
 from ._owner import OwnerThread
-from ._receiver import Receiver, Replies
+from ._receiver import Gate, Receiver, Replies
 from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, get_format
@@ -94,6 +94,15 @@ class Subscriber:
         CURVE security: authenticated, encrypted connections (see :class:`Curve`).
     multicast : dict, optional
         Options for ``epgm://``/``pgm://`` endpoints, over ``MULTICAST_DEFAULTS``.
+    since : str, datetime or Timestamp, optional
+        Start with the past: the rows producers published since then (``"30min"``,
+        ``"2026-12-06T10:40"``), then the live stream, each row once. Producers that
+        publish files with history on (``zpandas publish --history``) answer; live rows
+        wait until every producer heard from has answered (or ``history_timeout``), so
+        :meth:`frame`, :meth:`get` and aggregations see the past first. How it went:
+        ``stats()["history"]``.
+    history_timeout : float, default 60
+        The longest live rows wait for the past.
     categories : list of str, optional
         String columns to receive as pandas ``category`` (as producers dictionary-encode
         repeated strings for the wire, this costs nothing); the others arrive as ``str``.
@@ -116,7 +125,8 @@ class Subscriber:
                  dead_after: float = 5.0, max_message_bytes: int = 256 << 20,
                  text_format=None, curve: Curve | None = None,
                  multicast: dict | None = None, memory_budget: int | None = None,
-                 categories: list[str] | tuple[str, ...] = ()) -> None:
+                 categories: list[str] | tuple[str, ...] = (), since=None,
+                 history_timeout: float = 60.0) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if buffer_bytes < 1:
@@ -133,7 +143,6 @@ class Subscriber:
         self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
         self._dead_after = dead_after
         self._warned_missed = 0    # missed rows already warned about
-        self._history_log: list[dict] = []   # how history requests went, the last 1,000
         self._closed = False
         self._terminated = False
         # One condition for what the caller and the worker share (see _receiver).
@@ -148,6 +157,16 @@ class Subscriber:
             text_format=None if text_format is None else get_format(text_format),
             curve=curve, multicast=multicast,
             categories=frozenset([categories] if isinstance(categories, str) else categories))
+        if since is not None:
+            from .history import Request
+            replies = {}
+            for t in self.topics:
+                r = Request.new(topic=t.decode("utf-8", "replace"), since=since)
+                replies[r.reply_topic] = Replies(r)
+            self._rx.replies.update(replies)
+            # Heartbeats come every second: in 1.5 s every live producer has been heard.
+            self._rx.gate = Gate(replies, timeout=history_timeout, settle=1.5,
+                                 dead_after=dead_after)
         self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._rx.setup,
                                    self._rx.loop, self._rx.teardown, self._rx.failed)
         try:
@@ -234,7 +253,7 @@ class Subscriber:
                 while self._rx.queue:
                     self._rx.pop()  # these rows are retained too; taking them makes room
                 if (self._rx.error is not None or self._closed
-                        or len(self._finished()) >= producers):
+                        or (len(self._finished()) >= producers and self._rx.gate is None)):
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -385,7 +404,7 @@ class Subscriber:
             out["peers"] = self._rx.monitor.peers if self._rx.monitor else 0
             out["auth_failures"] = self._rx.monitor.auth_failures if self._rx.monitor else 0
             rows = self._rx.protocol.report(now, self._dead_after)
-            out["history"] = pd.DataFrame(self._history_log, columns=_HISTORY_COLUMNS)
+            out["history"] = pd.DataFrame(self._rx.history_log, columns=_HISTORY_COLUMNS)
             out["others_history_messages"] = self._rx.others_replies
         producers = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         producers["last_seen"] = pd.to_datetime(producers["last_seen"], unit="s", utc=True).dt.as_unit("ns")
@@ -491,25 +510,12 @@ class Subscriber:
     def _history_result(self, replies: dict, expected: set, names: dict) -> pd.DataFrame:
         """Record how a history request went (stats()["history"]); its rows as one frame."""
         answered = {p for rep in replies.values() for p in rep.ends}
-        rows = []
-        for rep in replies.values():
-            for p, end in rep.ends.items():
-                rows.append({"request": rep.request.id[:12], "topic": rep.request.topic,
-                             "producer": p.hex()[:12], "name": rep.names.get(p, ""),
-                             "status": end["status"], "reason": end["reason"],
-                             "rows": rep.rows.get(p, 0), "missed": rep.missed.get(p, 0),
-                             "bytes": rep.bytes.get(p, 0)})
         silent = expected - answered
-        for p in sorted(silent):
-            rows.append({"request": next(iter(replies.values())).request.id[:12], "topic": "",
-                         "producer": p.hex()[:12], "name": names.get(p, ""), "status": "no answer",
-                         "reason": "no end of its reply: it went away, or was still busy at the "
-                                   "timeout; rows that came are kept",
-                         "rows": sum(rep.rows.get(p, 0) for rep in replies.values()), "missed": 0,
-                         "bytes": sum(rep.bytes.get(p, 0) for rep in replies.values())})
+        rows = [row for i, rep in enumerate(replies.values())
+                for row in rep.log({p: names.get(p, "") for p in silent} if i == 0 else {})]
         with self._cond:
-            self._history_log.extend(rows)
-            del self._history_log[:-1000]
+            self._rx.history_log.extend(rows)
+            del self._rx.history_log[:-1000]
         if silent:
             warnings.warn(f"history: {len(silent)} producer(s) did not answer: "
                           f"{', '.join(sorted(names.get(p, p.hex()[:12]) for p in silent))} "

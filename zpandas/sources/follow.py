@@ -165,6 +165,13 @@ class Follower:
         #: their rows leave: their keys must survive a crash.
         self.discovered: list[tuple] = []
 
+    def identities(self) -> dict[tuple[int, int], str]:
+        """Every file incarnation known, by (device, inode): its key (what rows from it
+        are sourced by; a history replay of the same file names them alike)."""
+        out = {(dev, ino): key for (dev, ino), (_, _, key, _) in self._finished.items()}
+        out.update({(c.dev, c.ino): c.key for c in self._cursors if c.ino >= 0})
+        return out
+
     def sizes(self) -> dict[str, int]:
         """The size of every file being read, by key (one fstat each): for a checkpoint."""
         out = {}

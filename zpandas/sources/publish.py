@@ -205,17 +205,19 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                          "following, checkpoints, line formats and UTF-16/32 files infer types "
                          "from the first records")
     producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
+    replay = None
     if history:
         from .replay import FileHistory
         patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-        producer._serve_history(FileHistory(
+        replay = FileHistory(
             patterns, dict(fmt=format, delimiter=delimiter, max_line_bytes=max_line_bytes,
                            time_format=time_format, flatten=flatten),
             post=producer._sender.post_reply, producer=producer.id, name=producer.name,
-            rate=history_rate, max_requests=history_max, encoding=encoding))
+            rate=history_rate, max_requests=history_max, encoding=encoding)
+        producer._serve_history(replay)
     try:
         if lines:
-            return _publish_lines(paths, producer, format=format, delimiter=delimiter,
+            return _publish_lines(paths, producer, replay=replay, format=format, delimiter=delimiter,
                                   follow=follow, checkpoint=checkpoint, multiline=multiline,
                                   multiline_timeout=multiline_timeout,
                                   max_line_bytes=max_line_bytes, time_format=time_format,
@@ -263,7 +265,7 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
             "widened": reader.widened}
 
 
-def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow: bool,
+def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter: str, follow: bool,
                    checkpoint, multiline, multiline_timeout: float, max_line_bytes: int,
                    time_format: str | None, poll_interval: float, parse_threads: int | None,
                    stop, duration, own: bool, encoding: str, errors: str,
@@ -280,6 +282,8 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
                         max_line_bytes=max_line_bytes, encoding=encoding, errors=errors)
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
+    if replay is not None:   # replayed rows are sourced as the live ones: subscribers dedup both
+        replay.identified(source_id, follower.identities())
     if poll_interval is None:
         poll_interval = 0.25 if watcher is None else 1.0
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
@@ -322,6 +326,8 @@ def _publish_lines(paths, producer: Producer, *, format, delimiter: str, follow:
             chunks = follower.poll(final=not follow)
             if ckpt and follower.discovered:
                 ckpt.save(follower.discovered)
+            if replay is not None and follower.discovered:
+                replay.identified(source_id, follower.identities())
             follower.discovered.clear()
             for ch in chunks:
                 seen.add(ch.key)

@@ -79,6 +79,23 @@ class FileHistory:
         self._running: dict[bytes, threading.Event] = {}   # reply topic -> cancelled
         self._threads: list[threading.Thread] = []
         self.served = 0
+        self._source_id: str | None = None
+        self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
+
+    def identified(self, source_id: str, keys: dict[tuple[int, int], str]) -> None:
+        """The live stream's names for the files (publish_files' loop, as it finds them):
+        replayed rows get the same ``source``, so a subscriber tells them apart from none."""
+        with self._lock:
+            self._source_id = source_id
+            self._keys.update(keys)
+
+    def _source(self, f) -> str:
+        st = os.fstat(f.fileno())
+        with self._lock:
+            key = self._keys.get((st.st_dev, st.st_ino))
+            if key is not None and self._source_id is not None:
+                return f"{self._source_id}/{key}"
+        return f"history/{st.st_dev}:{st.st_ino}"   # a file the live stream never read
 
     # -- from the socket owner's thread -------------------------------------------------
 
@@ -172,7 +189,7 @@ class FileHistory:
             if start >= size:
                 return True
             counts["files"] += 1
-            source = f"history/{os.path.abspath(path)}"
+            source = self._source(f)
             pos, began = start, time.monotonic()
             # with a rate, blocks of a tenth of a second's worth: the pace is even
             block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
