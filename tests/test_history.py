@@ -227,9 +227,11 @@ class Publishing:
         import threading
         self.stop = threading.Event()
         self.result: dict = {}
+        if not isinstance(endpoint, zp.Producer):
+            options = dict(topic="m", name="node1", **options)
         self.thread = threading.Thread(target=lambda: self.result.update(zp.publish_files(
-            pattern, endpoint, follow=True, history=True, stop=self.stop, topic="m",
-            name="node1", poll_interval=0.05, **options)))
+            pattern, endpoint, follow=True, history=True, stop=self.stop, poll_interval=0.05,
+            **options)))
         self.thread.start()
 
     def close(self) -> None:
@@ -374,3 +376,42 @@ def test_a_late_subscriber_gets_the_past_then_the_live_stream_each_row_once(tmp_
             new = {(f"web{k % 3}", T0 + pd.Timedelta(seconds=k)) for i in range(8)
                    for k in range(first(i) + 3650, first(i) + 3700)}
             assert set(zip(got["host"].tail(400), got["timestamp"].tail(400))) == new
+
+
+def test_replays_are_bounded_in_number_and_a_requester_that_stops_asking_cancels(tmp_path):
+    import threading
+    log = tmp_path / "app.log"
+    write_log(log, 0, 20_000)                                    # 800 kB
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as a, \
+            zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as b:
+        producer = zp.Producer([*a.endpoints, *b.endpoints], topic="m", name="node1",
+                               wait_for_subscribers=2)
+        pub = Publishing(str(log), producer, history_rate=100_000, history_max=1)
+        try:
+            wait_for(lambda: a.stats()["rows"] == 20_000 and b.stats()["rows"] == 20_000,
+                     timeout=60, what="the live stream")
+            result: dict = {}
+            first = threading.Thread(target=lambda: result.update(a=a.history(since=T0, timeout=1)))
+            with pytest.warns(zp.DataLossWarning, match="did not answer: node1"):
+                first.start()
+                # a second request while the first replays: one at a time, so refused
+                wait_for(lambda: producer.stats()["history_messages"] > 0, what="a's replay")
+                b.history(since=T0, timeout=30)
+                first.join(30)
+            h = b.stats()["history"]
+            assert h["status"].tolist() == ["refused"] and "busy: 1 replays running" in h["reason"].iloc[0]
+            # a gave up after 1 s (an 8 s replay): its unsubscribing cancels the replay
+            counts: list[int] = []
+
+            def stopped() -> bool:
+                counts.append(producer.stats()["history_messages"])
+                return len(counts) > 10 and counts[-1] == counts[-10]
+
+            wait_for(stopped, timeout=30, interval=0.1, what="the replay to stop")
+            assert 0 < len(result["a"]) < 20_000
+            assert a.stats()["history"]["status"].tolist() == ["no answer"]
+            # and the producer takes a new request at once
+            assert len(b.history(since=T0 + pd.Timedelta(seconds=19_990), timeout=30)) == 10
+        finally:
+            pub.close()
+            producer.close()
