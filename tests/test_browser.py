@@ -154,7 +154,8 @@ def browser():
             b.close()
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "multi_node.ipynb", "dask_cluster.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "multi_node.ipynb", "dask_cluster.ipynb",
+                                  "history.ipynb"])
 def test_every_notebook_runs_all_in_a_real_browser(lab, browser, name):
     if name == "dask_cluster.ipynb":
         pytest.importorskip("distributed", reason="Dask not installed: pip install '.[dask]'")
@@ -170,6 +171,9 @@ def test_every_notebook_runs_all_in_a_real_browser(lab, browser, name):
     if name == "quickstart.ipynb":
         assert page.locator(".jp-OutputArea-output img").count() >= 1   # the LivePlot picture
         assert "40,000 rows from 4 hosts" in text
+    if name == "history.ipynb":
+        assert re.search(r"[\d,]+ error rows in [\d,]+ kB \(all rows of the half hour: [\d,]+ kB\)", text)
+        assert page.locator(".jp-OutputArea-output img").count() >= 1   # the LivePlot picture
     if name == "dask_cluster.ipynb":
         # the loss, in numbers that add up, as the page shows them
         m = re.search(r"\(([\d,]+) \+ ([\d,]+) = ([\d,]+)\)", text)

@@ -73,6 +73,32 @@ assert set(after["name"]) == {f"node{n}" for n in range(1, 9)}
 assert sent == kept + lost and lost > 0          # the printed account adds up
 assert codes == [-signal.SIGTERM] * 8 and not os.path.exists(logs)
 """,
+    # every node answered with its half hour; the burst of 25 minutes ago is on the plot's
+    # data (from the past), live rows go on after it, and the stop button ends the nodes
+    "history.ipynb": """
+import asyncio
+h = sub.stats()["history"]
+assert h.head(8)["status"].tolist() == ["done"] * 8 and (h.head(8)["rows"] > 3000).all()
+res = errors.result()
+spike = res[(res["window_start"] >= now - pd.Timedelta("27min"))
+            & (res["window_start"] < now - pd.Timedelta("23min"))]
+assert set(spike.groupby("host")["status_count"].sum().nlargest(3).index) == {"web2", "web5", "web7"}
+assert res["window_start"].min() <= now - pd.Timedelta("29min")
+# the one-off question: only the rows and columns asked for
+assert set(burst.columns) == {"timestamp", "host", "path", "status", "_file", "_offset"}
+assert (burst["status"] >= 500).all() and 500 < len(burst) < 2000
+rows0 = sub.stats()["rows"]
+for _ in range(200):
+    await asyncio.sleep(0.05)
+    if sub.stats()["rows"] > rows0 + 16:
+        break
+assert sub.stats()["rows"] > rows0 + 16 and plot.last_error is None and plot.png.startswith(b"\\x89PNG")
+stop_nodes()
+assert [p.poll() for p in publishers] == [-signal.SIGTERM] * 8 and not os.path.exists(logs)
+plot.stop()
+sub.close()
+proxy.close()
+""",
     # through the CURVE proxy: every row, the intruder refused and counted, its row absent,
     # and the keys made for the example removed
     "multi_node.ipynb": """
@@ -85,7 +111,8 @@ assert not os.path.exists(work)
 
 def test_there_are_notebooks():
     names = {os.path.basename(p) for p in NOTEBOOKS}
-    assert {"quickstart.ipynb", "live_dashboard.ipynb", "multi_node.ipynb"} <= names
+    assert {"quickstart.ipynb", "live_dashboard.ipynb", "multi_node.ipynb", "dask_cluster.ipynb",
+            "history.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

@@ -249,19 +249,22 @@ class Receiver:
     # -- the past, then live (Subscriber(since=...)) ---------------------------------------
 
     def _gate_opens(self) -> bool:
-        """Every producer alive has answered the past (or gone), after a settling time in
-        which live producers are heard from; or the gate's timeout."""
+        """Every producer alive - at least one - has answered the past (or gone), and no
+        new one was heard from for a settling time (heartbeats come every second); or the
+        gate's timeout."""
         gate, now = self.gate, time.monotonic()
         if now >= gate.deadline:
             return True
-        if now < gate.settle:
-            return False
         wall = time.time()
         with self._cond:
             alive = {p for (p, _), st in self.protocol.streams.items()
                      if not st.finished and wall - st.last_seen <= gate.dead_after}
             answered = {p for rep in gate.replies.values() for p in rep.ends}
-        return alive <= answered
+        if alive - gate.heard:   # a producer heard from for the first time: settle again
+            gate.heard |= alive
+            gate.settle = now + gate.settling
+        # nobody heard from yet: producers still starting (or none): wait for one
+        return now >= gate.settle and bool(alive) and alive <= answered
 
     def _open_gate(self, sock) -> list[pa.Table]:
         """The past's rows, then the live rows that waited (less those the past gave):
@@ -457,3 +460,5 @@ class Gate:
         self.live: list[tuple[bytes, str, pa.Table]] = []
         now = time.monotonic()
         self.deadline, self.settle, self.dead_after = now + timeout, now + settle, dead_after
+        self.settling = settle
+        self.heard: set[bytes] = set()

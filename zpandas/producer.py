@@ -153,7 +153,7 @@ class Producer:
                  buffer_bytes: int = 256 << 20, curve: Curve | None = None,
                  multicast: dict | None = None, shards: int | None = None,
                  shard_by: str | None = None, compression: str | None = "auto",
-                 dictionary: bool | None = None) -> None:
+                 dictionary: bool | None = None, _history=None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if frame_bytes < 1:
@@ -208,6 +208,8 @@ class Producer:
                               coalescer=self._coalescer, stream=self._stream,
                               endpoints=self._endpoints, curve=curve, multicast=multicast,
                               linger=linger, heartbeat=heartbeat, policy=policy, hwm=hwm)
+        if _history is not None:   # (publish_files(history=True)) before a request can come
+            self._serve_history(_history)
         self._thread = OwnerThread(f"zpandas-producer-{next(_ids)}", self._sender.setup,
                                    self._sender.serve, self._sender.teardown, self._sender.failed)
         try:
@@ -286,6 +288,7 @@ class Producer:
 
     def _serve_history(self, provider) -> None:
         """Answer history requests with ``provider`` (publish_files' FileHistory)."""
+        provider.bind(self._sender.post_reply, self.id, self.name)
         self._sender.history_provider = provider
 
     def send_rejects(self, rejects, *, topic: str | None = None, source: str = "",

@@ -98,7 +98,9 @@ class Subscriber:
         Start with the past: the rows producers published since then (``"30min"``,
         ``"2026-12-06T10:40"``), then the live stream, each row once. Producers that
         publish files with history on (``zpandas publish --history``) answer; live rows
-        wait until every producer heard from has answered (or ``history_timeout``), so
+        wait until every producer heard from (at least one, and no new one for 2 s) has
+        answered, or ``history_timeout``; a producer that first connects after that is
+        not asked. So
         :meth:`frame`, :meth:`get` and aggregations see the past first. How it went:
         ``stats()["history"]``.
     history_timeout : float, default 60
@@ -164,8 +166,8 @@ class Subscriber:
                 r = Request.new(topic=t.decode("utf-8", "replace"), since=since)
                 replies[r.reply_topic] = Replies(r)
             self._rx.replies.update(replies)
-            # Heartbeats come every second: in 1.5 s every live producer has been heard.
-            self._rx.gate = Gate(replies, timeout=history_timeout, settle=1.5,
+            # Heartbeats come every second: 2 s without a new producer, all were heard.
+            self._rx.gate = Gate(replies, timeout=history_timeout, settle=2.0,
                                  dead_after=dead_after)
         self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._rx.setup,
                                    self._rx.loop, self._rx.teardown, self._rx.failed)
@@ -328,8 +330,8 @@ class Subscriber:
         """Wait until rows from ``producers`` live producers have arrived.
 
         For a live stream, what :meth:`Producer.wait_for_subscribers` is on the other
-        side: "go on once every node is sending". (For producers that end, use
-        :meth:`collect`.)
+        side: "go on once every node is sending". With ``since=``, also until the past is
+        in. (For producers that end, use :meth:`collect`.)
 
         Returns
         -------
@@ -345,7 +347,8 @@ class Subscriber:
         while True:
             table = self.stats()["producers"]
             sending = table[table["alive"] & (table["rows"] > 0)]
-            if sending["producer"].nunique() >= producers:
+            # (with since=, live rows reach the notebook once the past is in)
+            if sending["producer"].nunique() >= producers and self._rx.gate is None:
                 return table
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:

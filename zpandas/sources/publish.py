@@ -204,7 +204,6 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         raise ValueError("schema= applies to whole CSV files in encodings with newline bytes; "
                          "following, checkpoints, line formats and UTF-16/32 files infer types "
                          "from the first records")
-    producer = Producer(endpoint, topic=topic, **producer_options) if own else endpoint
     replay = None
     if history:
         from .replay import FileHistory
@@ -212,9 +211,13 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         replay = FileHistory(
             patterns, dict(fmt=format, delimiter=delimiter, max_line_bytes=max_line_bytes,
                            time_format=time_format, flatten=flatten),
-            post=producer._sender.post_reply, producer=producer.id, name=producer.name,
             rate=history_rate, max_requests=history_max, encoding=encoding)
-        producer._serve_history(replay)
+    if own:   # serving history from its first moment: a request may come at once
+        producer = Producer(endpoint, topic=topic, _history=replay, **producer_options)
+    else:
+        producer = endpoint
+        if replay is not None:
+            producer._serve_history(replay)
     try:
         if lines:
             return _publish_lines(paths, producer, replay=replay, format=format, delimiter=delimiter,

@@ -55,12 +55,6 @@ class FileHistory:
         The producer's paths and globs (match the rotated copies too: ``"app.log*"``).
     format_args : dict
         What ``get_format`` was given for the live stream (format, delimiter, ...).
-    post : callable
-        ``post(frames)``: hand a reply message to the socket owner; blocks while
-        ``READY_MAX`` wait (bounded memory), returns False once the request is cancelled
-        or the producer closes.
-    producer, name : bytes, str
-        The producer's id and name, for the replies' headers.
     rate : float, optional
         Bytes of file per second a replay reads at most.
     max_requests : int
@@ -69,11 +63,11 @@ class FileHistory:
         The files' encoding: only UTF-8 (and ASCII) files are replayed.
     """
 
-    def __init__(self, patterns: list[str], format_args: dict, *, post, producer: bytes,
-                 name: str, rate: float | None = None, max_requests: int = 4,
-                 encoding: str = "utf-8") -> None:
+    def __init__(self, patterns: list[str], format_args: dict, *, rate: float | None = None,
+                 max_requests: int = 4, encoding: str = "utf-8") -> None:
         self.patterns, self.format_args = patterns, format_args
-        self.post, self.producer, self.name = post, producer, name
+        self.post = None
+        self.producer, self.name = bytes(16), ""
         self.rate, self.max_requests, self.encoding = rate, max_requests, encoding
         self._lock = threading.Lock()
         self._running: dict[bytes, threading.Event] = {}   # reply topic -> cancelled
@@ -81,6 +75,12 @@ class FileHistory:
         self.served = 0
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
+
+    def bind(self, post, producer: bytes, name: str) -> None:
+        """The producer it answers for: ``post(topic, frames, cancelled)`` hands a reply
+        message to its socket owner, waiting while a few are ahead (bounded memory) and
+        returning False once the request is cancelled or the producer closes."""
+        self.post, self.producer, self.name = post, producer, name
 
     def identified(self, source_id: str, keys: dict[tuple[int, int], str]) -> None:
         """The live stream's names for the files (publish_files' loop, as it finds them):
