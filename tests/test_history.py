@@ -13,7 +13,7 @@ import zmq
 
 import zpandas as zp
 from zpandas import history, wire
-from zpandas.history import PREFIX, Request, RequestError, encode_request, parse_request, parse_time
+from zpandas.history import PREFIX, Request, RequestError, parse_request, parse_time
 
 from .conftest import wait_for
 

@@ -62,6 +62,7 @@ class Receiver:
         self._categories = categories
         # Read by the Subscriber under the condition.
         self.queue: collections.deque[pa.Table] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()   # each one's nbytes, once
         self.queued_bytes = 0
         self.consuming = False    # get() or iteration has been used
         self.retained = Retained(retain)
@@ -93,8 +94,9 @@ class Receiver:
     def pop(self) -> pa.Table:
         """The oldest micro-batch (caller holds the condition)."""
         table = self.queue.popleft()
-        self.queued_bytes -= table.nbytes
-        self._cond.notify_all()  # room for a worker waiting under policy="block"
+        self.queued_bytes -= self._sizes.popleft()
+        if self.policy == "block" and self.consuming:
+            self._cond.notify_all()  # room for a worker waiting under policy="block"
         return table
 
     def setup(self) -> tuple[zmq.Socket, Monitor, zmq.Socket]:
@@ -386,9 +388,10 @@ class Receiver:
             log.warning("%s: %s", threading.current_thread().name, self.memory_warning)
 
     def _enqueue(self, table: pa.Table) -> None:
+        size = table.nbytes   # once: it walks every buffer of every chunk
         with self._cond:
             def full() -> bool:
-                return bool(self.queue) and self.queued_bytes + table.nbytes > self.buffer_bytes
+                return bool(self.queue) and self.queued_bytes + size > self.buffer_bytes
             if self.policy == "block" and self.consuming:
                 # Stop reading until get() makes room: the socket's buffer fills, then
                 # the producers' (which wait, under their own policy="block").
@@ -396,12 +399,13 @@ class Receiver:
                     self._cond.wait()  # get() (room) and close() (stop) notify
             while full():
                 old = self.queue.popleft()
-                self.queued_bytes -= old.nbytes
+                self.queued_bytes -= self._sizes.popleft()
                 if self.policy == "drop":
                     self.protocol.counts["dropped_batches"] += 1
                     self.protocol.counts["dropped_rows"] += old.num_rows
             self.queue.append(table)
-            self.queued_bytes += table.nbytes
+            self._sizes.append(size)
+            self.queued_bytes += size
             self._cond.notify_all()
 
 

@@ -36,12 +36,15 @@ class ParsePipeline:
     fmt : LineFormat
     threads : int
         1 parses on the caller's thread, at :meth:`submit`.
+    initializer : callable, optional
+        Run first on each parsing thread (a replay lowers their priority).
     """
 
-    def __init__(self, fmt: LineFormat, threads: int) -> None:
+    def __init__(self, fmt: LineFormat, threads: int, *, initializer=None) -> None:
         self.fmt = fmt
         self.threads = max(1, threads)
-        self._pool = (ThreadPoolExecutor(self.threads, thread_name_prefix="zpandas-parse")
+        self._pool = (ThreadPoolExecutor(self.threads, thread_name_prefix="zpandas-parse",
+                                         initializer=initializer)
                       if self.threads > 1 else None)
         self._queue: deque[tuple[Chunk, Future]] = deque()
 

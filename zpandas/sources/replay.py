@@ -10,8 +10,9 @@ rows in ``[since, until)`` that match ``where``, keeps only ``columns`` (and ``_
 ``_offset``), and sends them under the request's topic, then a ``HISTORY_END`` saying how
 many. A file read while it grows is read up to its size when the request came.
 
-Replays run on their own thread, at most ``max_requests`` at a time (more are refused with
-the reason), at most ``rate`` bytes of file per second each, and hand the owner thread at
+Replays run on their own threads, at a lower CPU priority than the live stream's (nice 10),
+at most ``max_requests`` at a time (more are refused with the reason), at most ``rate``
+bytes of file per second each, in messages of about 256 KiB, and hand the owner thread at
 most a few messages ahead: the socket owner sends them only when no live message waits,
 and memory stays bounded. The requester unsubscribing cancels its replay.
 
@@ -27,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -35,15 +37,18 @@ import pyarrow.compute as pc
 from .. import history, wire
 from .._tables import with_source
 from .lines import get_format
+from .pipeline import ParsePipeline, default_threads
 from .publish import expand_paths
 from .records import Records, record_ends
 
 log = logging.getLogger("zpandas")
 
-BLOCK = 1 << 20          # bytes read at a time
+BLOCK = 4 << 20          # bytes read at a time (as the live stream's blocks)
 PROBE = 64 << 10         # bytes a bisection probe parses
 SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of order still count
-READY_MAX = 8            # reply messages waiting for the socket owner, per producer
+MESSAGE_BYTES = 256 << 10   # replayed rows go in messages of about this much, so that a
+                            # live message never waits behind a large one (the owner sends
+                            # them only when no live message waits)
 
 
 class FileHistory:
@@ -135,6 +140,7 @@ class FileHistory:
     # -- the replay's own thread ----------------------------------------------------------
 
     def _serve(self, req: history.Request, topic: bytes, cancelled: threading.Event) -> None:
+        _background()
         counts = {"rows": 0, "files": 0, "bytes": 0}
         seq = [0, 0]   # reply messages and rows numbered on this topic
 
@@ -193,47 +199,67 @@ class FileHistory:
             pos, began = start, time.monotonic()
             # with a rate, blocks of a tenth of a second's worth: the pace is even
             block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
-            while pos < size:
-                if cancelled.is_set():
-                    return False
-                f.seek(pos)
-                data = f.read(min(block, size - pos))
-                if not data:
-                    break
-                ends = record_ends(data, quoted=fmt.quoted)
-                if not len(ends):
-                    if pos + len(data) < size:   # a record longer than a block: skip past it
-                        pos += len(data)
+            # parsed as the live stream parses: on two threads while the next block is read
+            pipeline = ParsePipeline(fmt, default_threads(), initializer=_background)
+            path_abs = os.path.abspath(path)
+
+            def publish(wait: bool) -> bool | None:
+                """Send what is parsed; False: cancelled; None: past ``until``, stop."""
+                for ch, parsed, _ in pipeline.results(wait=wait):
+                    if parsed is None or not parsed.num_rows:
                         continue
-                    ends = np.array([len(data)], np.int64)   # the last record, no newline
-                cut = int(ends[-1])
-                records = _records(data[:cut], ends, pos)
-                parsed, _ = fmt.parse_body(fmt.begin(records, path), path)
-                done = False
-                if parsed is not None and parsed.num_rows:
-                    # every row of the block at or past until (and slack): the rest of
-                    # the file is later still
-                    done = req.until is not None and _earliest(parsed) >= req.until.value + SLACK_NS
                     table = self._select(parsed, req, where)
                     if table.num_rows:
-                        table = with_source(table, os.path.abspath(path))
-                        if not send(table, source=source, start=pos, end=pos + cut):
-                            return False
+                        table = with_source(table, path_abs)
+                        step = max(1, int(table.num_rows * MESSAGE_BYTES / max(1, table.nbytes)))
+                        for i in range(0, table.num_rows, step):
+                            if not send(table.slice(i, step), source=source, start=ch.start,
+                                        end=ch.end):
+                                return False
                         counts["rows"] += table.num_rows
-                counts["bytes"] += cut
-                pos += cut
-                if done:
-                    break
-                if self.rate:   # at most `rate` bytes a second: wait, waking on a cancel
-                    ahead = (pos - start) / self.rate - (time.monotonic() - began)
-                    if ahead > 0 and cancelled.wait(ahead):
+                    # every row of the block at or past until (and slack): the rest of
+                    # the file is later still
+                    if req.until is not None and _earliest(parsed) >= req.until.value + SLACK_NS:
+                        return None
+                return True
+
+            try:
+                while pos < size:
+                    if cancelled.is_set():
                         return False
+                    f.seek(pos)
+                    data = f.read(min(block, size - pos))
+                    if not data:
+                        break
+                    ends = record_ends(data, quoted=fmt.quoted)
+                    if not len(ends):
+                        if pos + len(data) < size:   # a record longer than a block: skip it
+                            pos += len(data)
+                            continue
+                        ends = np.array([len(data)], np.int64)   # the last record, no newline
+                    cut = int(ends[-1])
+                    pipeline.submit(SimpleNamespace(records=_records(data[:cut], ends, pos),
+                                                    path=path, start=pos, end=pos + cut))
+                    counts["bytes"] += cut
+                    pos += cut
+                    went = publish(wait=False)
+                    if went is False:
+                        return False
+                    if went is None:
+                        return True
+                    if self.rate:   # at most `rate` bytes a second: wait, waking on a cancel
+                        ahead = (pos - start) / self.rate - (time.monotonic() - began)
+                        if ahead > 0 and cancelled.wait(ahead):
+                            return False
+                return publish(wait=True) is not False
+            finally:
+                pipeline.close()
         return True
 
     @staticmethod
     def _select(table: pa.Table, req: history.Request, where) -> pa.Table:
         t = _time_column(table)
-        if t is not None:
+        if t is not None and (req.since is not None or req.until is not None):
             col = pc.cast(table.column(t), pa.timestamp("ns", "UTC"))
             keep = pc.is_valid(col)
             if req.since is not None:
@@ -241,7 +267,7 @@ class FileHistory:
             if req.until is not None:
                 keep = pc.and_(keep, pc.less(col, pa.scalar(req.until.value, pa.timestamp("ns", "UTC"))))
             table = table.filter(keep)
-        elif req.since is not None or req.until is not None:
+        elif t is None and (req.since is not None or req.until is not None):
             raise ValueError("these rows have no time column to find since/until in")
         if where is not None:
             table = where.filter(table)
@@ -253,6 +279,15 @@ class FileHistory:
             keep = [c for c in req.columns if c != "_offset"] + ["_offset"]
             table = table.select([c for c in keep if c in table.column_names])
         return table
+
+
+def _background() -> None:
+    """This thread runs after the live stream's for the CPU too: the kernel's nice 10 for
+    it alone (Linux schedules threads; elsewhere nothing changes)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _files(patterns: list[str]) -> list[str]:
