@@ -5,6 +5,7 @@ and nobody else's frames are touched."""
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pyarrow as pa
@@ -415,3 +416,51 @@ def test_replays_are_bounded_in_number_and_a_requester_that_stops_asking_cancels
         finally:
             pub.close()
             producer.close()
+
+
+def test_credit_bounds_what_a_replay_has_in_flight(tmp_path):
+    """A requester that takes nothing holds a replay at its window; credit lets it on."""
+    from zpandas.history import credit_topic, parse_credit
+    assert parse_credit(credit_topic(b"t", b"p" * 16, 7)) == (b"t", b"p" * 16, 7)
+    for bad in (b"t\x00credit/", b"t\x00credit/zz/1", b"t\x00credit/" + b"a" * 32 + b"/x", b"t"):
+        assert parse_credit(bad) is None
+    log = tmp_path / "app.log"
+    write_log(log, 0, 100_000)                   # about 20 messages of 256 KiB
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.SUB)
+    try:
+        port = raw.bind_to_random_port("tcp://127.0.0.1")
+        raw.subscribe(b"m")
+        pub = Publishing(str(log), f">tcp://127.0.0.1:{port}")
+        try:
+            while True:   # the live stream is up: the producer knows its topic
+                assert raw.poll(30_000)
+                if wire.decode(raw.recv_multipart()).header.kind is wire.Kind.DATA:
+                    break
+            raw.unsubscribe(b"m")
+            req = Request(id="a" * 32, topic="m", window=3)   # 3 messages ahead of credit
+            raw.subscribe(req.reply_topic)
+
+            def replies(seconds: float) -> list:
+                """What comes within ``seconds`` (a held replay sends nothing more)."""
+                out, end = [], time.monotonic() + seconds
+                while raw.poll(max(1, int((end - time.monotonic()) * 1000))):
+                    msg = wire.decode(raw.recv_multipart())
+                    if msg.topic == req.reply_topic:
+                        out.append(msg)
+                    if time.monotonic() >= end:
+                        break
+                return out
+
+            first = replies(2.0)
+            assert [m.header.seq for m in first] == [0, 1, 2]          # the window, no more
+            producer = first[0].header.producer
+            raw.subscribe(credit_topic(req.reply_topic, producer, 3))
+            more = replies(2.0)
+            assert [m.header.seq for m in more] == [3, 4, 5]
+            raw.unsubscribe(req.reply_topic)                         # stop asking: cancelled
+        finally:
+            pub.close()
+    finally:
+        raw.close(linger=0)
+        ctx.term()

@@ -168,6 +168,8 @@ class Receiver:
                     if table is not None and table.num_rows:   # no rows: columns only
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
+                if self.commands:   # credit for history replies, granted as they come
+                    self._run_commands(sock)
             if self.gate is not None and self._gate_opens():
                 for table in self._open_gate(sock):
                     for batch in batcher.add(table, time.monotonic()):
@@ -182,6 +184,9 @@ class Receiver:
                 bell.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+        self._run_commands(sock)
+
+    def _run_commands(self, sock: zmq.Socket) -> None:
         with self._cond:
             commands, self.commands = list(self.commands), collections.deque()
         for op, topic in commands:
@@ -195,6 +200,14 @@ class Receiver:
                 self.others_replies += 1   # another subscriber's request (we take everything)
                 return
             replies.add(msg)
+            window, p = replies.request.window, msg.header.producer
+            taken, granted = replies.taken.get(p, 0), replies.granted.get(p, 0)
+            if window and taken - granted >= max(1, window // 2):
+                # room for more: a subscription upstream, as the request itself went
+                self.commands.append(("subscribe", history.credit_topic(msg.topic, p, taken)))
+                if granted:
+                    self.commands.append(("unsubscribe", history.credit_topic(msg.topic, p, granted)))
+                replies.granted[p] = taken
             self._cond.notify_all()
 
     def _isolated(self, frames) -> pa.Table | None:
@@ -280,7 +293,8 @@ class Receiver:
                         if not st.finished and wall - st.last_seen <= gate.dead_after}
             for topic, rep in gate.replies.items():
                 self.replies.pop(topic, None)
-                sock.unsubscribe(topic)
+                for t in rep.subscriptions(topic):
+                    sock.unsubscribe(t)
                 for producer, table, source, start, end in rep.parts:
                     if source:
                         lo, hi = self._replayed.get(source, (start, end))
@@ -421,6 +435,8 @@ class Replies:
         self.names: dict[bytes, str] = {}
         self.rows: dict[bytes, int] = {}
         self.missed: dict[bytes, int] = {}         # reply messages lost on the way
+        self.taken: dict[bytes, int] = {}          # data messages received, by producer
+        self.granted: dict[bytes, int] = {}        # credit given, by producer
         self.bytes: dict[bytes, int] = {}          # received, as on the wire
         self._next: dict[bytes, int] = {}
 
@@ -434,11 +450,16 @@ class Replies:
         if h.kind is wire.Kind.HISTORY_END:
             self.ends[h.producer] = history.read_end(msg.table)
         elif h.kind is wire.Kind.DATA:
+            self.taken[h.producer] = self.taken.get(h.producer, 0) + 1
             self._next[h.producer] = max(expected, h.seq + 1)
             self.rows[h.producer] = self.rows.get(h.producer, 0) + msg.table.num_rows
             if msg.table.num_rows:
                 self.tables.append(msg.table)
                 self.parts.append((h.producer, msg.table, h.source, h.start, h.end))
+
+    def subscriptions(self, topic: bytes) -> list[bytes]:
+        """What this request subscribed to: its topic, and its last credit to each producer."""
+        return [topic] + [history.credit_topic(topic, p, n) for p, n in self.granted.items() if n]
 
     def log(self, expected: dict[bytes, str]) -> list[dict]:
         """How it went, a row per producer that answered or was expected to."""

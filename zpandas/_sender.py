@@ -305,7 +305,13 @@ class Sender:
                 self._lock.notify_all()
 
     def _history_request(self, topic: bytes, *, subscribed: bool) -> None:
-        """A subscriber asks for the past (or stops asking): answer under its topic."""
+        """A subscriber asks for the past (or stops asking, or grants credit): answer
+        under its topic."""
+        credit = history.parse_credit(topic)
+        if credit is not None:
+            if subscribed and self.history_provider is not None:
+                self.history_provider.credit(*credit)
+            return
         if not subscribed:
             if self.history_provider is not None:
                 self.history_provider.cancel(topic)

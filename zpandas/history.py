@@ -34,6 +34,7 @@ import pyarrow as pa
 from .errors import ZpandasError
 
 __all__ = ["PREFIX", "Request", "RequestError", "encode_request", "parse_request", "is_history",
+           "CREDIT", "credit_topic", "parse_credit",
            "parse_time", "END_SCHEMA", "end_table", "read_end", "MAX_REQUEST_BYTES"]
 
 #: Every history topic starts so (0xff: no text topic a user picks starts with it).
@@ -42,7 +43,13 @@ _VERSIONED = PREFIX + b"1/"
 #: The largest request: a subscription message this size travels to every producer.
 MAX_REQUEST_BYTES = 8192
 _ID = re.compile(r"[0-9a-f]{32}")
-_KEYS = {"id", "topic", "since", "until", "where", "columns"}
+_KEYS = {"id", "topic", "since", "until", "where", "columns", "window"}
+#: A requester grants a producer credit for more reply messages with a subscription to
+#: ``reply topic + CREDIT + <producer id, hex> + b"/" + <its messages taken so far>``
+#: (longer than the reply topic, so it matches no reply): that producer keeps at most
+#: ``window`` messages beyond it in flight.
+CREDIT = b"\x00credit/"
+_MAX_WINDOW = 1024
 
 #: The body of a HISTORY_END message: one row.
 END_SCHEMA = pa.schema([("status", pa.string()), ("reason", pa.string()), ("rows", pa.int64()),
@@ -72,6 +79,10 @@ class Request:
         A :mod:`zpandas.where` expression, applied at the producer.
     columns : tuple of str or None
         Only these columns cross the network (plus zpandas' own ``_file``/``_offset``).
+    window : int or None
+        Reply messages the requester takes ahead of its credit (see :data:`CREDIT`): what
+        is in flight is bounded, so a live message never waits behind a replay's backlog.
+        None: no flow control.
     """
 
     id: str
@@ -80,10 +91,11 @@ class Request:
     until: pd.Timestamp | None = None
     where: str | None = None
     columns: tuple[str, ...] | None = None
+    window: int | None = None
 
     @classmethod
     def new(cls, *, topic: str = "", since=None, until=None, where: str | None = None,
-            columns=None, now: pd.Timestamp | None = None) -> Request:
+            columns=None, window: int | None = 8, now: pd.Timestamp | None = None) -> Request:
         """A request with a fresh id; ``since``/``until`` as :func:`parse_time` reads them."""
         since_t, until_t = parse_time(since, now), parse_time(until, now)
         if since_t is not None and until_t is not None and until_t <= since_t:
@@ -93,7 +105,7 @@ class Request:
             parse(where)   # refused here, before it travels
         if columns is not None:
             columns = (columns,) if isinstance(columns, str) else tuple(columns)
-        return cls(uuid.uuid4().hex, topic, since_t, until_t, where, columns)
+        return cls(uuid.uuid4().hex, topic, since_t, until_t, where, columns, window)
 
     @property
     def reply_topic(self) -> bytes:
@@ -132,7 +144,8 @@ def encode_request(req: Request) -> bytes:
     doc = {"id": req.id, "topic": req.topic,
            "since": None if req.since is None else req.since.value,
            "until": None if req.until is None else req.until.value,
-           "where": req.where, "columns": None if req.columns is None else list(req.columns)}
+           "where": req.where, "columns": None if req.columns is None else list(req.columns),
+           "window": req.window}
     out = _VERSIONED + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(out) > MAX_REQUEST_BYTES:
         raise RequestError(f"the request is {len(out):,} bytes, more than {MAX_REQUEST_BYTES:,}")
@@ -193,7 +206,29 @@ def parse_request(topic: bytes) -> Request:
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
             raise RequestError("the request's columns are not a list of names")
         columns = tuple(columns)
-    return Request(rid, topic_, times[0], times[1], where, columns)
+    window = doc.get("window")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool)
+                               or not 1 <= window <= _MAX_WINDOW):
+        raise RequestError(f"the request's window is not a number of messages from 1 to {_MAX_WINDOW}")
+    return Request(rid, topic_, times[0], times[1], where, columns, window)
+
+
+def credit_topic(reply_topic: bytes, producer: bytes, taken: int) -> bytes:
+    """The subscription that grants ``producer`` credit: ``taken`` of its reply messages
+    were received."""
+    return reply_topic + CREDIT + producer.hex().encode() + b"/" + str(taken).encode()
+
+
+def parse_credit(topic: bytes) -> tuple[bytes, bytes, int] | None:
+    """``(reply topic, producer id, messages taken)`` if ``topic`` grants credit, else None."""
+    reply, sep, rest = topic.rpartition(CREDIT)
+    producer, slash, taken = rest.partition(b"/")
+    if not sep or not slash or not taken.isdigit() or len(taken) > 18 or len(producer) != 32:
+        return None
+    try:
+        return reply, bytes.fromhex(producer.decode("ascii")), int(taken)
+    except ValueError:
+        return None
 
 
 def end_table(status: str, reason: str = "", *, rows: int = 0, files: int = 0,

@@ -504,9 +504,9 @@ class Subscriber:
                 self._check_error()
         finally:
             with self._cond:
-                for t in replies:
+                for t, rep in replies.items():
                     self._rx.replies.pop(t, None)
-                    self._rx.commands.append(("unsubscribe", t))
+                    self._rx.commands.extend(("unsubscribe", s) for s in rep.subscriptions(t))
             self._ring()
         return self._history_result(replies, expected if producers is None else set(), names)
 

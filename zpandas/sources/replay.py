@@ -46,6 +46,7 @@ log = logging.getLogger("zpandas")
 BLOCK = 4 << 20          # bytes read at a time (as the live stream's blocks)
 PROBE = 64 << 10         # bytes a bisection probe parses
 SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of order still count
+STALL = 60.0                # seconds without credit: the replay gives up
 MESSAGE_BYTES = 256 << 10   # replayed rows go in messages of about this much, so that a
                             # live message never waits behind a large one (the owner sends
                             # them only when no live message waits)
@@ -76,6 +77,8 @@ class FileHistory:
         self.rate, self.max_requests, self.encoding = rate, max_requests, encoding
         self._lock = threading.Lock()
         self._running: dict[bytes, threading.Event] = {}   # reply topic -> cancelled
+        self._credit: dict[bytes, int] = {}   # reply topic -> messages its requester took
+        self._credit_changed = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         self.served = 0
         self._source_id: str | None = None
@@ -122,6 +125,27 @@ class FileHistory:
         thread.start()
         return None
 
+    def credit(self, topic: bytes, producer: bytes, taken: int) -> None:
+        """The requester has taken ``taken`` of ``producer``'s reply messages (socket
+        owner's thread); credits for other producers are theirs."""
+        with self._lock:
+            if (producer == self.producer and topic in self._running
+                    and taken > self._credit.get(topic, 0)):
+                self._credit[topic] = taken
+                self._credit_changed.notify_all()
+
+    def _wait_credit(self, topic: bytes, seq: int, window: int,
+                     cancelled: threading.Event) -> bool:
+        """Until message ``seq`` is within ``window`` of the requester's credit; False if
+        cancelled, or if no credit came for STALL seconds (the requester is stuck or gone)."""
+        deadline = time.monotonic() + STALL
+        with self._lock:
+            while seq >= self._credit.get(topic, 0) + window:
+                if cancelled.is_set() or time.monotonic() >= deadline:
+                    return False
+                self._credit_changed.wait(0.1)
+        return True
+
     def cancel(self, topic: bytes) -> None:
         with self._lock:
             ev = self._running.get(topic)
@@ -150,6 +174,8 @@ class FileHistory:
                                  total=seq[1], send_ns=time.time_ns(), source=source,
                                  start=start, end=end)
             if kind is wire.Kind.DATA:
+                if req.window and not self._wait_credit(topic, seq[0], req.window, cancelled):
+                    return False
                 seq[0] += 1
                 seq[1] += table.num_rows
             return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
@@ -175,6 +201,7 @@ class FileHistory:
         finally:
             with self._lock:
                 self._running.pop(topic, None)
+                self._credit.pop(topic, None)
                 self.served += 1
         if status != "cancelled":
             send(history.end_table(status, reason, rows=counts["rows"], files=counts["files"],
