@@ -95,7 +95,7 @@ class Request:
 
     @classmethod
     def new(cls, *, topic: str = "", since=None, until=None, where: str | None = None,
-            columns=None, window: int | None = 8, now: pd.Timestamp | None = None) -> Request:
+            columns=None, window: int | None = 32, now: pd.Timestamp | None = None) -> Request:
         """A request with a fresh id; ``since``/``until`` as :func:`parse_time` reads them."""
         since_t, until_t = parse_time(since, now), parse_time(until, now)
         if since_t is not None and until_t is not None and until_t <= since_t:
