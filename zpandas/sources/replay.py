@@ -4,17 +4,18 @@ A producer that publishes files with history on (``publish_files(history=True)``
 ``zpandas publish --history``) answers history requests (:mod:`zpandas.history`) from the
 files its paths match now, rotated copies included, oldest first. In each file it finds
 where ``since`` starts by bisection on byte offsets - a probe parses the records after an
-offset and reads their event time (the request's ``on`` column, else the first timestamp
-column) - then reads on from there through the same parser as the live stream, keeps the
+offset and reads their event time (the rows' first timestamp column) - then reads on from
+there through the same parser as the live stream, keeps the
 rows in ``[since, until)`` that match ``where``, keeps only ``columns`` (and ``_file``,
 ``_offset``), and sends them under the request's topic, then a ``HISTORY_END`` saying how
 many. A file read while it grows is read up to its size when the request came.
 
 Replays run on their own threads, at a lower CPU priority than the live stream's (nice 10),
 at most ``max_requests`` at a time (more are refused with the reason), at most ``rate``
-bytes of file per second each, in messages of about 256 KiB, and hand the owner thread at
-most a few messages ahead: the socket owner sends them only when no live message waits,
-and memory stays bounded. The requester unsubscribing cancels its replay.
+bytes of file per second each, in messages of about 256 KiB, no more than the requester's
+credit allows in flight (:data:`zpandas.history.CREDIT`), and hand the owner thread at most
+a few messages ahead: the socket owner sends them only when no live message waits, and
+memory stays bounded. The requester unsubscribing cancels its replay.
 
 Limits, said plainly: files are read as UTF-8 (a producer of files in other encodings
 answers "refused"); a multiline format's records are read line by line; bisection assumes
