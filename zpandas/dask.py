@@ -286,6 +286,7 @@ class DaskSubscriber:
             If fewer sent rows within ``timeout`` seconds; it says which did.
         """
         from .errors import ClosedError
+        from .subscriber import not_sending, sending
         deadline = None if timeout is None else time.monotonic() + timeout
         names, trouble = [], ""
         while True:
@@ -296,15 +297,11 @@ class DaskSubscriber:
             except Exception as e:  # noqa: BLE001 - a worker gone, the scheduler not told yet
                 trouble = f" (last: {type(e).__name__}: {e})"
             else:
-                trouble = ""
-                if len(table):
-                    sending = table[table["alive"] & (table["rows"] > 0)]
-                    if sending["producer"].nunique() >= producers:
-                        return table
-                    names = sorted(sending["name"].unique())
+                trouble, names = "", sending(table)
+                if len(names) >= producers:
+                    return table
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"rows from {len(names)} of {producers} producers within "
-                                   f"{timeout} s: {', '.join(names) or 'none'}{trouble}")
+                raise TimeoutError(not_sending(names, producers, timeout, trouble))
             time.sleep(0.1)   # the workers' stats are asked for, not pushed: look again
 
     def gaps(self) -> pd.DataFrame:

@@ -346,15 +346,13 @@ class Subscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             table = self.stats()["producers"]
-            sending = table[table["alive"] & (table["rows"] > 0)]
+            names = sending(table)
             # (with since=, live rows reach the notebook once the past is in)
-            if sending["producer"].nunique() >= producers and self._rx.gate is None:
+            if len(names) >= producers and self._rx.gate is None:
                 return table
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                names = sorted(sending["name"].unique())
-                raise TimeoutError(f"rows from {len(names)} of {producers} producers within "
-                                   f"{timeout} s: {', '.join(names) or 'none'}")
+                raise TimeoutError(not_sending(names, producers, timeout))
             with self._cond:   # woken by a closing subscriber; otherwise looks every 50 ms
                 if self._closed:
                     self._check_error()
@@ -630,6 +628,21 @@ _HISTORY_COLUMNS = ["request", "topic", "producer", "name", "status", "reason", 
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "sent_rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
                      "finished", "alive", "received", "bad_frames", "sources"]
+
+
+def sending(producers: pd.DataFrame) -> list[str]:
+    """The names of the producers in a ``stats()["producers"]`` table that are alive and
+    have sent rows (one per producer)."""
+    if not len(producers):
+        return []
+    live = producers[producers["alive"] & (producers["rows"] > 0)]
+    return sorted(live.drop_duplicates("producer")["name"])
+
+
+def not_sending(names: list[str], producers: int, timeout, why: str = "") -> str:
+    """What a wait for producers that timed out says."""
+    return (f"rows from {len(names)} of {producers} producers within {timeout} s: "
+            f"{', '.join(names) or 'none'}{why}")
 
 
 def _default_budget() -> int:
