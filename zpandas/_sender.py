@@ -339,15 +339,20 @@ class Sender:
     def post_reply(self, topic: bytes, frames: list, cancelled: threading.Event) -> bool:
         """A replay's message, for the owner to send when no live message waits (any
         thread). Waits while a few are ahead of it; False once cancelled or closing."""
-        with self._lock:
+        with self._lock:   # woken by the owner taking one, a cancel (wake), close or failure
             while (len(self._inbox) >= _REPLIES_AHEAD and not cancelled.is_set()
                    and not self.closing and self.error is None):
-                self._lock.wait(0.1)
+                self._lock.wait()
             if cancelled.is_set() or self.closing or self.error is not None:
                 return False
             self._inbox.append(frames)
         self._handoff.ring()
         return True
+
+    def wake(self) -> None:
+        """Wake replays waiting in :meth:`post_reply` (one was cancelled)."""
+        with self._lock:
+            self._lock.notify_all()
 
     def _reply_end(self, topic: bytes, status: str, reason: str, **counts) -> None:
         numbers = self._reply_numbers.setdefault(topic, [0, 0])

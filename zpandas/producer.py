@@ -288,7 +288,7 @@ class Producer:
 
     def _serve_history(self, provider) -> None:
         """Answer history requests with ``provider`` (publish_files' FileHistory)."""
-        provider.bind(self._sender.post_reply, self.id, self.name)
+        provider.bind(self._sender.post_reply, self.id, self.name, wake=self._sender.wake)
         self._sender.history_provider = provider
 
     def send_rejects(self, rejects, *, topic: str | None = None, source: str = "",

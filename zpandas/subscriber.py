@@ -344,20 +344,21 @@ class Subscriber:
             If fewer sent rows within ``timeout`` seconds; it says which did.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            table = self.stats()["producers"]
-            names = sending(table)
-            # (with since=, live rows reach the notebook once the past is in)
-            if len(names) >= producers and self._rx.gate is None:
-                return table
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(not_sending(names, producers, timeout))
-            with self._cond:   # woken by a closing subscriber; otherwise looks every 50 ms
+        # Under the condition (stats() takes it again: it is reentrant), so that no wake-up
+        # is missed: the worker notifies on every micro-batch, end of stream, the past let
+        # through (since=) and close.
+        with self._cond:
+            while True:
+                table = self.stats()["producers"]
+                names = sending(table)
+                if len(names) >= producers and self._rx.gate is None:
+                    return table
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(not_sending(names, producers, timeout))
                 if self._closed:
-                    self._check_error()
                     raise ClosedError("the subscriber was closed while waiting for producers")
-                self._cond.wait(0.05 if left is None else min(0.05, left))
+                self._cond.wait(left)
 
     def stats(self) -> dict:
         """Counters of what arrived, what was lost and who sent it.

@@ -73,7 +73,7 @@ class FileHistory:
     def __init__(self, patterns: list[str], format_args: dict, *, rate: float | None = None,
                  max_requests: int = 4, encoding: str = "utf-8") -> None:
         self.patterns, self.format_args = patterns, format_args
-        self.post = None
+        self.post = self._wake = None
         self.producer, self.name = bytes(16), ""
         self.rate, self.max_requests, self.encoding = rate, max_requests, encoding
         self._lock = threading.Lock()
@@ -85,11 +85,12 @@ class FileHistory:
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
 
-    def bind(self, post, producer: bytes, name: str) -> None:
+    def bind(self, post, producer: bytes, name: str, wake=None) -> None:
         """The producer it answers for: ``post(topic, frames, cancelled)`` hands a reply
         message to its socket owner, waiting while a few are ahead (bounded memory) and
-        returning False once the request is cancelled or the producer closes."""
-        self.post, self.producer, self.name = post, producer, name
+        returning False once the request is cancelled or the producer closes; ``wake()``
+        wakes such a wait when a request is cancelled."""
+        self.post, self.producer, self.name, self._wake = post, producer, name, wake
 
     def identified(self, source_id: str, keys: dict[tuple[int, int], str]) -> None:
         """The live stream's names for the files (publish_files' loop, as it finds them):
@@ -140,27 +141,36 @@ class FileHistory:
         """Until message ``seq`` is within ``window`` of the requester's credit; False if
         cancelled, or if no credit came for STALL seconds (the requester is stuck or gone)."""
         deadline = time.monotonic() + STALL
-        with self._lock:
+        with self._lock:   # woken by credit and by a cancel
             while seq >= self._credit.get(topic, 0) + window:
-                if cancelled.is_set() or time.monotonic() >= deadline:
+                left = deadline - time.monotonic()
+                if cancelled.is_set() or left <= 0:
                     return False
-                self._credit_changed.wait(0.1)
+                self._credit_changed.wait(left)
         return True
 
     def cancel(self, topic: bytes) -> None:
         with self._lock:
             ev = self._running.get(topic)
         if ev is not None:
-            ev.set()
+            self._stop([ev])
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every replay and wait for their threads (any thread but theirs)."""
         with self._lock:
-            for ev in self._running.values():
-                ev.set()
-            threads = list(self._threads)
+            events, threads = list(self._running.values()), list(self._threads)
+        self._stop(events)
         for t in threads:
             t.join(timeout)
+
+    def _stop(self, events: list[threading.Event]) -> None:
+        """Cancel: replays see it where they wait (for credit, or for the socket owner)."""
+        for ev in events:
+            ev.set()
+        with self._lock:
+            self._credit_changed.notify_all()
+        if self._wake is not None:
+            self._wake()
 
     # -- the replay's own thread ----------------------------------------------------------
 
