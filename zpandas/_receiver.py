@@ -65,6 +65,7 @@ class Receiver:
         self._sizes: collections.deque[int] = collections.deque()   # each one's nbytes, once
         self.queued_bytes = 0
         self.consuming = False    # get() or iteration has been used
+        self.collecting = 0       # collect() calls waiting: they take no micro-batches
         self.retained = Retained(retain)
         self.protocol = ReceiveStream()   # what the messages mean (sans-IO)
         self.gaps: collections.deque[dict] = collections.deque(maxlen=GAPS_KEPT)
@@ -165,14 +166,16 @@ class Receiver:
                     except zmq.Again:
                         break
                     table = self._isolated(frames)
-                    if table is not None and table.num_rows:   # no rows: columns only
+                    # no rows: columns only; a read of collecting without the lock at
+                    # worst makes one batch collect() throws away
+                    if table is not None and table.num_rows and not self.collecting:
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
                 if self.commands:   # credit for history replies, granted as they come
                     self._run_commands(sock)
             if self.gate is not None and self._gate_opens():
                 for table in self._open_gate(sock):
-                    for batch in batcher.add(table, time.monotonic()):
+                    for batch in [] if self.collecting else batcher.add(table, time.monotonic()):
                         self._enqueue(batch)
             for batch in batcher.due(time.monotonic()):
                 self._enqueue(batch)

@@ -323,21 +323,22 @@ def _arrays(arr: pa.Array):
 
 def _check_string(arr: pa.Array, *, utf8: bool = True) -> bool:
     """Validate a string or binary array quickly; False if Arrow's full check must decide."""
-    offsets_buf, data_buf = arr.buffers()[1], arr.buffers()[2]
-    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
-    width = np.int64 if large else np.int32
     n = len(arr)
     if n == 0:
         return False
+    _, offsets_buf, data_buf = arr.buffers()
+    width = np.int64 if arr.type.id in _LARGE_IDS else np.int32
     offsets = np.frombuffer(offsets_buf, dtype=width, count=n + 1, offset=arr.offset * width().itemsize)
-    size = 0 if data_buf is None else data_buf.size
-    if offsets[0] < 0 or offsets[-1] > size or (n and np.any(offsets[1:] < offsets[:-1])):
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first < 0 or last > (0 if data_buf is None else data_buf.size) or (offsets[1:] < offsets[:-1]).any():
         raise WireError("invalid", f"string offsets of a {arr.type} column are out of order or bounds")
-    if not utf8 or data_buf is None or offsets[-1] == offsets[0]:
+    if not utf8 or last == first:
         return True
-    data = np.frombuffer(data_buf, dtype=np.uint8, count=int(offsets[-1] - offsets[0]),
-                         offset=int(offsets[0]))
+    data = np.frombuffer(data_buf, dtype=np.uint8, count=last - first, offset=first)
     return bool(data.max() < 0x80)  # ASCII is valid UTF-8 however it is cut
+
+
+_LARGE_IDS = {pa.large_string().id, pa.large_binary().id}
 
 
 def _check_values(arr: pa.Array) -> None:

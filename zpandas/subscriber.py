@@ -241,8 +241,9 @@ class Subscriber:
         The batch aggregation job: start the subscriber, start the producers, and
         ``collect`` returns once each has sent end-of-stream. Rows from producers still
         running are not included. Warns :class:`~zpandas.DataLossWarning` if any of
-        their messages were lost on the way. While it waits it also takes the
-        micro-batches queued for :meth:`get`, so ``policy="block"`` never stalls it.
+        their messages were lost on the way. While it waits, rows are not made into
+        micro-batches for :meth:`get` and those queued are taken, so
+        ``policy="block"`` never stalls it.
 
         Raises
         ------
@@ -251,16 +252,20 @@ class Subscriber:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                while self._rx.queue:
-                    self._rx.pop()  # these rows are retained too; taking them makes room
-                if (self._rx.error is not None or self._closed
-                        or (len(self._finished()) >= producers and self._rx.gate is None)):
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(left)
+            self._rx.collecting += 1   # no micro-batches meanwhile: nobody would take them
+            try:
+                while True:
+                    while self._rx.queue:
+                        self._rx.pop()  # these rows are retained too; taking them makes room
+                    if (self._rx.error is not None or self._closed
+                            or (len(self._finished()) >= producers and self._rx.gate is None)):
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._cond.wait(left)
+            finally:
+                self._rx.collecting -= 1
             self._check_error()
             done = self._finished()
             if len(done) < producers:
