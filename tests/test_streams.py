@@ -309,7 +309,10 @@ def test_rows_are_claimed_once_in_flight_more_messages_were_sent_after_them():
     assert s.claimed == {"a": 10}                # 20 and 30 may still be in ZeroMQ's queues
     s.sent(b"t", wire.Kind.REJECTS, 1, "a", 99)  # rejects claim nothing, move nothing
     s.sent(b"t", wire.Kind.HEARTBEAT, 0)
-    assert s.claimed == {"a": 10}
+    # a live view's copies go to other queues: numbered, they claim and push nothing
+    s.sent(b"\xffzp-view/1/{}", wire.Kind.DATA, 1, "a", 30, claims=False)
+    s.sent(b"\xffzp-view/1/{}", wire.Kind.DATA, 1, "a", 30, claims=False)
+    assert s.claimed == {"a": 10} and s.topics[b"\xffzp-view/1/{}"] == [2, 2]
     s.sent(b"t", wire.Kind.DATA, 1, "b", 5)
     assert s.claimed == {"a": 20}
     s.sent(b"t", wire.Kind.DATA, 1)              # unsourced rows push the others out too

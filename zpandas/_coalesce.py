@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from . import wire
+from . import history, wire
 
 #: A frame to encode: (ticket, topic, rows)
 Job = tuple
@@ -40,6 +40,21 @@ class Pending:
                 and (not source or start == self.end))
 
 
+class LiveView:
+    """A live view this producer serves (:class:`zpandas.history.View`), parsed once;
+    ``refused`` once its rows cannot give it (a column they lack)."""
+
+    def __init__(self, subscription: bytes, view: history.View) -> None:
+        from .where import parse
+        self.subscription, self.view = subscription, view
+        self.base = view.topic.encode("utf-8")
+        self.where = None if view.where is None else parse(view.where)
+        self.refused: str | None = None
+
+    def serves(self, topic: bytes) -> bool:
+        return self.refused is None and topic.startswith(self.base)
+
+
 class Coalescer:
     """Per-topic pending rows and the ticket counter of one Producer."""
 
@@ -51,6 +66,9 @@ class Coalescer:
         self.flush_interval = flush_interval
         self.pending: dict[bytes, Pending] = {}
         self.tickets = 0          # tickets handed out
+        #: Live views asked for, by subscription: replaced whole by the socket owner,
+        #: read (never changed) by encode() on any thread.
+        self.views: dict[bytes, LiveView] = {}
 
     def add(self, topic: bytes, table: pa.Table, source: str, start: int,
             end: int) -> tuple[list[Job], bool]:
@@ -98,14 +116,37 @@ class Coalescer:
         table = pend.tables[0] if len(pend.tables) == 1 else pa.concat_tables(pend.tables)
         header = wire.Header(producer=self.producer, name=self.name, source=pend.source,
                              start=pend.start, end=pend.end)
+        views = [v for v in self.views.values() if v.serves(topic)]
         if not table.num_rows:   # columns only (see Producer.send)
-            return wire.encode(table, topic=topic, header=header)
+            return wire.encode(table, topic=topic, header=header) + self._views(views, table, header)
         parts = 1 if pend.source else max(1, round(table.nbytes / self.frame_bytes))
+        rows = table
         if self.dictionary:   # before slicing: the parts share the dictionaries
             table = wire.dictionary_encode(table)
         step = -(-table.num_rows // parts)
         frames = []
         for i in range(0, table.num_rows, step):
             frames += wire.encode(table.slice(i, step), topic=topic, header=header,
+                                  compression=self.compression)
+        return frames + self._views(views, rows, header)
+
+    def _views(self, views: list[LiveView], table: pa.Table, header: wire.Header) -> list:
+        """The messages of the live views of these rows: each view's rows under its own
+        topic, with the rows' source range; or, once, why a view cannot be given."""
+        frames = []
+        for view in views:
+            try:
+                rows = history.select(table, view.where, view.view.columns)
+            except (ValueError, pa.ArrowException) as e:
+                view.refused = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+                end = wire.Header(kind=wire.Kind.HISTORY_END, producer=self.producer, name=self.name)
+                frames += wire.encode(history.end_table("refused", view.refused),
+                                      topic=view.subscription, header=end)
+                continue
+            if table.num_rows and not rows.num_rows:
+                continue   # nothing matched: nothing to send (heartbeats say we are here)
+            if self.dictionary and rows.num_rows:
+                rows = wire.dictionary_encode(rows)
+            frames += wire.encode(rows, topic=view.subscription, header=header,
                                   compression=self.compression)
         return frames

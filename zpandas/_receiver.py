@@ -78,6 +78,9 @@ class Receiver:
         self.commands: collections.deque[tuple[str, bytes]] = collections.deque()
         self.replies: dict[bytes, Replies] = {}
         self.others_replies = 0   # messages of other subscribers' requests (dropped)
+        self.others_views = 0     # messages of views other subscribers asked for (dropped)
+        self.view_refusals: list[dict] = []   # producers that cannot give our view
+        self.notices: list[str] = []   # data-loss warnings for the caller to give
         #: Subscriber(since=...): the past first - live rows wait here until the replies
         #: are in (set before the thread starts, cleared by it).
         self.gate: Gate | None = None
@@ -258,11 +261,36 @@ class Receiver:
         if history.is_history(msg.topic):
             self._reply(msg)
             return None
+        if history.is_view(msg.topic) and (msg.topic not in self.topics
+                                           or msg.kind is wire.Kind.HISTORY_END):
+            self._view_message(msg)
+            return None
         with self._cond:
             rows, ended = self._act(self.protocol.receive(msg, now), msg.header.source)
             aggregations = list(self.aggregations)
         self._feed(aggregations, msg.header.producer, rows, ended)
         return rows
+
+    def _view_message(self, msg: wire.Message) -> None:
+        """Another subscriber's view (a subscriber to every topic takes them): dropped;
+        or a producer refusing ours: kept, logged, and warned about by the caller."""
+        with self._cond:
+            if msg.topic not in self.topics:
+                self.others_views += 1
+                return
+            try:
+                end = history.read_end(msg.table)
+            except ValueError as e:
+                raise WireError("columns", f"a view's answer: {e}") from None
+            refusal = {"producer": msg.header.producer.hex()[:12], "name": msg.header.name,
+                       "topic": history.topic_name(msg.topic), "status": end["status"],
+                       "reason": end["reason"]}
+            self.view_refusals.append(refusal)
+            del self.view_refusals[:-1000]
+            self.notices.append(f"{msg.header.name!r} cannot send the rows asked for "
+                                f"(where=/columns=): {end['reason']} (stats()['views'])")
+        log.warning("%s: %s refused the view %s: %s", threading.current_thread().name,
+                    msg.header.name, msg.topic[len(history.VIEW_PREFIX):][:200], end["reason"])
 
     # -- the past, then live (Subscriber(since=...)) ---------------------------------------
 
@@ -374,7 +402,7 @@ class Receiver:
                 self._check_memory()
             elif isinstance(e, Gap):
                 self.gaps.append({"time": e.time, "producer": e.key[0].hex()[:12],
-                                   "name": e.name, "topic": e.key[1].decode("utf-8", "replace"),
+                                   "name": e.name, "topic": history.topic_name(e.key[1]),
                                    "kind": e.kind, "messages": e.messages, "rows": e.rows})
                 if e.kind == "gap":
                     log.warning("%s: lost %d messages (%d rows) from %s on topic %r",
@@ -388,7 +416,7 @@ class Receiver:
 
     def _keep_rejects(self, name: str, topic: bytes, table: pa.Table) -> None:
         n = table.num_rows
-        table = table.add_column(0, "topic", pa.array([topic.decode("utf-8", "replace")] * n, pa.string()))
+        table = table.add_column(0, "topic", pa.array([history.topic_name(topic)] * n, pa.string()))
         self.rejects.append(table.add_column(0, "producer", pa.array([name] * n, pa.string())))
         self._rejects_kept += n
         while self._rejects_kept - self.rejects[0].num_rows >= REJECTS_KEPT:

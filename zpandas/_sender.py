@@ -24,7 +24,7 @@ import time
 import zmq
 
 from . import history, wire
-from ._coalesce import Coalescer
+from ._coalesce import Coalescer, LiveView
 from ._monitor import Monitor
 from .endpoints import MULTICAST_DEFAULTS, Curve, Endpoint, attach, secure
 from .errors import ClosedError, ProducerBrokenError
@@ -50,7 +50,7 @@ class Sender:
         # Read by the Producer (under the lock where it says so).
         self.subscriptions: dict[bytes, int] = {}   # under lock
         self.sent = {"messages": 0, "rows": 0, "bytes": 0, "blocked_s": 0.0, "waits": 0,
-                     "rejects": 0, "history_messages": 0}   # under lock
+                     "rejects": 0, "history_messages": 0, "view_messages": 0}   # under lock
         self.error: BaseException | None = None     # what ended the loop, under lock
         self.monitor: Monitor | None = None
         self.auth = None
@@ -68,6 +68,7 @@ class Sender:
         #: "no history". Set before the producer is used.
         self.history_provider = None
         self._inbox: collections.deque[list] = collections.deque()   # replays' messages, under lock
+        self._view_counts: dict[bytes, int] = {}   # live view -> subscriptions to it
         self.producer_id, self.name = coalescer.producer, coalescer.name
 
     def setup(self) -> tuple[zmq.Socket, Monitor]:
@@ -299,6 +300,9 @@ class Sender:
             if history.is_history(msg[1:]):
                 self._history_request(msg[1:], subscribed=msg[0] == 1)
                 continue
+            if history.is_view(msg[1:]):
+                self._view_subscription(msg[1:], subscribed=msg[0] == 1)
+                continue
             with self._lock:
                 n = self.subscriptions.get(msg[1:], 0) + (1 if msg[0] == 1 else -1)
                 self.subscriptions[msg[1:]] = max(0, n)
@@ -335,6 +339,36 @@ class Sender:
         answer = self.history_provider.start(req, topic)
         if answer is not None:
             self._reply_end(topic, *answer)
+
+    def _view_subscription(self, topic: bytes, *, subscribed: bool) -> None:
+        """A subscriber asks for a live view, or one stops: served while anyone asks (for
+        its base topic, one subscriber more or less)."""
+        try:
+            view = history.parse_view(topic)
+        except history.RequestError as e:
+            if subscribed:
+                self._reply_end(topic, "refused", str(e))
+            return
+        n = max(0, self._view_counts.get(topic, 0) + (1 if subscribed else -1))
+        base = view.topic.encode("utf-8")
+        with self._lock:
+            self.subscriptions[base] = max(0, self.subscriptions.get(base, 0) + (1 if subscribed else -1))
+            views = dict(self._coalescer.views)   # encode() reads the old one meanwhile
+            if n and topic not in views:
+                views[topic] = LiveView(topic, view)
+                # heartbeats on it from now: its subscribers see this producer alive
+                # (and a since= subscriber waits for its past) before a row matches
+                self._stream.add_topic(topic)
+            elif n and subscribed and views[topic].refused:
+                self._reply_end(topic, "refused", views[topic].refused)   # to the newcomer
+            elif not n:
+                views.pop(topic, None)
+            self._coalescer.views = views
+            self._lock.notify_all()
+        if n:
+            self._view_counts[topic] = n
+        else:
+            self._view_counts.pop(topic, None)
 
     def post_reply(self, topic: bytes, frames: list, cancelled: threading.Event) -> bool:
         """A replay's message, for the owner to send when no live message waits (any
@@ -415,9 +449,12 @@ class Sender:
                 with self._lock:
                     self.sent["history_messages"] += 1
                 continue
+            view = history.is_view(topic)
             with self._lock:
-                self._stream.sent(topic, m.kind, m.rows, m.source, m.end)
-                if m.kind is wire.Kind.DATA:
+                self._stream.sent(topic, m.kind, m.rows, m.source, m.end, claims=not view)
+                if m.kind is wire.Kind.DATA and view:
+                    self.sent["view_messages"] += 1
+                elif m.kind is wire.Kind.DATA:
                     self.sent["messages"] += 1
                     self.sent["rows"] += m.rows
                     self.sent["bytes"] += len(topic) + len(m.header) + len(m.body)

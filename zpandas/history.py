@@ -14,6 +14,15 @@ sent, or why there are none (``"no history"``: a producer of DataFrames, or one 
 ``--history``; ``"refused"``: a request it could not take, with the reason). Never a
 silent nothing. The requester unsubscribing ends a replay.
 
+The live stream can be filtered at the producers the same way: a subscription to
+``b"\xffzp-view/1/" + JSON {"topic", "where", "columns"}`` (a :class:`View`) asks every
+producer of ``topic`` to send, under that same topic, the rows of its live stream that
+match ``where``, with only ``columns``. The bytes name what is asked, not who asks: every
+subscriber asking the same thing subscribes to the same topic, and each producer filters
+once and sends one stream that ZeroMQ hands to all of them. A producer that cannot give a
+view (a column its rows do not have) says so with a ``HISTORY_END`` of status
+``"refused"`` under the view's topic.
+
 Nothing here touches a socket: :func:`encode_request` and :func:`parse_request` turn
 requests into subscription bytes and back, :func:`end_table` and :func:`read_end` the
 ``HISTORY_END`` body. A request is bounded (:data:`MAX_REQUEST_BYTES`) and parsed
@@ -35,7 +44,8 @@ from .errors import ZpandasError
 
 __all__ = ["PREFIX", "Request", "RequestError", "encode_request", "parse_request", "is_history",
            "CREDIT", "credit_topic", "parse_credit",
-           "parse_time", "END_SCHEMA", "end_table", "read_end", "MAX_REQUEST_BYTES"]
+           "parse_time", "END_SCHEMA", "end_table", "read_end", "MAX_REQUEST_BYTES",
+           "VIEW_PREFIX", "View", "is_view", "parse_view", "topic_name", "select"]
 
 #: Every history topic starts so (0xff: no text topic a user picks starts with it).
 PREFIX = b"\xffzp-history/"
@@ -50,6 +60,11 @@ _KEYS = {"id", "topic", "since", "until", "where", "columns", "window"}
 #: ``window`` messages beyond it in flight.
 CREDIT = b"\x00credit/"
 _MAX_WINDOW = 1024
+
+#: Every live view's topic starts so.
+VIEW_PREFIX = b"\xffzp-view/"
+_VIEW_VERSIONED = VIEW_PREFIX + b"1/"
+_VIEW_KEYS = {"topic", "where", "columns"}
 
 #: The body of a HISTORY_END message: one row.
 END_SCHEMA = pa.schema([("status", pa.string()), ("reason", pa.string()), ("rows", pa.int64()),
@@ -166,19 +181,7 @@ def parse_request(topic: bytes) -> Request:
         Its reason: too large, another version, not JSON, unknown or missing fields,
         values of the wrong kind, an expression outside the ``where=`` language.
     """
-    if len(topic) > MAX_REQUEST_BYTES:
-        raise RequestError(f"the request is {len(topic):,} bytes, more than {MAX_REQUEST_BYTES:,}")
-    if not topic.startswith(_VERSIONED):
-        raise RequestError("a history request of another version (this producer reads version 1)")
-    try:
-        doc = json.loads(topic[len(_VERSIONED):].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise RequestError("the request is not JSON") from None
-    if not isinstance(doc, dict):
-        raise RequestError("the request is not a JSON object")
-    unknown = set(doc) - _KEYS
-    if unknown:
-        raise RequestError(f"unknown request field(s) {sorted(unknown)[:5]}")
+    doc = _load(topic, _VERSIONED, _KEYS, "a history request")
     rid = doc.get("id")
     if not isinstance(rid, str) or not _ID.fullmatch(rid):
         raise RequestError("the request's id is not 32 hex digits")
@@ -192,6 +195,33 @@ def parse_request(topic: bytes) -> Request:
                               or not -(2**63) < v < 2**63):
             raise RequestError(f"the request's {key} is not nanoseconds since 1970 (an int)")
         times.append(None if v is None else pd.Timestamp(v, unit="ns", tz="UTC"))
+    where, columns = _where(doc), _columns(doc)
+    window = doc.get("window")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool)
+                               or not 1 <= window <= _MAX_WINDOW):
+        raise RequestError(f"the request's window is not a number of messages from 1 to {_MAX_WINDOW}")
+    return Request(rid, topic_, times[0], times[1], where, columns, window)
+
+
+def _load(topic: bytes, versioned: bytes, keys: set, what: str) -> dict:
+    """The JSON object a request's subscription carries, checked for size, version and keys."""
+    if len(topic) > MAX_REQUEST_BYTES:
+        raise RequestError(f"the request is {len(topic):,} bytes, more than {MAX_REQUEST_BYTES:,}")
+    if not topic.startswith(versioned):
+        raise RequestError(f"{what} of another version (this producer reads version 1)")
+    try:
+        doc = json.loads(topic[len(versioned):].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError("the request is not JSON") from None
+    if not isinstance(doc, dict):
+        raise RequestError("the request is not a JSON object")
+    unknown = set(doc) - keys
+    if unknown:
+        raise RequestError(f"unknown request field(s) {sorted(unknown)[:5]}")
+    return doc
+
+
+def _where(doc: dict) -> str | None:
     where = doc.get("where")
     if where is not None:
         if not isinstance(where, str):
@@ -201,16 +231,109 @@ def parse_request(topic: bytes) -> Request:
             parse(where)
         except WhereError as e:
             raise RequestError(str(e)) from None
+    return where
+
+
+def _columns(doc: dict) -> tuple[str, ...] | None:
     columns = doc.get("columns")
     if columns is not None:
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
             raise RequestError("the request's columns are not a list of names")
         columns = tuple(columns)
-    window = doc.get("window")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool)
-                               or not 1 <= window <= _MAX_WINDOW):
-        raise RequestError(f"the request's window is not a number of messages from 1 to {_MAX_WINDOW}")
-    return Request(rid, topic_, times[0], times[1], where, columns, window)
+    return columns
+
+
+# -- live views -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class View:
+    """The rows of a live topic that match ``where``, with only ``columns``.
+
+    Attributes
+    ----------
+    topic : str
+        The live topic (a prefix, as ZeroMQ matches subscriptions).
+    where : str or None
+        A :mod:`zpandas.where` expression.
+    columns : tuple of str or None
+        The columns to send (zpandas' own ``_file``/``_offset`` come too).
+    """
+
+    topic: str = ""
+    where: str | None = None
+    columns: tuple[str, ...] | None = None
+
+    @classmethod
+    def new(cls, topic: str = "", where: str | None = None, columns=None) -> View:
+        """A view; ``where`` is parsed here, so a mistake is an error before it travels."""
+        if where is not None:
+            from .where import parse
+            parse(where)
+        if columns is not None:
+            columns = (columns,) if isinstance(columns, str) else tuple(columns)
+            if not all(isinstance(c, str) for c in columns):
+                raise TypeError("columns must be names (str)")
+        view = cls(topic, where, columns)
+        view.subscription   # too large: refused here  # noqa: B018
+        return view
+
+    @property
+    def subscription(self) -> bytes:
+        """The subscription that asks for the view, and the topic its rows come under:
+        the same bytes for the same view, from any subscriber."""
+        doc = {"topic": self.topic, "where": self.where,
+               "columns": None if self.columns is None else list(self.columns)}
+        out = _VIEW_VERSIONED + json.dumps(doc, separators=(",", ":"), sort_keys=True,
+                                           ensure_ascii=False).encode("utf-8")
+        if len(out) > MAX_REQUEST_BYTES:
+            raise RequestError(f"the view is {len(out):,} bytes, more than {MAX_REQUEST_BYTES:,}")
+        return out
+
+
+def is_view(topic: bytes) -> bool:
+    """``topic`` is a live view's."""
+    return bytes(topic[:len(VIEW_PREFIX)]) == VIEW_PREFIX
+
+
+def parse_view(topic: bytes) -> View:
+    """The view a subscription asks for; :class:`RequestError` with the reason otherwise."""
+    doc = _load(topic, _VIEW_VERSIONED, _VIEW_KEYS, "a view")
+    base = doc.get("topic", "")
+    if not isinstance(base, str):
+        raise RequestError("the view's topic is not a string")
+    return View(base, _where(doc), _columns(doc))
+
+
+def topic_name(topic: bytes) -> str:
+    """The live topic ``topic`` carries rows of, as text: a view's base topic."""
+    if is_view(topic):
+        try:
+            return parse_view(topic).topic
+        except RequestError:
+            pass
+    return topic.decode("utf-8", "replace")
+
+
+def select(table: pa.Table, where, columns: tuple[str, ...] | None) -> pa.Table:
+    """The rows of ``table`` that match ``where`` (a parsed :class:`zpandas.where.Where`),
+    with only ``columns`` and zpandas' own ``_file``/``_offset`` (which say where each row
+    came from: what lets a subscriber take each row once).
+
+    Raises
+    ------
+    ValueError
+        A column that ``table`` does not have, with the columns it has.
+    """
+    if where is not None:
+        table = where.filter(table)
+    if columns is not None:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ValueError(f"no column {', '.join(map(repr, missing))}; the columns are "
+                             f"{', '.join(c for c in table.column_names if not c.startswith('_'))}")
+        own = [c for c in ("_file", "_offset") if c in table.column_names and c not in columns]
+        table = table.select([*columns, *own])
+    return table
 
 
 def credit_topic(reply_topic: bytes, producer: bytes, taken: int) -> bytes:

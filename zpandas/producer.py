@@ -315,6 +315,10 @@ class Producer:
         header = wire.Header(kind=wire.Kind.REJECTS, producer=self.id, name=self.name,
                              source=source, start=offsets[0], end=offsets[1])
         frames = wire.encode(table, topic=tkey, header=header, compression=self.compression)
+        for view in list(self._coalescer.views.values()):   # their subscribers see them too
+            if view.serves(tkey):
+                frames += wire.encode(table, topic=view.subscription, header=header,
+                                      compression=self.compression)
         jobs = []
         with self._lock:
             self._check()
@@ -399,6 +403,9 @@ class Producer:
             and end-of-stream under either policy).
             ``subscriptions``: subscriptions present now. ``peers``: connections now.
             ``rejects``: unparsable lines sent with :meth:`send_rejects`.
+            ``history_messages``: messages of history replies. ``view_messages``: data
+            messages of live views (``Subscriber(where=..., columns=...)``), one per
+            view and message of rows however many subscribers share it.
             ``auth_failures``: CURVE handshakes refused.
         """
         with self._lock:

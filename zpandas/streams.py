@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from . import wire
+from . import history, wire
 
 __all__ = ["SendStream", "ReceiveStream", "Rows", "Gap", "EndOfStream", "Rejects", "Duplicate",
            "StreamState", "Key"]
@@ -139,7 +139,7 @@ class SendStream:
         wire.stamp(header, seq, now_ns, total)
 
     def sent(self, topic: bytes, kind: wire.Kind, rows: int, source: str = "",
-             end: int = -1) -> None:
+             end: int = -1, *, claims: bool = True) -> None:
         """The socket took the message stamped last on ``topic``.
 
         A data message's rows may be claimed by a checkpoint once ``in_flight`` more
@@ -148,7 +148,9 @@ class SendStream:
         kernel, which delivers them even if this process is killed. Rejects and control
         messages are not numbered and claim nothing: a chunk's rejects can leave while
         its rows still wait (a chunk of only rejects is read again after a restart, so
-        its rejects may come twice; no row is lost).
+        its rejects may come twice; no row is lost). A live view's messages
+        (``claims=False``) are numbered and claim nothing, nor count as in flight: they go
+        to other subscribers' queues, behind which a data message waits no longer.
 
         A source's claim is where its first row still in this process starts (on any
         topic), or, with none left, the end of its last message claimed.
@@ -158,6 +160,8 @@ class SendStream:
         counters = self.topics.setdefault(topic, [0, 0])
         counters[0] += 1
         counters[1] += rows
+        if not claims:
+            return
         # Every data message counts as one more behind the earlier ones; only sourced
         # ones have something to claim.
         self._unclaimed.append((topic, source, end) if source and end >= 0 else None)
@@ -272,7 +276,7 @@ class ReceiveStream:
         """One dict per stream, least recently heard from first: its counters, its rate
         over the last RATE_WINDOW seconds, and ``alive`` (not finished, and heard from
         within ``dead_after`` seconds)."""
-        return [{"producer": p.hex()[:12], "name": s.name, "topic": t.decode("utf-8", "replace"),
+        return [{"producer": p.hex()[:12], "name": s.name, "topic": history.topic_name(t),
                  "messages": s.messages, "rows": s.rows, "sent_rows": s.next_total,
                  "bytes": s.bytes, "missed": s.missed, "missed_rows": s.missed_rows,
                  "skipped_rows": s.skipped_rows, "gaps": s.gaps,

@@ -105,6 +105,18 @@ class Subscriber:
         ``stats()["history"]``.
     history_timeout : float, default 60
         The longest live rows wait for the past.
+    where : str, optional
+        Only the rows that match cross the network: each producer filters its live
+        stream (and the past, with ``since``) before sending, with the expression language
+        of :mod:`zpandas.where` (``"status >= 500 and method == 'GET'"``). Subscribers
+        that ask for the same ``topics``, ``where`` and ``columns`` share one filtered
+        stream: a producer filters once for all of them. A producer whose rows lack a
+        column named refuses, said in ``stats()["views"]`` and a
+        :class:`~zpandas.DataLossWarning`; a mistake in the expression is a
+        :class:`~zpandas.where.WhereError` here.
+    columns : list of str, optional
+        Only these columns cross the network (with zpandas' ``_file`` and ``_offset``
+        where rows have them).
     categories : list of str, optional
         String columns to receive as pandas ``category`` (as producers dictionary-encode
         repeated strings for the wire, this costs nothing); the others arrive as ``str``.
@@ -128,7 +140,8 @@ class Subscriber:
                  text_format=None, curve: Curve | None = None,
                  multicast: dict | None = None, memory_budget: int | None = None,
                  categories: list[str] | tuple[str, ...] = (), since=None,
-                 history_timeout: float = 60.0) -> None:
+                 history_timeout: float = 60.0, where: str | None = None,
+                 columns=None) -> None:
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         if buffer_bytes < 1:
@@ -141,6 +154,10 @@ class Subscriber:
         self._bell = f"inproc://zpandas-subscriber-bell-{uuid.uuid4().hex}"
         topics = [topics] if isinstance(topics, (str, bytes)) else list(topics)
         self.topics = tuple(t.encode() if isinstance(t, str) else bytes(t) for t in topics) or (b"",)
+        self._views = None   # topic -> the live view subscribed to instead (where=/columns=)
+        if where is not None or columns is not None:
+            from .history import View
+            self._views = {t: View.new(t.decode("utf-8", "replace"), where, columns) for t in self.topics}
         self.policy = policy
         self._retain = LIVE_RETAIN if retain is None and policy == "drop" else retain
         self._dead_after = dead_after
@@ -151,7 +168,9 @@ class Subscriber:
         self._cond = threading.Condition()
         self._ctx = zmq.Context()
         self._rx = Receiver(
-            ctx=self._ctx, cond=self._cond, endpoints=self._endpoints, topics=self.topics,
+            ctx=self._ctx, cond=self._cond, endpoints=self._endpoints,
+            topics=self.topics if self._views is None else
+            tuple(v.subscription for v in self._views.values()),
             bell=self._bell, policy=policy, buffer_bytes=buffer_bytes,
             batcher=MicroBatcher(batch_rows, latency), retain=self._retain,
             memory_budget=_default_budget() if memory_budget is None else memory_budget,
@@ -163,7 +182,7 @@ class Subscriber:
             from .history import Request
             replies = {}
             for t in self.topics:
-                r = Request.new(topic=t.decode("utf-8", "replace"), since=since)
+                r = Request.new(topic=t.decode("utf-8", "replace"), since=since, **self._asked(t))
                 replies[r.reply_topic] = Replies(r)
             self._rx.replies.update(replies)
             # Heartbeats come every second: 2 s without a new producer, all were heard.
@@ -286,7 +305,7 @@ class Subscriber:
         if evicted:
             warnings.warn(f"{evicted} rows were evicted by retain={self._retain} and are "
                           "missing from the result", DataLossWarning, stacklevel=2)
-        self._warn_memory()
+        self._warn_pending()
         return (concat(tables) if tables or schema is None else schema.empty_table()).to_pandas()
 
     def to_parquet(self, path, *, partition_by=None) -> str:
@@ -387,7 +406,9 @@ class Subscriber:
             :meth:`history` requests went, a row per request and producer (``status``,
             ``reason``, ``rows``, ``missed`` reply messages, ``bytes`` received); ``others_history_messages``: replies to
             other subscribers' requests, received (a subscriber to every topic takes
-            them) and dropped. ``producers``: a
+            them) and dropped. ``views``: producers that refused this subscriber's
+            ``where=``/``columns=``, with the reason; ``others_view_messages``: rows of
+            views other subscribers asked for, received and dropped. ``producers``: a
             DataFrame with one row per (producer, topic), the last ``MAX_STREAMS``
             (10,000) heard from: counts, gaps, ``sent_rows`` (rows the producer had sent
             on that topic by its latest message: ``rows + missed_rows + skipped_rows``,
@@ -413,10 +434,12 @@ class Subscriber:
             rows = self._rx.protocol.report(now, self._dead_after)
             out["history"] = pd.DataFrame(self._rx.history_log, columns=_HISTORY_COLUMNS)
             out["others_history_messages"] = self._rx.others_replies
+            out["views"] = pd.DataFrame(self._rx.view_refusals, columns=_VIEW_COLUMNS)
+            out["others_view_messages"] = self._rx.others_views
         producers = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         producers["last_seen"] = pd.to_datetime(producers["last_seen"], unit="s", utc=True).dt.as_unit("ns")
         out["producers"] = producers
-        self._warn_memory()
+        self._warn_pending()
         return out
 
     def rejects(self) -> pd.DataFrame:
@@ -449,7 +472,8 @@ class Subscriber:
             it says otherwise), a datetime.
         where : str, optional
             Only matching rows cross the network (:mod:`zpandas.where`:
-            ``"status >= 500 and method == 'GET'"``).
+            ``"status >= 500 and method == 'GET'"``). Default, with neither ``where``
+            nor ``columns`` given: this subscriber's.
         columns : list of str, optional
             Only these columns cross the network.
         producers : int, optional
@@ -469,7 +493,9 @@ class Subscriber:
         """
         from .history import Request
         requests = [Request.new(topic=t.decode("utf-8", "replace"), since=since, until=until,
-                                where=where, columns=columns) for t in self.topics]
+                                **(self._asked(t) if where is None and columns is None
+                                   else {"where": where, "columns": columns}))
+                    for t in self.topics]
         with self._cond:
             self._check_error()
             if self._closed:
@@ -581,6 +607,11 @@ class Subscriber:
 
     # -- caller side helpers (hold _cond) ------------------------------------------------
 
+    def _asked(self, topic: bytes) -> dict:
+        """The where= and columns= this subscriber asks of ``topic``'s rows."""
+        view = None if self._views is None else self._views[topic]
+        return {} if view is None else {"where": view.where, "columns": view.columns}
+
     def _check_error(self) -> None:
         if self._rx.error is not None:
             raise SubscriberBrokenError(f"subscriber thread failed: {self._rx.error!r}") from self._rx.error
@@ -618,17 +649,21 @@ class Subscriber:
         if new > 0:
             warnings.warn(f"{new} rows were lost on the way since the last warning "
                           "(see gaps() and stats()['producers'])", DataLossWarning, stacklevel=3)
-        self._warn_memory()
+        self._warn_pending()
 
-    def _warn_memory(self) -> None:
+    def _warn_pending(self) -> None:
         """Warn on the caller's thread (the worker only logs): a warning raised as an
         error there (``-W error``) would end the worker instead of reaching the user."""
         with self._cond:
             message, self._rx.memory_warning = self._rx.memory_warning, None
+            notices, self._rx.notices = self._rx.notices, []
         if message:
             warnings.warn(message, MemoryBudgetWarning, stacklevel=4)
+        for notice in notices:
+            warnings.warn(notice, DataLossWarning, stacklevel=4)
 
 
+_VIEW_COLUMNS = ["producer", "name", "topic", "status", "reason"]
 _HISTORY_COLUMNS = ["request", "topic", "producer", "name", "status", "reason", "rows", "missed",
                     "bytes"]
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "sent_rows", "bytes", "missed",

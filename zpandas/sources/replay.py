@@ -307,16 +307,7 @@ class FileHistory:
             table = table.filter(keep)
         elif t is None and (req.since is not None or req.until is not None):
             raise ValueError("these rows have no time column to find since/until in")
-        if where is not None:
-            table = where.filter(table)
-        if req.columns is not None:
-            missing = [c for c in req.columns if c not in table.column_names]
-            if missing:
-                raise ValueError(f"no column {', '.join(map(repr, missing))}; the columns are "
-                                 f"{', '.join(c for c in table.column_names if c != '_offset')}")
-            keep = [c for c in req.columns if c != "_offset"] + ["_offset"]
-            table = table.select([c for c in keep if c in table.column_names])
-        return table
+        return history.select(table, where, req.columns)
 
 
 def _background() -> None:
