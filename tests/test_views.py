@@ -168,3 +168,25 @@ def test_views_of_files_from_producer_processes_through_a_proxy(tmp_path, procs)
                     got, want.sort_values(["timestamp", "host"]).reset_index(drop=True), check_dtype=False)
             # filtered at the producers: a fraction of the plain stream's bytes crossed
             assert live.stats()["bytes"] * 4 < watcher.stats()["bytes"]
+
+
+def test_the_command_line_subscriber_asks_for_a_view(tmp_path, procs):
+    from .test_cli import free_port
+    log = tmp_path / "app.log"
+    write_log(log, 0, 3000)
+    port = free_port()
+    out = tmp_path / "rows.parquet"
+    sub = procs.start("subscribe", "-e", f"@tcp://127.0.0.1:{port}", "-t", "m", "--producers", "1",
+                      "--where", "status >= 500 and host == 'web1'", "--columns", "timestamp, status",
+                      "--parquet", str(out))
+    assert sub.stdout.readline().startswith("listening on")
+    procs.start("publish", str(log), "-e", f">tcp://127.0.0.1:{port}", "-t", "m")
+    bad = procs.start("subscribe", "-e", "@tcp://127.0.0.1:0", "--where", "os.system('id')")
+    results = procs.wait_all(timeout=60)
+    assert [code for code, _ in results[:2]] == [0, 0], results
+    assert results[2][0] == 1 and "a call of something other" in results[2][1]
+    got = pd.read_parquet(out)
+    want = expected([log], where="status >= 500 and host == 'web1'", columns=["timestamp", "status"])
+    assert len(want) > 100
+    pd.testing.assert_frame_equal(got[["timestamp", "status"]].sort_values("timestamp").reset_index(drop=True),
+                                  want, check_dtype=False)

@@ -171,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--producers", type=int, metavar="N",
                    help="stop once N producers have finished (the batch job)")
     s.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    s.add_argument("--where", metavar="EXPR",
+                   help="only rows that match, filtered at the producers (e.g. \"status >= 500\")")
+    s.add_argument("--columns", metavar="A,B", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+                   help="only these columns, chosen at the producers")
+    s.add_argument("--since", metavar="WHEN",
+                   help="start with the past: '30min', '2026-12-06T10:40' (producers with --history)")
     s.add_argument("--parquet", metavar="DIR",
                    help="write the rows to Parquet files in DIR, a new file by size or time")
     s.add_argument("--roll-mb", type=float, default=64, metavar="MB",
@@ -312,7 +318,8 @@ def _subscribe(args) -> int:
     endpoints = args.endpoint or ["@" + DEFAULT_ENDPOINT]
     stop = _Stop()
     with Subscriber(endpoints, topics=args.topic, policy=args.policy,
-                    buffer_bytes=args.buffer_bytes, retain=0, curve=_curve(args)) as sub:
+                    buffer_bytes=args.buffer_bytes, retain=0, curve=_curve(args),
+                    where=args.where, columns=args.columns, since=args.since) as sub:
         print(f"listening on {', '.join(sub.endpoints)} topics={args.topic or 'all'} "
               "(Ctrl-C to stop)", flush=True)
         sink = None
