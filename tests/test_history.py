@@ -446,8 +446,8 @@ def test_credit_bounds_what_a_replay_has_in_flight(tmp_path):
                 out, end = [], time.monotonic() + seconds
                 while raw.poll(max(1, int((end - time.monotonic()) * 1000))):
                     msg = wire.decode(raw.recv_multipart())
-                    if msg.topic == req.reply_topic:
-                        out.append(msg)
+                    if msg.topic == req.reply_topic and msg.kind is wire.Kind.DATA:
+                        out.append(msg)   # (progress messages take no credit)
                     if time.monotonic() >= end:
                         break
                 return out
@@ -464,3 +464,52 @@ def test_credit_bounds_what_a_replay_has_in_flight(tmp_path):
     finally:
         raw.close(linger=0)
         ctx.term()
+
+
+def test_progress_bodies_are_checked():
+    from zpandas.history import progress_table, read_progress
+    assert read_progress(progress_table(files=2, bytes_total=10, bytes_done=4, rows=3)) == {
+        "files": 2, "bytes_total": 10, "bytes_done": 4, "rows": 3}
+    for bad in (progress_table(files=1, bytes_total=10, bytes_done=11, rows=0),
+                progress_table(files=-1, bytes_total=10, bytes_done=1, rows=0),
+                pa.table({"files": [1]})):
+        with pytest.raises(ValueError):
+            read_progress(bad)
+    header = wire.Header(kind=wire.Kind.HISTORY_PROGRESS, producer=b"p" * 16, rows=1)
+    frames = wire.encode(pa.table({"files": [1], "bytes_total": [5], "bytes_done": [9], "rows": [0]}),
+                         topic=PREFIX + b"x", header=header)   # more done than there is
+    with pytest.raises(zp.WireError) as e:
+        wire.decode(frames)
+    assert e.value.reason == "columns"
+
+
+def test_a_replay_shows_how_far_it_is(tmp_path, capsys):
+    """Bytes of file read of all, rows and an ETA per producer while it runs (a paced
+    replay: 100 kB/s of 2.4 MB), and a bar when asked."""
+    import threading
+    for name in ("app.log.1", "app.log"):
+        write_log(tmp_path / name, 0 if name.endswith("1") else 30_000, 30_000)
+    sizes = sum((tmp_path / n).stat().st_size for n in ("app.log.1", "app.log"))
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+        pub = Publishing(str(tmp_path / "app.log*"), ">" + sub.endpoints[0], history_rate=400_000)
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 60_000, timeout=60, what="the live stream")
+            result = {}
+            asking = threading.Thread(target=lambda: result.update(
+                df=sub.history(since=T0, timeout=60, progress=True)))
+            asking.start()
+            seen = wait_for(lambda: [r for r in sub.history_progress().itertuples()
+                                     if 0 < r.bytes_done < r.bytes_total], timeout=30,
+                            what="a replay under way")
+            r = seen[0]
+            assert r.name == "node1" and r.status == "running" and r.files == 2
+            # from the first row's place (the header line is not a row) to the ends
+            assert sizes - 100 < r.bytes_total <= sizes and 0 < r.rows < 60_000
+            assert 0 < r.eta_s < 60
+            asking.join(60)
+            assert len(result["df"]) == 60_000 and sub.history_progress().empty
+            assert sub.stats()["history"]["status"].tolist() == ["done"]
+        finally:
+            pub.close()
+    err = capsys.readouterr().err
+    assert "the past" in err and "1 of 1 producers done, 60,000 rows" in err

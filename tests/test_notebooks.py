@@ -87,6 +87,12 @@ assert res["window_start"].min() <= now - pd.Timedelta("29min")
 # the one-off question: only the rows and columns asked for
 assert set(burst.columns) == {"timestamp", "host", "path", "status", "_file", "_offset"}
 assert (burst["status"] >= 500).all() and 500 < len(burst) < 2000
+# the live view: the same errors, filtered on the nodes, three columns
+errs = only_errors.frame()
+assert set(errs.columns) == {"timestamp", "host", "status", "_file", "_offset"}
+assert (errs["status"] >= 500).all() and len(errs) >= len(burst)
+assert only_errors.stats()["history"]["status"].tolist() == ["done"] * 8
+only_errors.close()
 rows0 = sub.stats()["rows"]
 for _ in range(200):
     await asyncio.sleep(0.05)
@@ -148,3 +154,15 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors
+    shown = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    for pattern in SHOWN.get(os.path.basename(path), []):
+        assert re.search(pattern, shown), f"{path} does not show {pattern!r}"
+
+
+#: What a reader sees in a notebook's outputs (regular expressions).
+SHOWN = {
+    # how far the past is, where it ended (the output is updated in place)
+    "history.ipynb": [r"the past: [\d.]+ MB of [\d.]+ MB \(100%\), 8 of 8 producers done, [\d,]+ rows",
+                      r"\d+ error rows in \d+ kB"],
+}

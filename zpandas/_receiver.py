@@ -460,8 +460,9 @@ class Replies:
 
     def __init__(self, request) -> None:
         self.request = request
-        self.tables: list[pa.Table] = []
         self.parts: list[tuple] = []               # (producer, table, source, start, end)
+        self.progress: dict[bytes, dict] = {}      # producer id -> its last HISTORY_PROGRESS
+        self.began = time.monotonic()
         self.ends: dict[bytes, dict] = {}          # producer id -> its HISTORY_END
         self.names: dict[bytes, str] = {}
         self.rows: dict[bytes, int] = {}
@@ -480,13 +481,36 @@ class Replies:
             self.missed[h.producer] = self.missed.get(h.producer, 0) + h.seq - expected
         if h.kind is wire.Kind.HISTORY_END:
             self.ends[h.producer] = history.read_end(msg.table)
+        elif h.kind is wire.Kind.HISTORY_PROGRESS:
+            self.progress[h.producer] = history.read_progress(msg.table)
         elif h.kind is wire.Kind.DATA:
             self.taken[h.producer] = self.taken.get(h.producer, 0) + 1
             self._next[h.producer] = max(expected, h.seq + 1)
             self.rows[h.producer] = self.rows.get(h.producer, 0) + msg.table.num_rows
             if msg.table.num_rows:
-                self.tables.append(msg.table)
                 self.parts.append((h.producer, msg.table, h.source, h.start, h.end))
+
+    @property
+    def tables(self) -> list[pa.Table]:
+        return [part[1] for part in self.parts]
+
+    def report(self, now: float) -> list[dict]:
+        """How far each producer that answered is: a row each (see Subscriber.history_progress)."""
+        rows = []
+        for p in {**self.progress, **self.ends}:
+            pr, end = self.progress.get(p, {}), self.ends.get(p)
+            total = pr.get("bytes_total", 0)
+            done = total if end is not None else pr.get("bytes_done", 0)
+            took = max(1e-9, now - self.began)
+            rows.append({"request": self.request.id[:12], "topic": self.request.topic,
+                         "producer": p.hex()[:12], "name": self.names.get(p, ""),
+                         "status": end["status"] if end else "running",
+                         "files": pr.get("files", end["files"] if end else 0),
+                         "bytes_done": done, "bytes_total": total,
+                         "rows": self.rows.get(p, 0),
+                         "eta_s": 0.0 if end is not None or done >= total else
+                         (float("nan") if not done else (total - done) * took / done)})
+        return rows
 
     def subscriptions(self, topic: bytes) -> list[bytes]:
         """What this request subscribed to: its topic, and its last credit to each producer."""

@@ -45,7 +45,8 @@ from .errors import ZpandasError
 __all__ = ["PREFIX", "Request", "RequestError", "encode_request", "parse_request", "is_history",
            "CREDIT", "credit_topic", "parse_credit",
            "parse_time", "END_SCHEMA", "end_table", "read_end", "MAX_REQUEST_BYTES",
-           "VIEW_PREFIX", "View", "is_view", "parse_view", "topic_name", "select"]
+           "VIEW_PREFIX", "View", "is_view", "parse_view", "topic_name", "select",
+           "PROGRESS_SCHEMA", "progress_table", "read_progress"]
 
 #: Every history topic starts so (0xff: no text topic a user picks starts with it).
 PREFIX = b"\xffzp-history/"
@@ -69,6 +70,13 @@ _VIEW_KEYS = {"topic", "where", "columns"}
 #: The body of a HISTORY_END message: one row.
 END_SCHEMA = pa.schema([("status", pa.string()), ("reason", pa.string()), ("rows", pa.int64()),
                         ("files", pa.int64()), ("bytes", pa.int64())])
+#: The body of a HISTORY_PROGRESS message: one row. A producer sends one when it knows
+#: what it will read (files, and bytes from ``since``'s place to their ends) and then about
+#: every :data:`PROGRESS_EVERY` seconds.
+PROGRESS_SCHEMA = pa.schema([("files", pa.int64()), ("bytes_total", pa.int64()),
+                             ("bytes_done", pa.int64()), ("rows", pa.int64())])
+PROGRESS_EVERY = 0.5
+
 #: What a HISTORY_END's ``status`` may say.
 STATUSES = ("done", "no history", "refused", "cancelled", "failed")
 
@@ -370,4 +378,21 @@ def read_end(table: pa.Table) -> dict:
     row = table.cast(END_SCHEMA).to_pylist()[0]
     if row["status"] not in STATUSES:
         raise ValueError(f"unknown history status {row['status']!r}")
+    return row
+
+
+def progress_table(*, files: int, bytes_total: int, bytes_done: int, rows: int) -> pa.Table:
+    """The body of a HISTORY_PROGRESS message."""
+    return pa.Table.from_pylist([{"files": files, "bytes_total": bytes_total,
+                                  "bytes_done": bytes_done, "rows": rows}], schema=PROGRESS_SCHEMA)
+
+
+def read_progress(table: pa.Table) -> dict:
+    """A HISTORY_PROGRESS body as a dict; raises ``ValueError`` unless it is one row of
+    counts that are not negative, done no more than the total."""
+    if table.num_rows != 1 or table.schema.names != PROGRESS_SCHEMA.names:
+        raise ValueError("a history progress must be one row of files, bytes_total, bytes_done, rows")
+    row = table.cast(PROGRESS_SCHEMA).to_pylist()[0]
+    if any(v is None or v < 0 for v in row.values()) or row["bytes_done"] > row["bytes_total"]:
+        raise ValueError(f"a history progress of impossible counts {row}")
     return row

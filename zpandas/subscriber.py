@@ -17,8 +17,10 @@ as ``__cause__``.
 
 from __future__ import annotations
 
+import html
 import itertools
 import os
+import sys
 import threading
 import time
 import uuid
@@ -350,12 +352,15 @@ class Subscriber:
             self._rx.aggregations.append(agg)
         return agg
 
-    def wait_for_producers(self, producers: int = 1, timeout: float | None = 30.0) -> pd.DataFrame:
-        """Wait until rows from ``producers`` live producers have arrived.
+    def wait_for_producers(self, producers: int = 1, timeout: float | None = 30.0, *,
+                           progress: bool | None = None) -> pd.DataFrame:
+        """Wait until rows from ``producers`` live producers have arrived (with
+        ``where=``/``columns=``: until they are heard from, rows matching or not).
 
         For a live stream, what :meth:`Producer.wait_for_subscribers` is on the other
         side: "go on once every node is sending". With ``since=``, also until the past is
-        in. (For producers that end, use :meth:`collect`.)
+        in, showing how far it is (``progress``: a bar of bytes read of all the producers'
+        files, in a notebook by default). (For producers that end, use :meth:`collect`.)
 
         Returns
         -------
@@ -371,12 +376,16 @@ class Subscriber:
         # Under the condition (stats() takes it again: it is reentrant), so that no wake-up
         # is missed: the worker notifies on every micro-batch, end of stream, the past let
         # through (since=) and close.
-        with self._cond:
+        bar = _PastBar(progress)
+        with self._cond, bar:
             while True:
                 table = self.stats()["producers"]
-                names = sending(table)
-                if len(names) >= producers and self._rx.gate is None:
+                names = sending(table, rows=self._views is None)
+                gate = self._rx.gate
+                if len(names) >= producers and gate is None:
                     return table
+                if gate is not None:
+                    bar.show(gate.replies.values())
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(not_sending(names, producers, timeout))
@@ -455,7 +464,8 @@ class Subscriber:
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def history(self, since=None, until=None, *, where: str | None = None, columns=None,
-                producers: int | None = None, timeout: float = 60.0) -> pd.DataFrame:
+                producers: int | None = None, timeout: float = 60.0,
+                progress: bool | None = None) -> pd.DataFrame:
         """Ask the producers for rows they published before now; while the live stream goes on.
 
         The request travels to every producer the way subscriptions do (directly, or
@@ -485,6 +495,10 @@ class Subscriber:
             went away meanwhile (no heartbeat for ``dead_after`` seconds), are in
             ``stats()["history"]`` as ``"no answer"`` with the rows that came, and a
             ``DataLossWarning`` says so.
+        progress : bool, optional
+            Show how far the producers are (a bar of bytes read of all their files, with
+            producers done and rows; a widget in a notebook). Default: in a notebook.
+            :meth:`history_progress` has it per producer.
 
         Raises
         ------
@@ -509,10 +523,12 @@ class Subscriber:
             self._rx.commands.extend(("subscribe", t) for t in replies)
         self._ring()
         deadline = time.monotonic() + timeout
+        bar = _PastBar(progress)
         try:
-            with self._cond:
+            with self._cond, bar:
                 settled_at = None
                 while True:
+                    bar.show(replies.values())
                     answered = {p for rep in replies.values() for p in rep.ends}
                     if producers is not None:
                         done = len(answered) >= producers
@@ -539,6 +555,23 @@ class Subscriber:
                     self._rx.commands.extend(("unsubscribe", s) for s in rep.subscriptions(t))
             self._ring()
         return self._history_result(replies, expected if producers is None else set(), names)
+
+    def history_progress(self) -> pd.DataFrame:
+        """How far the history requests still open are: a row per request and producer
+        that answered - ``status`` (``"running"`` until its end came), ``files``,
+        ``bytes_done`` of ``bytes_total`` (file bytes from ``since``'s place to their
+        ends), ``rows`` received, ``eta_s`` (at the rate so far). Finished requests are
+        in ``stats()["history"]``."""
+        now = time.monotonic()
+        with self._cond:
+            self._check_error()
+            rows = [r for rep in self._open_replies() for r in rep.report(now)]
+        return pd.DataFrame(rows, columns=_PROGRESS_COLUMNS)
+
+    def _open_replies(self) -> list[Replies]:
+        """Every history request still open, since='s included (caller holds the condition)."""
+        gate = self._rx.gate
+        return [*self._rx.replies.values(), *(gate.replies.values() if gate is not None else ())]
 
     def _history_result(self, replies: dict, expected: set, names: dict) -> pd.DataFrame:
         """Record how a history request went (stats()["history"]); its rows as one frame."""
@@ -663,6 +696,8 @@ class Subscriber:
             warnings.warn(notice, DataLossWarning, stacklevel=4)
 
 
+_PROGRESS_COLUMNS = ["request", "topic", "producer", "name", "status", "files", "bytes_done",
+                     "bytes_total", "rows", "eta_s"]
 _VIEW_COLUMNS = ["producer", "name", "topic", "status", "reason"]
 _HISTORY_COLUMNS = ["request", "topic", "producer", "name", "status", "reason", "rows", "missed",
                     "bytes"]
@@ -671,12 +706,97 @@ _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "sent_rows
                      "finished", "alive", "received", "bad_frames", "sources"]
 
 
-def sending(producers: pd.DataFrame) -> list[str]:
+class _PastBar:
+    """How far history replies are: bytes of file read of all the producers', producers
+    done, rows. In a notebook an output updated in place (its text too, so a saved notebook
+    shows where it ended), elsewhere a tqdm bar on stderr; shown when asked, or by default
+    in a notebook. The caller shows it as replies arrive (it waits on the condition the
+    worker notifies for each); drawn at most every 0.2 s, and once more at the end."""
+
+    def __init__(self, show: bool | None) -> None:
+        self._notebook = "ipykernel" in sys.modules
+        self._show = self._notebook if show is None else show
+        self._out = None      # a display handle (notebook) or a tqdm bar
+        self._state: tuple | None = None
+        self._drawn = 0.0
+
+    def show(self, replies) -> None:
+        if not self._show:
+            return
+        rows = [r for rep in replies for r in rep.report(time.monotonic())]
+        total = sum(r["bytes_total"] for r in rows)
+        if total:
+            self._state = (sum(r["bytes_done"] for r in rows), total,
+                           sum(r["status"] != "running" for r in rows), len(rows),
+                           sum(r["rows"] for r in rows))
+            if time.monotonic() - self._drawn >= 0.2:
+                self._draw()
+
+    def _draw(self) -> None:
+        self._drawn = time.monotonic()
+        done, total, finished, producers, rows = self._state
+        text = (f"the past: {_size(done)} of {_size(total)} ({100 * done / total:.0f}%), "
+                f"{finished} of {producers} producers done, {rows:,} rows")
+        if self._notebook:
+            from IPython.display import display
+            view = _Text(text, f'<progress value="{done}" max="{total}" style="width: 40%"></progress> '
+                               f"<span>{html.escape(text[len('the past: '):])}</span>")
+            if self._out is None:
+                self._out = display(view, display_id=True)
+            else:
+                self._out.update(view)
+            return
+        if self._out is None:
+            from tqdm import tqdm
+
+            class Bar(tqdm):
+                monitor_interval = 0   # drawn here as replies come: no thread of tqdm's
+
+            self._out = Bar(desc="the past", unit="B", unit_scale=True, unit_divisor=1024,
+                            total=total, leave=True)
+        self._out.total, self._out.n = total, done
+        self._out.set_postfix_str(f"{finished} of {producers} producers done, {rows:,} rows",
+                                  refresh=False)
+        self._out.refresh()
+
+    def __enter__(self) -> _PastBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._state is not None:
+            self._draw()
+        if self._out is not None and not self._notebook:
+            self._out.close()
+
+
+class _Text:
+    """Something to display: text, and HTML for a notebook."""
+
+    def __init__(self, text: str, html_: str) -> None:
+        self._text, self._html = text, html_
+
+    def __repr__(self) -> str:
+        return self._text
+
+    def _repr_html_(self) -> str:
+        return self._html
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"
+
+
+def sending(producers: pd.DataFrame, rows: bool = True) -> list[str]:
     """The names of the producers in a ``stats()["producers"]`` table that are alive and
-    have sent rows (one per producer)."""
+    have sent rows (or, ``rows=False``, been heard from: a view's producers may have no row
+    that matches yet), one per producer."""
     if not len(producers):
         return []
-    live = producers[producers["alive"] & (producers["rows"] > 0)]
+    live = producers[producers["alive"] & ((producers["rows"] > 0) | (not rows))]
     return sorted(live.drop_duplicates("producer")["name"])
 
 

@@ -84,10 +84,11 @@ class Kind(enum.IntEnum):
     HEARTBEAT = 2
     REJECTS = 3       # lines a source could not parse, as rows (not counted in seq/total)
     HISTORY_END = 4   # a history reply's last message: how it went (zpandas.history)
+    HISTORY_PROGRESS = 5   # how far a history reply is: bytes of file read of all (zpandas.history)
 
 
 #: Kinds whose body is an Arrow IPC stream.
-WITH_BODY = (Kind.DATA, Kind.REJECTS, Kind.HISTORY_END)
+WITH_BODY = (Kind.DATA, Kind.REJECTS, Kind.HISTORY_END, Kind.HISTORY_PROGRESS)
 
 
 @dataclass(frozen=True)
@@ -412,12 +413,12 @@ def decode(frames, *, max_bytes: int | None = None, categories=()) -> Message:
         raise WireError("fingerprint", "the body's schema does not match the header's fingerprint")
     if table.num_rows != header.rows:
         raise WireError("rows", f"header says {header.rows} rows, body has {table.num_rows}")
-    if header.kind is Kind.HISTORY_END:
-        from .history import read_end
+    if header.kind in (Kind.HISTORY_END, Kind.HISTORY_PROGRESS):
+        from .history import read_end, read_progress
         try:
-            read_end(table)
+            (read_end if header.kind is Kind.HISTORY_END else read_progress)(table)
         except (ValueError, pa.ArrowException) as e:
-            raise WireError("columns", f"a history end: {e}") from None
+            raise WireError("columns", f"a {header.kind.name.lower().replace('_', ' ')}: {e}") from None
     table = check_table(table, header.fingerprint, body_bytes=max(body.nbytes, declared),
                         rejects=header.kind is Kind.REJECTS, start=header.start, end=header.end)
     return Message(topic, header, restore(table, categories), nbytes)

@@ -191,25 +191,29 @@ class FileHistory:
                 seq[1] += table.num_rows
             return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
 
-        status, reason = "done", ""
+        status, reason, plan = "done", "", []
         try:
             where = None
             if req.where is not None:
                 from ..where import parse
                 where = parse(req.where)
-            for path in _files(self.patterns):
-                if cancelled.is_set():
-                    status, reason = "cancelled", "the requester stopped asking"
+            plan = self._plan(req)   # every file opened now: a rotation meanwhile loses none
+            progress = Progress(send, files=len(plan), total=sum(size - at for _, _, at, size in plan))
+            if not progress.send(counts, force=True):
+                status, reason = "cancelled", "the requester stopped asking"
+            for path, f, start, size in plan:
+                if status != "done":
                     break
-                ok = self._replay_file(path, req, where, send, counts, cancelled)
-                if not ok:
+                if cancelled.is_set() or not self._replay_file(
+                        path, f, start, size, req, where, send, counts, cancelled, progress):
                     status, reason = "cancelled", "the requester stopped asking"
-                    break
         except Exception as e:  # noqa: BLE001 - a replay's failure is the requester's answer
             status, reason = ("refused" if isinstance(e, ValueError) else "failed"), \
                 f"{type(e).__name__}: {e}"
             log.warning("history request %s: %s", req.id[:8], reason)
         finally:
+            for _, f, _, _ in plan:
+                f.close()
             with self._lock:
                 self._running.pop(topic, None)
                 self._credit.pop(topic, None)
@@ -218,34 +222,48 @@ class FileHistory:
             send(history.end_table(status, reason, rows=counts["rows"], files=counts["files"],
                                    nbytes=counts["bytes"]), kind=wire.Kind.HISTORY_END)
 
-    def _replay_file(self, path: str, req: history.Request, where, send, counts: dict,
-                     cancelled: threading.Event) -> bool:
-        fmt = get_format(**self.format_args)
+    def _plan(self, req: history.Request) -> list:
+        """(path, open file, where ``since`` starts, size) of each file with rows to read,
+        oldest first."""
+        plan = []
         try:
-            f = open(path, "rb")
-        except OSError:
-            return True   # rotated away meanwhile
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            header_end = _begin(fmt, f, path)
-            since = None if req.since is None else req.since.value - SLACK_NS
-            start = header_end if since is None else _bisect(fmt, f, path, header_end, size, since)
-            if start >= size:
-                return True
-            counts["files"] += 1
-            source = self._source(f)
-            pos, began = start, time.monotonic()
-            # with a rate, blocks of a tenth of a second's worth: the pace is even
-            block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
-            # parsed as the live stream parses: on two threads while the next block is read
-            pipeline = ParsePipeline(fmt, default_threads(), initializer=_background)
-            path_abs = os.path.abspath(path)
+            for path in _files(self.patterns):
+                try:
+                    f = open(path, "rb")
+                except OSError:
+                    continue   # rotated away meanwhile: its new name is in the list too
+                size = os.fstat(f.fileno()).st_size
+                fmt = get_format(**self.format_args)
+                header_end = _begin(fmt, f, path)
+                since = None if req.since is None else req.since.value - SLACK_NS
+                start = header_end if since is None else _bisect(fmt, f, path, header_end, size, since)
+                if start >= size:
+                    f.close()
+                    continue
+                plan.append((path, f, start, size))
+        except BaseException:
+            for _, f, _, _ in plan:
+                f.close()
+            raise
+        return plan
 
-            def publish(wait: bool) -> bool | None:
-                """Send what is parsed; False: cancelled; None: past ``until``, stop."""
-                for ch, parsed, _ in pipeline.results(wait=wait):
-                    if parsed is None or not parsed.num_rows:
-                        continue
+    def _replay_file(self, path: str, f, start: int, size: int, req: history.Request, where,
+                     send, counts: dict, cancelled: threading.Event, progress: Progress) -> bool:
+        fmt = get_format(**self.format_args)
+        _begin(fmt, f, path)   # a CSV's header names the columns
+        counts["files"] += 1
+        source = self._source(f)
+        pos, began = start, time.monotonic()
+        # with a rate, blocks of a tenth of a second's worth: the pace is even
+        block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
+        # parsed as the live stream parses: on two threads while the next block is read
+        pipeline = ParsePipeline(fmt, default_threads(), initializer=_background)
+        path_abs = os.path.abspath(path)
+
+        def publish(wait: bool) -> bool | None:
+            """Send what is parsed; False: cancelled; None: past ``until``, stop."""
+            for ch, parsed, _ in pipeline.results(wait=wait):
+                if parsed is not None and parsed.num_rows:
                     table = self._select(parsed, req, where)
                     if table.num_rows:
                         table = with_source(table, path_abs)
@@ -255,44 +273,51 @@ class FileHistory:
                                         end=ch.end):
                                 return False
                         counts["rows"] += table.num_rows
-                    # every row of the block at or past until (and slack): the rest of
-                    # the file is later still
-                    if req.until is not None and _earliest(parsed) >= req.until.value + SLACK_NS:
-                        return None
-                return True
+                progress.done += ch.end - ch.start
+                if not progress.send(counts):
+                    return False
+                # every row of the block at or past until (and slack): the rest of
+                # the file is later still
+                if (parsed is not None and req.until is not None
+                        and _earliest(parsed) >= req.until.value + SLACK_NS):
+                    return None
+            return True
 
-            try:
-                while pos < size:
-                    if cancelled.is_set():
+        try:
+            while pos < size:
+                if cancelled.is_set():
+                    return False
+                f.seek(pos)
+                data = f.read(min(block, size - pos))
+                if not data:
+                    break
+                ends = record_ends(data, quoted=fmt.quoted)
+                if not len(ends):
+                    if pos + len(data) < size:   # a record longer than a block: skip it
+                        pos += len(data)
+                        progress.done += len(data)
+                        continue
+                    ends = np.array([len(data)], np.int64)   # the last record, no newline
+                cut = int(ends[-1])
+                pipeline.submit(SimpleNamespace(records=_records(data[:cut], ends, pos),
+                                                path=path, start=pos, end=pos + cut))
+                counts["bytes"] += cut
+                pos += cut
+                went = publish(wait=False)
+                if went is False:
+                    return False
+                if went is None:
+                    break
+                if self.rate:   # at most `rate` bytes a second: wait, waking on a cancel
+                    ahead = (pos - start) / self.rate - (time.monotonic() - began)
+                    if ahead > 0 and cancelled.wait(ahead):
                         return False
-                    f.seek(pos)
-                    data = f.read(min(block, size - pos))
-                    if not data:
-                        break
-                    ends = record_ends(data, quoted=fmt.quoted)
-                    if not len(ends):
-                        if pos + len(data) < size:   # a record longer than a block: skip it
-                            pos += len(data)
-                            continue
-                        ends = np.array([len(data)], np.int64)   # the last record, no newline
-                    cut = int(ends[-1])
-                    pipeline.submit(SimpleNamespace(records=_records(data[:cut], ends, pos),
-                                                    path=path, start=pos, end=pos + cut))
-                    counts["bytes"] += cut
-                    pos += cut
-                    went = publish(wait=False)
-                    if went is False:
-                        return False
-                    if went is None:
-                        return True
-                    if self.rate:   # at most `rate` bytes a second: wait, waking on a cancel
-                        ahead = (pos - start) / self.rate - (time.monotonic() - began)
-                        if ahead > 0 and cancelled.wait(ahead):
-                            return False
+            else:
                 return publish(wait=True) is not False
-            finally:
-                pipeline.close()
-        return True
+            return True
+        finally:
+            pipeline.close()
+            progress.done += size - pos   # what until= or a shrunk file left unread
 
     @staticmethod
     def _select(table: pa.Table, req: history.Request, where) -> pa.Table:
@@ -308,6 +333,26 @@ class FileHistory:
         elif t is None and (req.since is not None or req.until is not None):
             raise ValueError("these rows have no time column to find since/until in")
         return history.select(table, where, req.columns)
+
+
+class Progress:
+    """How far a replay is, told to the requester when it starts and then about every
+    :data:`zpandas.history.PROGRESS_EVERY` seconds (bytes of file from ``since``'s place)."""
+
+    def __init__(self, send, *, files: int, total: int) -> None:
+        self._send, self.files, self.total = send, files, total
+        self.done = 0
+        self._last = 0.0
+
+    def send(self, counts: dict, *, force: bool = False) -> bool:
+        """Tell it if it is time; False if the request was cancelled."""
+        now = time.monotonic()
+        if not force and now - self._last < history.PROGRESS_EVERY:
+            return True
+        self._last = now
+        return self._send(history.progress_table(
+            files=self.files, bytes_total=self.total, bytes_done=min(self.done, self.total),
+            rows=counts["rows"]), kind=wire.Kind.HISTORY_PROGRESS)
 
 
 def _background() -> None:
