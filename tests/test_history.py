@@ -5,6 +5,7 @@ and nobody else's frames are touched."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pandas as pd
@@ -513,3 +514,26 @@ def test_a_replay_shows_how_far_it_is(tmp_path, capsys):
             pub.close()
     err = capsys.readouterr().err
     assert "the past" in err and "1 of 1 producers done, 60,000 rows" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling policies are Linux's")
+def test_replay_threads_run_only_when_nothing_else_wants_the_cpu(tmp_path):
+    import threading
+    write_log(tmp_path / "app.log", 0, 30_000)
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+        pub = Publishing(str(tmp_path / "app.log"), ">" + sub.endpoints[0], history_rate=200_000)
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 30_000, timeout=60, what="the live stream")
+            asking = threading.Thread(target=lambda: sub.history(since=T0, timeout=60, progress=False))
+            asking.start()
+            replaying = wait_for(lambda: [t for t in threading.enumerate()
+                                          if t.name.startswith("zpandas-history-")],
+                                 timeout=30, what="a replay thread")
+            policies = {os.sched_getscheduler(t.native_id) for t in replaying if t.is_alive()}
+            asking.join(60)
+            assert policies == {os.SCHED_IDLE}
+            live = {os.sched_getscheduler(t.native_id) for t in threading.enumerate()
+                    if t.name.startswith("zpandas-producer") and t.is_alive()}
+            assert live == {os.SCHED_OTHER}      # the live stream's threads as they were
+        finally:
+            pub.close()

@@ -41,6 +41,9 @@ _TYPICAL_FRAME = 4 << 20
 #: Bounds of what is kept for the caller (documented in docs/guarantees.md).
 GAPS_KEPT = 10_000              # rows of gaps()
 REJECTS_KEPT = 100_000          # rows of rejects()
+#: History replies received and not yet decoded, at most (each request's credit bounds
+#: them too): beyond this they are decoded as they come.
+_REPLIES_LATER = 256
 #: The bad-frame log line for one reason is written at most this often (seconds).
 _BAD_LOG_EVERY = 10.0
 #: The "producer" of plain text messages.
@@ -149,11 +152,12 @@ class Receiver:
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor.socket, zmq.POLLIN)
         poller.register(bell, zmq.POLLIN)
+        later: collections.deque = collections.deque()   # history replies, after live rows
         while not self.stop.is_set():
             # Inside a zmq call even when idle (a bound SUB only greets new peers, and
             # sends them its subscriptions, while its thread is in one), without a tick:
             # the next batch's due time bounds the wait, close() rings the bell.
-            wait = batcher.timeout(time.monotonic())
+            wait = 0 if later else batcher.timeout(time.monotonic())
             if self.gate is not None:   # the gate opens on time, not on a message
                 wait = 0.05 if wait is None else min(wait, 0.05)
             events = dict(poller.poll(None if wait is None else int(wait * 1000)))
@@ -168,14 +172,21 @@ class Receiver:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    if _is_reply(frames) and len(later) < _REPLIES_LATER:
+                        # The past waits for the present: a live message behind a few
+                        # replies in the socket is not kept waiting while they decode.
+                        later.append(frames)
+                        continue
                     table = self._isolated(frames)
                     # no rows: columns only; a read of collecting without the lock at
                     # worst makes one batch collect() throws away
                     if table is not None and table.num_rows and not self.collecting:
                         for batch in batcher.add(table, time.monotonic()):
                             self._enqueue(batch)
-                if self.commands:   # credit for history replies, granted as they come
-                    self._run_commands(sock)
+            if later and sock not in events:   # no live message waits: one reply
+                self._isolated(later.popleft())
+            if self.commands:   # credit for history replies, granted as they come
+                self._run_commands(sock)
             if self.gate is not None and self._gate_opens():
                 for table in self._open_gate(sock):
                     for batch in [] if self.collecting else batcher.add(table, time.monotonic()):
@@ -452,6 +463,11 @@ class Receiver:
             self._sizes.append(size)
             self.queued_bytes += size
             self._cond.notify_all()
+
+
+def _is_reply(frames) -> bool:
+    """A history reply, told by its topic frame alone."""
+    return len(frames) == 3 and frames[0].bytes[:len(history.PREFIX)] == history.PREFIX
 
 
 class Replies:

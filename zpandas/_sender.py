@@ -34,6 +34,7 @@ ZERO_COPY_MIN = 64 * 1024  # below this a copy is cheaper than zero-copy bookkee
 _SEND_TIMEOUT_MS = 100     # longest a blocked send holds the owner away from its loop
 _REPAIR_BEAT = 0.1         # seconds between heartbeats while a multicast socket drains
 _REPLIES_AHEAD = 8         # history messages waiting for the owner: memory stays bounded
+_REPLY_RETRY = 0.005       # seconds before a history reply that met a full subscriber is tried again
 
 
 class Sender:
@@ -64,6 +65,7 @@ class Sender:
         # per reply topic here (never in the live streams' numbering or heartbeats).
         self._replies: collections.deque[_Outgoing] = collections.deque()
         self._reply_numbers: dict[bytes, list[int]] = {}
+        self._replies_retry: float | None = None   # a reply met a full subscriber: try then
         #: What answers history requests with rows (publish_files' FileHistory); None:
         #: "no history". Set before the producer is used.
         self.history_provider = None
@@ -159,6 +161,8 @@ class Sender:
             # subscriptions all arrive on polled sockets; only times we know of bound the
             # wait. With messages waiting, send() does the waiting.
             timeout = 0.0 if out else float("inf")
+            if self._replies and self._replies_retry is not None:
+                timeout = min(timeout, self._replies_retry - now)
             with self._lock:
                 timeout = min(timeout, self._coalescer.next_due() - now)
             if self._heartbeat:
@@ -198,13 +202,16 @@ class Sender:
                 next_heartbeat = time.monotonic() + self._heartbeat
 
             self._send_out(xpub, out)
-            if not out:   # the past yields to the present
+            if not out and (self._replies_retry is None or time.monotonic() >= self._replies_retry):
+                # The past yields to the present: sent when no live message waits, and never
+                # waited for - a subscriber's full queue leaves it for a moment, not the
+                # owner (an XPUB cannot be polled for room: libzmq#1597)
                 with self._lock:
                     while self._inbox and len(self._replies) < 2:
                         self._replies.append(_Outgoing(*self._inbox.popleft(), reply=True))
                         self._lock.notify_all()   # a replay waiting for room
-                if self._replies:
-                    self._send_out(xpub, self._replies)
+                full = bool(self._replies) and self._send_out(xpub, self._replies, wait=False)
+                self._replies_retry = time.monotonic() + _REPLY_RETRY if full else None
 
             if self._past_deadline():
                 self.abandoned = True  # close() timed out: what is queued here is dropped
@@ -396,12 +403,13 @@ class Sender:
         self._replies.append(_Outgoing(*frames, reply=True))
 
     def _send_out(self, xpub: zmq.Socket, out: collections.deque[_Outgoing], *,
-                  final: bool = False) -> bool:
+                  final: bool = False, wait: bool = True) -> bool:
         """Send queued messages in order, until done or a subscriber is full ("block").
 
         Under "drop" a message meeting a full subscriber is dropped for that one only;
         ``final`` messages (end-of-stream) wait for room under either policy. Returns
-        whether any send had to wait.
+        whether any send had to wait; with ``wait=False`` (history replies: neither
+        dropped nor waited for) whether one met a full subscriber and stays first.
         """
         waited = False
         while out:
@@ -418,6 +426,8 @@ class Sender:
                 try:
                     xpub.send(f, flags | zmq.NOBLOCK, copy=copy)
                 except zmq.Again:
+                    if not wait:
+                        return True
                     if self.policy == "drop" and not final:
                         # Lossy for this frame only: libzmq delivers it to every
                         # subscriber with room and drops it for the full ones.

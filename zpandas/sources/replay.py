@@ -10,7 +10,8 @@ rows in ``[since, until)`` that match ``where``, keeps only ``columns`` (and ``_
 ``_offset``), and sends them under the request's topic, then a ``HISTORY_END`` saying how
 many. A file read while it grows is read up to its size when the request came.
 
-Replays run on their own threads, at a lower CPU priority than the live stream's (nice 10),
+Replays run on their own threads, at a lower CPU priority than the live stream's (Linux's
+SCHED_IDLE, else nice 10),
 at most ``max_requests`` at a time (more are refused with the reason), at most ``rate``
 bytes of file per second each, in messages of about 256 KiB, no more than the requester's
 credit allows in flight (:data:`zpandas.history.CREDIT`), and hand the owner thread at most
@@ -356,10 +357,17 @@ class Progress:
 
 
 def _background() -> None:
-    """This thread runs after the live stream's for the CPU too: the kernel's nice 10 for
-    it alone (Linux schedules threads; elsewhere nothing changes)."""
+    """This thread runs after the live stream's for the CPU too: Linux's SCHED_IDLE for it
+    alone (it runs when no other thread wants the CPU: nice 19 still takes a share), else
+    nice 10 (elsewhere nothing changes)."""
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 10)
     except (AttributeError, OSError):
         pass
 
