@@ -266,8 +266,11 @@ def _publish(args) -> int:
     if not args.quiet:
         rejects = f", {result['rejects']:,} lines rejected" if result["rejects"] else ""
         widened = f"; widened {', '.join(result['widened'])}" if result["widened"] else ""
+        skipped = result.get("compressed", [])
+        skipped = (f"; {len(skipped)} compressed files not read ({', '.join(skipped[:3])}"
+                   f"{', ...' if len(skipped) > 3 else ''})" if skipped else "")
         print(f"published {result['rows']:,} rows from {result['files']} files "
-              f"({result['bytes'] / 1e6:.1f} MB){rejects}{widened}", file=sys.stderr)
+              f"({result['bytes'] / 1e6:.1f} MB){rejects}{widened}{skipped}", file=sys.stderr)
     return signalled.code if signalled else 0
 
 

@@ -184,13 +184,13 @@ class CsvReader:
         offset = 0  # file offset of buf[0]
         line = 1    # line number of buf[0]
         rows_seen = False
-        with open(path, "rb") as f:
+        with _open(path) as f:
             eof = False
             while not eof:
                 if len(buf) < filled + self.block_size:  # a record longer than a block
                     buf.extend(bytes(filled + self.block_size - len(buf)))
                 with memoryview(buf) as view:
-                    n = f.readinto(view[filled:filled + self.block_size])
+                    n = _read_full(f, view[filled:filled + self.block_size])
                 # A short read is the end of a regular file: its last record, even
                 # without a final newline, is parsed (and typed) with the ones before.
                 eof = n < self.block_size
@@ -481,3 +481,22 @@ def _line_at(path: str, offset: int) -> int:
             line += chunk.count(b"\n")
             offset -= len(chunk)
     return line
+
+
+def _open(path: str):
+    """``path``'s bytes: decompressed when it is compressed (a rotated ``.gz`` copy)."""
+    from .compressed import HEAD, compression_of, open_decompressed
+    with open(path, "rb") as f:
+        kind = compression_of(f.read(HEAD))
+    return open(path, "rb") if kind is None else open_decompressed(path, kind)
+
+
+def _read_full(f, view: memoryview) -> int:
+    """Fill ``view`` but at the end: a decompressor may return less before its end."""
+    n = 0
+    while n < len(view):
+        got = f.readinto(view[n:])
+        if not got:
+            break
+        n += got
+    return n

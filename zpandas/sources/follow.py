@@ -43,6 +43,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from .compressed import HEAD as COMPRESSED_HEAD
+from .compressed import compression_of
 from .encoding import Transcoder
 from .framing import Framer, concat_records
 from .records import Records
@@ -154,6 +156,10 @@ class Follower:
         # perhaps a copy still being written (copytruncate of a large file)
         self._maybe_copies: dict[tuple[int, int], list] = {}
         self.lost_truncations = 0
+        #: Compressed files the globs matched (logrotate's ``compress``), by (dev, ino):
+        #: path. Not followed: see :mod:`zpandas.sources.compressed`.
+        self.compressed: dict[tuple[int, int], str] = {}
+        self._compressed_seen = 0
         #: Bytes of files that were gone, unread past our offset, when we started again
         #: (rotated away and deleted while stopped, or while too far behind).
         self.lost_bytes = 0
@@ -240,6 +246,7 @@ class Follower:
                 named.add(id(c))
         self._finished = {k: v for k, v in self._finished.items() if k in seen}
         self._maybe_copies = {k: v for k, v in self._maybe_copies.items() if k in seen}
+        self.compressed = {k: v for k, v in self.compressed.items() if k in seen}
         self.present = {c.key for c in self._cursors} | {v[2] for v in self._finished.values()}
         for c in self._cursors:
             if id(c) not in named and not c.detached:
@@ -278,7 +285,20 @@ class Follower:
             # Nothing to read yet, and nothing to tell a new file from a copy that is
             # about to be written into it: it is looked at again once it has bytes.
             return None
+        known = self.compressed.get((st.st_dev, st.st_ino))
+        if known is not None and compression_of(_head(path, COMPRESSED_HEAD)) is not None:
+            return None   # (still that file: an inode is used again after a delete)
         head = _head(path, HEAD_BYTES)
+        kind = compression_of(head[:COMPRESSED_HEAD])
+        if kind is not None:
+            self.compressed[(st.st_dev, st.st_ino)] = path
+            self._compressed_seen += 1
+            # said once, then only in the debug log: a glob may match a week of copies
+            log.log(logging.WARNING if self._compressed_seen == 1 else logging.DEBUG,
+                    "%s: %s-compressed: not read (a rotated copy holds lines already read "
+                    "from the file it was; whole CSV files are read through the decompressor "
+                    "without --follow)", path, kind)
+            return None
         c = self._cursor(key=uuid.uuid4().hex[:16], path=path, dev=st.st_dev, ino=st.st_ino, head=head)
         for key, entry in list(self._resume.items()):
             h, offset, line = entry[2], entry[3], entry[4]

@@ -21,6 +21,7 @@ from .._tables import with_source
 from ..producer import Producer
 from .checkpoint import Checkpoint
 from .csv import CsvReader
+from .compressed import HEAD, compression_of
 from .encoding import Transcoder
 from .follow import Follower
 from .lines import REJECT_SCHEMA, get_format
@@ -235,9 +236,9 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
             producer.close()
 
 
-def _first_bytes(path: str) -> bytes:
+def _first_bytes(path: str, n: int = 4) -> bytes:
     with open(path, "rb") as f:
-        return f.read(4)
+        return f.read(n)
 
 
 def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str,
@@ -251,13 +252,15 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
     with _progress(total, progress) as bar:
         for path in files:
             source = f"{run}/{os.path.abspath(path)}"
+            plain = compression_of(_first_bytes(path, HEAD)) is None   # else: offsets decompressed
             done = 0
             for block in reader.read(path):
                 producer.send(with_source(block.table, os.path.abspath(path), block.offsets), source=source,
                               offsets=(block.start, block.end))
                 rows += block.table.num_rows
-                bar.update(block.end - done)
-                done = block.end
+                if plain:
+                    bar.update(block.end - done)
+                    done = block.end
             if reader.rejects:
                 producer.send_rejects(pa.Table.from_pylist(reader.rejects, schema=REJECT_SCHEMA),
                                       source=source)
@@ -382,6 +385,7 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
             ckpt.close()
     out["files"] = len(seen)
     out["lost_truncations"] = follower.lost_truncations
+    out["compressed"] = sorted(follower.compressed.values())   # matched, not read
     out["lost_bytes"] = follower.lost_bytes
     out["widened"] = []  # line formats widen numbers silently (receivers unify the types)
     return out

@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 
 from .. import history, wire
 from .._tables import with_source
+from .compressed import HEAD as COMPRESSED_HEAD
+from .compressed import compression_of
 from .lines import get_format
 from .pipeline import ParsePipeline, default_threads
 from .publish import expand_paths
@@ -192,13 +194,13 @@ class FileHistory:
                 seq[1] += table.num_rows
             return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
 
-        status, reason, plan = "done", "", []
+        status, reason, plan, skipped = "done", "", [], []
         try:
             where = None
             if req.where is not None:
                 from ..where import parse
                 where = parse(req.where)
-            plan = self._plan(req)   # every file opened now: a rotation meanwhile loses none
+            plan = self._plan(req, skipped)   # every file opened now: a rotation meanwhile loses none
             progress = Progress(send, files=len(plan), total=sum(size - at for _, _, at, size in plan))
             if not progress.send(counts, force=True):
                 status, reason = "cancelled", "the requester stopped asking"
@@ -219,13 +221,16 @@ class FileHistory:
                 self._running.pop(topic, None)
                 self._credit.pop(topic, None)
                 self.served += 1
+        if status == "done" and skipped:
+            reason = (f"not read: {len(skipped)} compressed file(s) ({', '.join(skipped[:5])}"
+                      f"{', ...' if len(skipped) > 5 else ''})")
         if status != "cancelled":
             send(history.end_table(status, reason, rows=counts["rows"], files=counts["files"],
                                    nbytes=counts["bytes"]), kind=wire.Kind.HISTORY_END)
 
-    def _plan(self, req: history.Request) -> list:
+    def _plan(self, req: history.Request, skipped: list) -> list:
         """(path, open file, where ``since`` starts, size) of each file with rows to read,
-        oldest first."""
+        oldest first; the names of compressed files matched go to ``skipped``."""
         plan = []
         try:
             for path in _files(self.patterns):
@@ -233,6 +238,10 @@ class FileHistory:
                     f = open(path, "rb")
                 except OSError:
                     continue   # rotated away meanwhile: its new name is in the list too
+                if compression_of(f.read(COMPRESSED_HEAD)) is not None:
+                    f.close()   # no offsets to search: as for the live stream, not read
+                    skipped.append(os.path.basename(path))
+                    continue
                 size = os.fstat(f.fileno()).st_size
                 fmt = get_format(**self.format_args)
                 header_end = _begin(fmt, f, path)
