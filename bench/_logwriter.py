@@ -7,7 +7,9 @@ Every ``--rotate-every`` seconds the file is rotated, alternately by ``rename`` 
 ``create``: the file becomes ``PATH.1``, a new one is created) and by ``copytruncate`` (the
 file is copied to ``PATH.1`` and truncated in place, the writer going on through its
 append-mode handle). Before each rotation the copies shift as logrotate's ``rotate K``
-shifts them: ``PATH.K`` is deleted, ``PATH.(k)`` becomes ``PATH.(k+1)``. It never writes
+shifts them: ``PATH.K`` is deleted, ``PATH.(k)`` becomes ``PATH.(k+1)``. With ``--compress``
+the copies from ``PATH.2.gz`` on are gzip-compressed, as logrotate's ``compress`` and
+``delaycompress`` leave them (written as ``.part`` and renamed). It never writes
 between a copy and its truncation (logrotate documents that window as lossy for every
 reader). On SIGTERM, or after ``--seconds``, it prints ``wrote <lines>`` and exits.
 """
@@ -15,6 +17,7 @@ reader). On SIGTERM, or after ``--seconds``, it prints ``wrote <lines>`` and exi
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -23,15 +26,27 @@ import sys
 import time
 
 
-def rotate(path: str, keep: int, how: str) -> None:
-    """Shift the copies (``PATH.keep`` deleted) and rotate ``path`` to ``PATH.1``."""
+def rotate(path: str, keep: int, how: str, compress: bool = False) -> None:
+    """Shift the copies (``PATH.keep`` deleted) and rotate ``path`` to ``PATH.1``; with
+    ``compress`` (logrotate's ``compress`` + ``delaycompress``) ``PATH.1`` becomes
+    ``PATH.2.gz`` and the older copies are ``.gz`` too."""
+    def name(k: int) -> str:
+        return f"{path}.{k}" + (".gz" if compress and k >= 2 else "")
+
     try:
-        os.unlink(f"{path}.{keep}")
+        os.unlink(name(keep))
     except FileNotFoundError:
         pass
     for k in range(keep - 1, 0, -1):
-        if os.path.exists(f"{path}.{k}"):
-            os.rename(f"{path}.{k}", f"{path}.{k + 1}")
+        if not os.path.exists(name(k)):
+            continue
+        if compress and k == 1:
+            with open(name(1), "rb") as src, gzip.open(name(2) + ".part", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.rename(name(2) + ".part", name(2))
+            os.unlink(name(1))
+        else:
+            os.rename(name(k), name(k + 1))
     if how == "rename":
         os.rename(path, f"{path}.1")
     else:
@@ -48,6 +63,8 @@ def main() -> None:
     ap.add_argument("--keep", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--compress", action="store_true",
+                    help="copies from .2 on gzip-compressed (logrotate's compress, delaycompress)")
     args = ap.parse_args()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -68,7 +85,7 @@ def main() -> None:
         if now >= next_rotation:
             how = kinds[rotations % 2]
             rotations += 1
-            rotate(args.path, args.keep, how)
+            rotate(args.path, args.keep, how, args.compress)
             print(f"node{args.node}: {how} before line {i}", file=sys.stderr, flush=True)
             if how == "rename":
                 f.close()

@@ -1,7 +1,7 @@
 """Soak: followed logs rotating under steady writes, every line counted by its content.
 
     python bench/soak.py [--minutes 10] [--producers 2] [--rate 5000] [--rotate-every 20]
-                         [--keep 3] [--kill-every 0] [--window 10s]
+                         [--keep 3] [--compress] [--kill-every 0] [--window 10s]
 
 Each node is a writer process (``bench/_logwriter.py``: JSON lines of about 80 bytes,
 rotated every ``--rotate-every`` seconds, alternately by rename and by copytruncate,
@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--rotate-every", type=float, default=20.0)
     ap.add_argument("--keep", type=int, default=3)
+    ap.add_argument("--compress", action="store_true",
+                    help="rotated copies from .2 on gzip-compressed (logrotate's compress)")
     ap.add_argument("--kill-every", type=float, default=0.0)
     ap.add_argument("--window", default="10s")
     ap.add_argument("--max-growth", type=float, default=32.0,
@@ -122,7 +124,8 @@ def main() -> int:
             writers.append(subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "_logwriter.py"), os.path.join(d, "app.log"),
                  "--node", str(k), "--rate", str(args.rate), "--rotate-every", str(args.rotate_every),
-                 "--keep", str(args.keep), "--seconds", str(seconds), "--batch", "1"], stdout=subprocess.PIPE, text=True))
+                 "--keep", str(args.keep), "--seconds", str(seconds), "--batch", "1",
+                 *(["--compress"] if args.compress else [])], stdout=subprocess.PIPE, text=True))
             producers[k] = start_producer(k)
         t0 = time.monotonic()
         next_sample, next_kill, victim, kills = t0, t0 + (args.kill_every or 1e18), 0, 0

@@ -138,7 +138,7 @@ class Coalescer:
             try:
                 rows = history.select(table, view.where, view.view.columns)
             except (ValueError, pa.ArrowException) as e:
-                view.refused = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+                view.refused = str(e)   # a column the rows lack (the columns they have)
                 end = wire.Header(kind=wire.Kind.HISTORY_END, producer=self.producer, name=self.name)
                 frames += wire.encode(history.end_table("refused", view.refused),
                                       topic=view.subscription, header=end)
