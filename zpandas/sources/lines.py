@@ -481,7 +481,25 @@ class CsvLines(LineFormat):
         blank = _blank(texts)
         if invalid or table.num_rows != int((~blank).sum()):
             return None
-        return table.to_pandas(), np.flatnonzero(~blank), []
+        typed = self._typed(table)
+        return (table.to_pandas() if typed is None else typed), np.flatnonzero(~blank), []
+
+    def _typed(self, table: pa.Table) -> pa.Table | None:
+        """The text columns cast to the types fixed before, in Arrow (no Python per value,
+        and the interpreter's lock released: a replay's parsing leaves the live stream's
+        threads alone); None where only the record-wise typing can say (the first block,
+        a new column, times, a value that does not fit: rejects)."""
+        schema = self.schema
+        if schema is None or not all(n in schema.names for n in table.column_names):
+            return None
+        types = [schema.field(n).type for n in table.column_names]
+        if not all(t in _ARROW_CASTS for t in types):
+            return None
+        try:
+            return pa.table([table[n].cast(t) for n, t in zip(table.column_names, types)],
+                            names=table.column_names)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
 
     def _row(self, text: str) -> dict | None:
         if not text.strip():
@@ -725,6 +743,10 @@ def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
                 df[col] = [None if v is None or v is pd.NA or (isinstance(v, float) and v != v)
                            else v if isinstance(v, str) else json.dumps(v) for v in df[col]]
     return df
+
+
+#: Types a CSV column's text is cast to in Arrow as the record-wise typing would give it.
+_ARROW_CASTS = {pa.string(), pa.int64(), pa.float64()}
 
 
 def _numeric(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
