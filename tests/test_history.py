@@ -426,7 +426,7 @@ def test_credit_bounds_what_a_replay_has_in_flight(tmp_path):
     for bad in (b"t\x00credit/", b"t\x00credit/zz/1", b"t\x00credit/" + b"a" * 32 + b"/x", b"t"):
         assert parse_credit(bad) is None
     log = tmp_path / "app.log"
-    write_log(log, 0, 100_000)                   # about 20 messages of 256 KiB
+    write_log(log, 0, 200_000)                   # about 12 messages of 1 MiB
     ctx = zmq.Context()
     raw = ctx.socket(zmq.SUB)
     try:

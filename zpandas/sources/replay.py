@@ -13,7 +13,7 @@ many. A file read while it grows is read up to its size when the request came.
 Replays run on their own threads, at a lower CPU priority than the live stream's (Linux's
 SCHED_IDLE, else nice 10),
 at most ``max_requests`` at a time (more are refused with the reason), at most ``rate``
-bytes of file per second each, in messages of about 256 KiB, no more than the requester's
+bytes of file per second each, in messages of about 1 MiB, no more than the requester's
 credit allows in flight (:data:`zpandas.history.CREDIT`), and hand the owner thread at most
 a few messages ahead: the socket owner sends them only when no live message waits, and
 memory stays bounded. The requester unsubscribing cancels its replay.
@@ -51,7 +51,7 @@ BLOCK = 4 << 20          # bytes read at a time (as the live stream's blocks)
 PROBE = 64 << 10         # bytes a bisection probe parses
 SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of order still count
 STALL = 60.0                # seconds without credit: the replay gives up
-MESSAGE_BYTES = 256 << 10   # replayed rows go in messages of about this much, so that a
+MESSAGE_BYTES = 1 << 20     # replayed rows go in messages of about this much, so that a
                             # live message never waits behind a large one (the owner sends
                             # them only when no live message waits)
 
