@@ -56,11 +56,13 @@ def _children() -> set[int]:
 
 
 def _process_wide(pid: str) -> bool:
-    """multiprocessing's resource tracker: one per process, for its lifetime (started by
-    the first multiprocessing user, e.g. a Dask LocalCluster)."""
+    """multiprocessing's resource tracker and fork server: one per process, for its
+    lifetime (started by the first multiprocessing user: a Dask LocalCluster, a history
+    replay)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"multiprocessing.resource_tracker" in f.read()
+            cmdline = f.read()
+        return b"multiprocessing.resource_tracker" in cmdline or b"multiprocessing.forkserver" in cmdline
     except OSError:
         return False
 

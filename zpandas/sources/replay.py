@@ -10,8 +10,10 @@ rows in ``[since, until)`` that match ``where``, keeps only ``columns`` (and ``_
 ``_offset``), and sends them under the request's topic, then a ``HISTORY_END`` saying how
 many. A file read while it grows is read up to its size when the request came.
 
-Replays run on their own threads, at a lower CPU priority than the live stream's (Linux's
-SCHED_IDLE, else nice 10),
+Replays run in processes of their own (forked from multiprocessing's fork server, which
+has imported this module: no interpreter lock shared with the live stream, whose latency
+the replay's parsing would otherwise raise several times over), at a lower CPU priority
+than the live stream's (nice 10),
 at most ``max_requests`` at a time (more are refused with the reason), at most ``rate``
 bytes of file per second each, in messages of about 1 MiB, no more than the requester's
 credit allows in flight (:data:`zpandas.history.CREDIT`), and hand the owner thread at most
@@ -84,6 +86,7 @@ class FileHistory:
         self._credit: dict[bytes, int] = {}   # reply topic -> messages its requester took
         self._credit_changed = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
+        self._children: dict[bytes, object] = {}   # reply topic -> its replay's process
         self.served = 0
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
@@ -156,44 +159,112 @@ class FileHistory:
         with self._lock:
             ev = self._running.get(topic)
         if ev is not None:
-            self._stop([ev])
+            self._stop([ev], [topic])
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every replay and wait for their threads (any thread but theirs)."""
         with self._lock:
             events, threads = list(self._running.values()), list(self._threads)
-        self._stop(events)
+            topics = list(self._running)
+        self._stop(events, topics)
         for t in threads:
             t.join(timeout)
 
-    def _stop(self, events: list[threading.Event]) -> None:
-        """Cancel: replays see it where they wait (for credit, or for the socket owner)."""
+    def _stop(self, events: list[threading.Event], topics: list[bytes]) -> None:
+        """Cancel: replays see it where they wait (for credit, or for the socket owner);
+        a replay's process ends (its thread, waiting for its next message, sees that)."""
         for ev in events:
             ev.set()
         with self._lock:
             self._credit_changed.notify_all()
+            for t in topics:   # under the lock: its thread closes it only after taking it out
+                child = self._children.get(t)
+                if child is not None and child.is_alive():
+                    child.terminate()
         if self._wake is not None:
             self._wake()
 
     # -- the replay's own thread ----------------------------------------------------------
 
     def _serve(self, req: history.Request, topic: bytes, cancelled: threading.Event) -> None:
-        _background()
-        counts = {"rows": 0, "files": 0, "bytes": 0}
-        seq = [0, 0]   # reply messages and rows numbered on this topic
+        """A request's thread: the replay in a process of its own where there is one (it
+        shares no interpreter lock with the live stream), else here; its messages go to
+        the socket owner as the requester's credit allows."""
+        try:
+            if _processes() is not None:
+                self._serve_from_child(req, topic, cancelled)
+                return
+            _background()
+            seq = [0, 0]   # reply messages and rows numbered on this topic
 
-        def send(table: pa.Table, kind=wire.Kind.DATA, source: str = "",
-                 start: int = -1, end: int = -1) -> bool:
-            header = wire.Header(kind=kind, producer=self.producer, name=self.name, seq=seq[0],
-                                 total=seq[1], send_ns=time.time_ns(), source=source,
-                                 start=start, end=end)
-            if kind is wire.Kind.DATA:
-                if req.window and not self._wait_credit(topic, seq[0], req.window, cancelled):
+            def send(table: pa.Table, kind=wire.Kind.DATA, source: str = "",
+                     start: int = -1, end: int = -1) -> bool:
+                header = _header(self, seq, table, kind, source, start, end)
+                if kind is wire.Kind.DATA and req.window and not self._wait_credit(
+                        topic, header.seq, req.window, cancelled):
                     return False
-                seq[0] += 1
-                seq[1] += table.num_rows
-            return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
+                return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
 
+            self._run(req, send, cancelled)
+        finally:
+            with self._lock:
+                self._running.pop(topic, None)
+                self._credit.pop(topic, None)
+                self._children.pop(topic, None)
+                self.served += 1
+
+    def _serve_from_child(self, req: history.Request, topic: bytes,
+                          cancelled: threading.Event) -> None:
+        ctx = _processes()
+        receiving, sending = ctx.Pipe(duplex=False)
+        with self._lock:
+            spec = (self.patterns, self.format_args, self.rate, self.producer, self.name,
+                    self._source_id, dict(self._keys), req)
+        child = ctx.Process(target=_child, args=(sending, spec), daemon=True,
+                            name=f"zpandas-history-{req.id[:8]}")
+        ended = False
+        try:
+            with self._lock:
+                if cancelled.is_set():
+                    return
+                child.start()
+                self._children[topic] = child   # a cancel ends it (and our wait below)
+            sending.close()
+            while True:
+                try:
+                    header, body = receiving.recv_bytes(), receiving.recv_bytes()
+                except (EOFError, OSError):
+                    break   # it ended: done, cancelled, or died
+                h = wire.Header.unpack(header)
+                if h.kind is wire.Kind.DATA and req.window and not self._wait_credit(
+                        topic, h.seq, req.window, cancelled):
+                    break
+                if not self.post(topic, [topic, header, body], cancelled):
+                    break
+                ended = h.kind is wire.Kind.HISTORY_END
+        finally:
+            sending.close()
+            receiving.close()
+            with self._lock:   # a cancel from now on has no process to end
+                self._children.pop(topic, None)
+            code = None
+            if child.pid is not None:
+                if child.is_alive():
+                    child.terminate()
+                child.join()
+                code = child.exitcode
+                child.close()
+        if not ended and not cancelled.is_set():
+            self.post(topic, wire.encode(
+                history.end_table("failed", f"the replay's process ended without its end "
+                                  f"(exit code {code})"),
+                topic=topic, header=wire.Header(kind=wire.Kind.HISTORY_END, producer=self.producer,
+                                                name=self.name, send_ns=time.time_ns())), cancelled)
+
+    def _run(self, req: history.Request, send, cancelled: threading.Event) -> None:
+        """The replay: plan, the files' rows, progress, and the end; ``send(table, kind,
+        source, start, end)`` takes each message (False: stop)."""
+        counts = {"rows": 0, "files": 0, "bytes": 0}
         status, reason, plan, skipped = "done", "", [], []
         try:
             where = None
@@ -217,10 +288,6 @@ class FileHistory:
         finally:
             for _, f, _, _ in plan:
                 f.close()
-            with self._lock:
-                self._running.pop(topic, None)
-                self._credit.pop(topic, None)
-                self.served += 1
         if status == "done" and skipped:
             reason = (f"not read: {len(skipped)} compressed file(s) ({', '.join(skipped[:5])}"
                       f"{', ...' if len(skipped) > 5 else ''})")
@@ -345,6 +412,64 @@ class FileHistory:
         return history.select(table, where, req.columns)
 
 
+def _header(serving, seq: list, table: pa.Table, kind, source: str, start: int,
+            end: int) -> wire.Header:
+    """The next reply message's header: data messages and their rows numbered in ``seq``."""
+    header = wire.Header(kind=kind, producer=serving.producer, name=serving.name, seq=seq[0],
+                         total=seq[1], send_ns=time.time_ns(), source=source, start=start,
+                         end=end)
+    if kind is wire.Kind.DATA:
+        seq[0] += 1
+        seq[1] += table.num_rows
+    return header
+
+
+def _child(conn, spec) -> None:
+    """A replay in a process of its own: every message down ``conn`` as header and body
+    (the parent waits for credit and hands them to the socket owner); it ends with the
+    replay, or when the parent stops reading (a cancel, or the parent gone)."""
+    patterns, format_args, rate, producer, name, source_id, keys, req = spec
+    _background()   # (the threads it makes are niced too: ParsePipeline's initializer)
+    serving = FileHistory(patterns, format_args, rate=rate)
+    serving.producer, serving.name = producer, name
+    if source_id is not None:
+        serving.identified(source_id, keys)
+    seq = [0, 0]
+
+    def send(table: pa.Table, kind=wire.Kind.DATA, source: str = "", start: int = -1,
+             end: int = -1) -> bool:
+        header = _header(serving, seq, table, kind, source, start, end)
+        frames = wire.encode(table, topic=b"", header=header)
+        try:
+            conn.send_bytes(frames[1])
+            conn.send_bytes(memoryview(frames[2]))
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    try:
+        serving._run(req, send, threading.Event())
+    finally:
+        conn.close()
+
+
+_PROCESSES: list = []   # [context or None], found once
+
+
+def _processes():
+    """multiprocessing's forkserver context (Linux: a fork of a clean process that has
+    imported this module, ~10 ms a replay), or None where there is none."""
+    if not _PROCESSES:
+        import multiprocessing
+        try:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+        except ValueError:
+            ctx = None
+        _PROCESSES.append(ctx)
+    return _PROCESSES[0]
+
+
 class Progress:
     """How far a replay is, told to the requester when it starts and then about every
     :data:`zpandas.history.PROGRESS_EVERY` seconds (bytes of file from ``since``'s place)."""
@@ -366,17 +491,11 @@ class Progress:
 
 
 def _background() -> None:
-    """This thread runs after the live stream's for the CPU too: Linux's SCHED_IDLE for it
-    alone (it runs when no other thread wants the CPU: nice 19 still takes a share), else
-    nice 10 (elsewhere nothing changes)."""
-    tid = threading.get_native_id()
+    """This thread runs after the live stream's for the CPU too: nice 10 (a replay's
+    process and its threads; where threads have priorities of their own, Linux, this one
+    alone)."""
     try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass
 
