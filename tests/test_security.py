@@ -183,3 +183,25 @@ def test_the_cli_speaks_curve_too(keys, procs, tmp_path):
                 "--certificate", str(folder / "good.key_secret"), "--server-key", str(folder / "server.key"))
     assert [code for code, _ in procs.wait_all(timeout=60)] == [0, 0]
     assert len(pd.read_parquet(out)) == 5000
+
+
+def test_with_curve_only_admitted_keys_can_ask_for_the_past(keys, tmp_path):
+    """The README's promise: with CURVE only admitted keys connect, so only they can ask
+    for history (or views); a peer with another key hears nothing, not even a refusal."""
+    from .test_history import T0, Publishing, write_log
+    folder, allowed = keys
+    write_log(tmp_path / "app.log", 0, 100)
+    port = free_port()
+    pub = Publishing(str(tmp_path / "app.log"), f"@tcp://127.0.0.1:{port}",
+                     curve=curve(folder, "server", allowed=allowed), wait_for_subscribers=1)
+    try:
+        address = f">tcp://127.0.0.1:{port}"
+        with zp.Subscriber(address, topics="m", curve=curve(folder, "good", server_key=folder / "server.key")) as good, \
+             zp.Subscriber(address, topics="m", curve=curve(folder, "intruder", server_key=folder / "server.key")) as bad:
+            wait_for(lambda: good.stats()["rows"] == 100, timeout=60, what="the live stream")
+            assert len(good.history(since=T0, timeout=60, progress=False)) == 100
+            assert good.stats()["history"]["status"].tolist() == ["done"]
+            assert bad.history(since=T0, timeout=3, progress=False).empty
+            assert bad.stats()["history"].empty and bad.stats()["rows"] == 0
+    finally:
+        pub.close()
