@@ -561,3 +561,53 @@ def test_a_replay_runs_in_a_process_of_its_own_at_a_lower_priority(tmp_path):
             wait_for(lambda: not replaying(), timeout=30, what="the replay's process to end")
         finally:
             pub.close()
+
+
+def test_a_producer_first_heard_after_the_past_was_asked_is_said(tmp_path):
+    """since=: the past is asked of the producers heard from when the subscriber starts; one
+    that comes later has no past here, and the subscriber says so."""
+    write_log(tmp_path / "app.log", 0, 100)
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m", since=T0) as sub:
+        pub = Publishing(str(tmp_path / "app.log"), ">" + sub.endpoints[0])
+        try:
+            sub.wait_for_producers(1, timeout=60, progress=False)
+            assert sub.stats()["history"]["status"].tolist() == ["done"]
+            with zp.Producer(">" + sub.endpoints[0], topic="m", name="latecomer",
+                             wait_for_subscribers=1) as late:
+                late.send(rows())
+            with pytest.warns(zp.DataLossWarning, match="'latecomer' was first heard from after "
+                              "the past was asked for"):
+                wait_for(lambda: "not asked" in set(sub.stats()["history"]["status"]),
+                         timeout=30, what="the latecomer said")
+            h = sub.stats()["history"].set_index("name")
+            assert h.loc["latecomer", "status"] == "not asked" and h.loc["node1", "status"] == "done"
+            wait_for(lambda: len(sub.frame()) == 100 + 3, timeout=30, what="its live rows, kept")
+        finally:
+            pub.close()
+
+
+def test_a_script_without_a_main_guard_serves_history_and_runs_once(tmp_path):
+    """A replay's process is forked from multiprocessing's fork server, which would import
+    a script's main module again in it: a script without ``if __name__ == "__main__"``
+    must not run twice."""
+    import subprocess
+    import sys
+    write_log(tmp_path / "app.log", 0, 100)
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys\nimport zpandas as zp\n"
+        "with open(sys.argv[2], 'a') as f:\n    f.write('ran\\n')\n"
+        "zp.publish_files(sys.argv[1], '>' + sys.argv[3], follow=True, history=True, topic='m',\n"
+        "                 name='script', poll_interval=0.05, duration=float(sys.argv[4]))\n")
+    runs = tmp_path / "runs.txt"
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "app.log"), str(runs),
+                                 sub.endpoints[0], "20"], cwd=tmp_path)
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 100, timeout=60, what="the script's rows")
+            got = sub.history(since=T0, timeout=60, progress=False)
+            assert len(got) == 100 and sub.stats()["history"]["status"].tolist() == ["done"]
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    assert runs.read_text() == "ran\n"

@@ -41,6 +41,9 @@ _TYPICAL_FRAME = 4 << 20
 #: Bounds of what is kept for the caller (documented in docs/guarantees.md).
 GAPS_KEPT = 10_000              # rows of gaps()
 REJECTS_KEPT = 100_000          # rows of rejects()
+#: Why a producer first heard from after since='s past was asked for has no past here.
+NOT_ASKED = ("it was not asked for its past, which is not here (sub.history(since=...) "
+             "asks every producer again)")
 #: History replies received and not yet decoded, at most (each request's credit bounds
 #: them too): beyond this they are decoded as they come.
 _REPLIES_LATER = 256
@@ -89,6 +92,10 @@ class Receiver:
         self.gate: Gate | None = None
         self.history_log: list[dict] = []   # how history requests went (the last 1,000)
         self._replayed: dict[str, tuple[int, int]] = {}   # source -> [start, end) the past gave
+        #: since=: the producers the past was asked of (set when the gate opens), and the
+        #: request, so that one first heard from later is said (its past is not here)
+        self._asked: set[bytes] | None = None
+        self._asked_request = None
         self.error: BaseException | None = None  # what ended the loop
         self.stop = threading.Event()
         self.monitor: Monitor | None = None
@@ -278,6 +285,8 @@ class Receiver:
             return None
         with self._cond:
             rows, ended = self._act(self.protocol.receive(msg, now), msg.header.source)
+            if self._asked is not None and msg.header.producer not in self._asked:
+                self._not_asked(msg.header)
             aggregations = list(self.aggregations)
         self._feed(aggregations, msg.header.producer, rows, ended)
         return rows
@@ -333,6 +342,9 @@ class Receiver:
             wall = time.time()
             expected = {p: st.name for (p, _), st in self.protocol.streams.items()
                         if not st.finished and wall - st.last_seen <= gate.dead_after}
+            self._asked = {p for p, _ in self.protocol.streams} | gate.heard | {
+                p for rep in gate.replies.values() for p in rep.ends}
+            self._asked_request = next(iter(gate.replies.values())).request
             for topic, rep in gate.replies.items():
                 self.replies.pop(topic, None)
                 for t in rep.subscriptions(topic):
@@ -355,6 +367,19 @@ class Receiver:
         for producer, table in out:
             self._feed(aggregations, producer, table, False)
         return [t for _, t in out]
+
+    def _not_asked(self, header: wire.Header) -> None:
+        """A producer first heard from after the past was asked for (since=): its past is
+        not here - said in stats()["history"] and a warning (caller holds the condition)."""
+        self._asked.add(header.producer)
+        req = self._asked_request
+        self.history_log.append({"request": req.id[:12], "topic": req.topic,
+                                 "producer": header.producer.hex()[:12], "name": header.name,
+                                 "status": "not asked", "reason": NOT_ASKED, "rows": 0,
+                                 "missed": 0, "bytes": 0})
+        del self.history_log[:-1000]
+        self.notices.append(f"{header.name!r} was first heard from after the past was asked "
+                            f"for (since=): {NOT_ASKED}")
 
     def _not_replayed(self, table: pa.Table, source: str) -> pa.Table:
         """Live rows less those a history reply already gave (same source, offset in its

@@ -100,8 +100,9 @@ class Subscriber:
         ``"2026-12-06T10:40"``), then the live stream, each row once. Producers that
         publish files with history on (``zpandas publish --history``) answer; live rows
         wait until every producer heard from (at least one, and no new one for 2 s) has
-        answered, or ``history_timeout``; a producer that first connects after that is
-        not asked. So
+        answered, or ``history_timeout``; a producer first heard from after that is
+        not asked (said: ``"not asked"`` in ``stats()["history"]``, and a
+        :class:`~zpandas.DataLossWarning`). So
         :meth:`frame`, :meth:`get` and aggregations see the past first. How it went:
         ``stats()["history"]``.
     history_timeout : float, default 60

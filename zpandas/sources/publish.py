@@ -165,9 +165,9 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         JSON text.
     history : bool, default False
         Answer subscribers' history requests (:meth:`Subscriber.history`) with rows read
-        again from the files the paths match (rotated copies included), at the lowest
-        priority: a live row never waits for a replayed one. Off: such requests are
-        answered "no history".
+        again from the files the paths match (rotated copies included), each replay in a
+        process of its own at a lower priority (nice 10): a live row never waits for a
+        replayed one. Off: such requests are answered "no history".
     history_rate : float, optional
         Bytes of file per second a replay reads at most (default: as fast as the socket
         takes them, when no live row waits).
@@ -228,6 +228,8 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
                                   poll_interval=poll_interval, parse_threads=parse_threads,
                                   stop=stop, duration=duration, own=own, encoding=encoding,
                                   errors=errors, flatten=flatten)
+        if replay is not None:
+            replay.looked.set()   # whole files: no live stream's names to wait for
         return _publish_csv(files, producer, schema=schema, delimiter=delimiter,
                             block_size=block_size, progress=progress, encoding=encoding,
                             errors=errors)
@@ -332,8 +334,8 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
             chunks = follower.poll(final=not follow)
             if ckpt and follower.discovered:
                 ckpt.save(follower.discovered)
-            if replay is not None and follower.discovered:
-                replay.identified(source_id, follower.identities())
+            if replay is not None and (follower.discovered or not replay.looked.is_set()):
+                replay.identified(source_id, follower.identities(), looked=True)
             follower.discovered.clear()
             for ch in chunks:
                 seen.add(ch.key)

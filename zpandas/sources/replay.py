@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
+import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,6 +55,7 @@ BLOCK = 4 << 20          # bytes read at a time (as the live stream's blocks)
 PROBE = 64 << 10         # bytes a bisection probe parses
 SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of order still count
 STALL = 60.0                # seconds without credit: the replay gives up
+LOOK_WAIT = 10.0            # seconds a replay waits for the live stream to have named the files
 MESSAGE_BYTES = 1 << 20     # replayed rows go in messages of about this much, so that a
                             # live message never waits behind a large one (the owner sends
                             # them only when no live message waits)
@@ -90,6 +93,9 @@ class FileHistory:
         self.served = 0
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
+        #: The live stream has looked at the files once: their names are known (a request
+        #: that comes with a producer's first connection waits for it, briefly).
+        self.looked = threading.Event()
 
     def bind(self, post, producer: bytes, name: str, wake=None) -> None:
         """The producer it answers for: ``post(topic, frames, cancelled)`` hands a reply
@@ -98,12 +104,16 @@ class FileHistory:
         wakes such a wait when a request is cancelled."""
         self.post, self.producer, self.name, self._wake = post, producer, name, wake
 
-    def identified(self, source_id: str, keys: dict[tuple[int, int], str]) -> None:
+    def identified(self, source_id: str, keys: dict[tuple[int, int], str], *,
+                   looked: bool = False) -> None:
         """The live stream's names for the files (publish_files' loop, as it finds them):
-        replayed rows get the same ``source``, so a subscriber tells them apart from none."""
+        replayed rows get the same ``source``, so a subscriber takes each row once.
+        ``looked``: after the follower's first look at the files - replays wait for it."""
         with self._lock:
             self._source_id = source_id
             self._keys.update(keys)
+        if looked:
+            self.looked.set()
 
     def _source(self, f) -> str:
         st = os.fstat(f.fileno())
@@ -191,6 +201,9 @@ class FileHistory:
         shares no interpreter lock with the live stream), else here; its messages go to
         the socket owner as the requester's credit allows."""
         try:
+            # the rows' sources must be the live stream's: its first look at the files
+            # (a moment after the producer starts) names them
+            self.looked.wait(LOOK_WAIT)
             if _processes() is not None:
                 self._serve_from_child(req, topic, cancelled)
                 return
@@ -227,7 +240,7 @@ class FileHistory:
             with self._lock:
                 if cancelled.is_set():
                     return
-                child.start()
+                _start(child)
                 self._children[topic] = child   # a cancel ends it (and our wait below)
             sending.close()
             while True:
@@ -454,6 +467,26 @@ def _child(conn, spec) -> None:
 
 
 _PROCESSES: list = []   # [context or None], found once
+_STARTING = threading.Lock()
+
+
+def _start(child) -> None:
+    """Start a replay's process without it importing this process's main module, as
+    multiprocessing does in a child it does not fork directly: a script calling
+    ``publish_files(history=True)`` without an ``if __name__ == "__main__"`` guard would run
+    again in it. The main module is out of ``sys.modules`` only while the process starts
+    (milliseconds), and only when there is one to import (not in a notebook)."""
+    main = sys.modules.get("__main__")
+    if main is None or (getattr(main, "__file__", None) is None
+                        and getattr(main, "__spec__", None) is None):
+        child.start()
+        return
+    with _STARTING:
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            child.start()
+        finally:
+            sys.modules["__main__"] = main
 
 
 def _processes():
