@@ -169,9 +169,16 @@ def encode_request(req: Request) -> bytes:
            "until": None if req.until is None else req.until.value,
            "where": req.where, "columns": None if req.columns is None else list(req.columns),
            "window": req.window}
-    out = _VERSIONED + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _dump(_VERSIONED, doc, "request")
+
+
+def _dump(versioned: bytes, doc: dict, what: str) -> bytes:
+    """A subscription's bytes: the prefix and compact JSON (keys sorted: equal asks, equal
+    bytes), at most :data:`MAX_REQUEST_BYTES`."""
+    out = versioned + json.dumps(doc, separators=(",", ":"), sort_keys=True,
+                                 ensure_ascii=False).encode("utf-8")
     if len(out) > MAX_REQUEST_BYTES:
-        raise RequestError(f"the request is {len(out):,} bytes, more than {MAX_REQUEST_BYTES:,}")
+        raise RequestError(f"the {what} is {len(out):,} bytes, more than {MAX_REQUEST_BYTES:,}")
     return out
 
 
@@ -291,11 +298,7 @@ class View:
         the same bytes for the same view, from any subscriber."""
         doc = {"topic": self.topic, "where": self.where,
                "columns": None if self.columns is None else list(self.columns)}
-        out = _VIEW_VERSIONED + json.dumps(doc, separators=(",", ":"), sort_keys=True,
-                                           ensure_ascii=False).encode("utf-8")
-        if len(out) > MAX_REQUEST_BYTES:
-            raise RequestError(f"the view is {len(out):,} bytes, more than {MAX_REQUEST_BYTES:,}")
-        return out
+        return _dump(_VIEW_VERSIONED, doc, "view")
 
 
 def is_view(topic: bytes) -> bool:
