@@ -203,6 +203,8 @@ def test_proxy_stats_after_a_timeout_is_never_stale():
                 p2.send(pd.DataFrame({"x": [1]}))
                 p2.flush()
         _read_until_end_of_stream(sub)
+        # p2's disconnect reaches the proxy's monitor after its last message: seen first
+        wait_for(lambda: proxy.stats()["frontend"]["peers"] == 0, what="p2 gone")
         after = proxy.stats()
         assert after == proxy.stats()  # nothing moved in between
         assert after["frontend"]["messages_received"] > before["frontend"]["messages_received"]
