@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 import types
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -389,7 +388,7 @@ class FileHistory:
                         continue
                     ends = np.array([len(data)], np.int64)   # the last record, no newline
                 cut = int(ends[-1])
-                pipeline.submit(SimpleNamespace(records=_records(data[:cut], ends, pos),
+                pipeline.submit(types.SimpleNamespace(records=_records(data[:cut], ends, pos),
                                                 path=path, start=pos, end=pos + cut))
                 counts["bytes"] += cut
                 pos += cut
