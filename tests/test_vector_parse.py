@@ -11,6 +11,7 @@ import json
 import random
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from zpandas.sources.follow import Follower
@@ -141,3 +142,67 @@ def test_blocks_parsed_on_threads_arrive_whole_and_in_order(tmp_path, threads):
     assert result["rows"] == n and result["bytes"] > 8 * (4 << 20) * 0.8
     assert df["i"].tolist() == list(range(n))  # in order: the stream's offsets ascend
     assert (np.diff(df["_offset"].to_numpy()) > 0).all()
+
+
+def test_csv_blocks_after_the_first_are_typed_in_arrow(tmp_path):
+    """Once the first block fixed a CSV's column types, later blocks are cast in Arrow
+    (pandas' record-wise typing is not called) and give what it gives; the first block's
+    text columns are judged on their distinct values."""
+    import zpandas.sources.lines as lines_mod
+
+    header = "time_ns,host,path,status,latency_ms,note,time"
+    rows = [f"{1764349200000000000 + i},web{i % 8},/api/{i % 5},{200 + 300 * (i % 50 == 0)},"
+            f"{i / 7:.3f},{'' if i % 3 else 'n' + str(i)},2026-11-28T17:{i // 60 % 60:02d}:{i % 60:02d}.{i:03d}Z"
+            for i in range(3000)]
+    fast, slow = get_format("csv"), get_format("csv")
+    first = _records([header] + rows[:1000], fast.quoted, tmp_path, "first")
+    second = _records(rows[1000:], fast.quoted, tmp_path, "second")   # the same file, on
+    calls = []
+    original = lines_mod.CsvLines._convert
+
+    def spy(self, df):
+        calls.append(len(df))
+        return original(self, df)
+
+    lines_mod.CsvLines._convert = spy
+    try:
+        got = [fast.parse(c.records, "f")[0] for c in (first, second)]
+    finally:
+        lines_mod.CsvLines._convert = original
+    assert calls == [1000], calls   # the first block only
+    slow._columns = lambda records: None  # record by record
+    want = [slow.parse(c.records, "f")[0] for c in (first, second)]
+    for g, w in zip(got, want):
+        assert g.schema == w.schema
+        assert g.equals(w)
+    assert [f.type for f in got[1].schema][:5] == [pa.int64(), got[1].schema.field("host").type,
+                                                   got[1].schema.field("path").type, pa.int64(),
+                                                   pa.float64()]
+    assert pa.types.is_string(got[1].schema.field("note").type) or \
+        pa.types.is_large_string(got[1].schema.field("note").type)
+    assert got[1].schema.field("time").type.tz == "UTC"   # a time column, typed in Arrow too
+    # a value that is not a time: that block goes record by record, for its reject
+    third = _records([rows[0].replace("2026-11-28T", "yesterday ")] + rows[1:10], fast.quoted,
+                     tmp_path, "third")
+    table, rejects = fast.parse(third.records, "f")
+    assert table.num_rows == 9 and rejects.num_rows == 1
+    assert "is not a time" in rejects.column("reason")[0].as_py()
+
+
+@pytest.mark.parametrize("values, numeric", [
+    (["1", "2", None, "3"], True),
+    (["1", "2", "x"], False),
+    ([" 4", "5.5", "1e3"], True),      # what pandas reads as numbers, Arrow too or not
+    (["web1", "web1", "web2"] * 1000, False),
+    ([None, None], True),              # nothing says it is not a number
+])
+def test_text_column_numbers_judged_as_pandas_does(values, numeric):
+    import pandas as pd
+
+    from zpandas.sources.lines import _some_not_numbers
+
+    raw = pd.Series(values, dtype=object)
+    want = not (pd.to_numeric(raw, errors="coerce").isna() & raw.notna()).any()
+    assert want == numeric
+    assert _some_not_numbers(raw) == (not numeric)
+    assert _some_not_numbers(raw.astype("str" if None not in values else object)) == (not numeric)

@@ -493,12 +493,12 @@ class CsvLines(LineFormat):
         if schema is None or not all(n in schema.names for n in table.column_names):
             return None
         types = [schema.field(n).type for n in table.column_names]
-        if not all(t in _ARROW_CASTS for t in types):
+        if not all(t in _ARROW_CASTS or _is_utc_time(t) for t in types):
             return None
-        try:
-            return pa.table([table[n].cast(t) for n, t in zip(table.column_names, types)],
-                            names=table.column_names)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        try:   # (times in ns, as the record-wise path gives them: _conform casts both)
+            return pa.table([_iso_times(table[n]) if _is_utc_time(t) else table[n].cast(t)
+                             for n, t in zip(table.column_names, types)], names=table.column_names)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
             return None
 
     def _row(self, text: str) -> dict | None:
@@ -519,6 +519,8 @@ class CsvLines(LineFormat):
             want = None if self.schema is None or col not in self.schema.names else self.schema.field(col).type
             if want is not None and pa.types.is_string(want):
                 continue
+            if want is None and _some_not_numbers(raw):
+                continue  # not numeric: stays a string column
             if want is None or pa.types.is_integer(want) or pa.types.is_floating(want):
                 num, wrong = _numeric(raw)
                 if want is None and wrong.any():
@@ -745,8 +747,22 @@ def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-#: Types a CSV column's text is cast to in Arrow as the record-wise typing would give it.
-_ARROW_CASTS = {pa.string(), pa.int64(), pa.float64()}
+#: Types a CSV column's text is cast to in Arrow as the record-wise typing would give it
+#: (pandas 3 gives its text columns as large_string).
+_ARROW_CASTS = {pa.string(), pa.large_string(), pa.int64(), pa.float64()}
+_UTC_NS = pa.timestamp("ns", "UTC")
+
+
+def _is_utc_time(t: pa.DataType) -> bool:
+    return pa.types.is_timestamp(t) and t.tz == "UTC"
+
+
+def _iso_times(text: pa.ChunkedArray) -> pa.Array:
+    """A time column's text parsed as the record-wise typing parses it (pandas' ISO 8601
+    parser, in C); ValueError if a value is not a time (that path then makes it a reject)."""
+    raw = text.to_pandas()
+    parsed = _parse_times(pd.DataFrame({"t": raw}), "t", fmt="ISO8601")["t"]
+    return pa.array(parsed, type=_UTC_NS, from_pandas=True)
 
 
 def _numeric(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -764,6 +780,20 @@ def _numeric(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
             pass
     num = pd.to_numeric(raw, errors="coerce")
     return num, (num.isna() & raw.notna()).to_numpy()
+
+
+def _some_not_numbers(raw: pd.Series) -> bool:
+    """Whether a value that is not missing is not a number to ``pd.to_numeric`` - judged
+    on the distinct values (a text column of hosts or paths has few; ``to_numeric`` on
+    text loops in Python, value by value)."""
+    if pd.api.types.is_numeric_dtype(raw):
+        return False
+    try:
+        distinct = pc.unique(pa.array(raw, type=pa.string(), from_pandas=True)).drop_null()
+    except (pa.ArrowException, TypeError, ValueError):
+        distinct = raw.dropna().unique()
+    values = pd.Series(distinct.to_pylist() if isinstance(distinct, pa.Array) else distinct, dtype=object)
+    return bool(pd.to_numeric(values, errors="coerce").isna().any())
 
 
 def _epoch_ns(values: np.ndarray) -> np.ndarray:
