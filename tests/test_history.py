@@ -611,3 +611,26 @@ def test_a_script_without_a_main_guard_serves_history_and_runs_once(tmp_path):
             proc.terminate()
             proc.wait(60)
     assert runs.read_text() == "ran\n"
+
+
+def test_replayed_rows_have_the_live_streams_dtypes(tmp_path):
+    """The live stream's first rows fix its column types; a replay of the same file gives
+    the same ones, though its first block alone would type a column otherwise."""
+    log = tmp_path / "app.log"
+    log.write_text("timestamp,host,code\n" f"{T0.isoformat()},web0,7\n")   # code: integers
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+        pub = Publishing(str(log), ">" + sub.endpoints[0])
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 1, timeout=60, what="the first row")
+            with open(log, "a") as f:   # whole numbers written as "12.0": alone, floats
+                f.writelines(f"{(T0 + pd.Timedelta(seconds=i)).isoformat()},web{i % 3},{i}.0\n"
+                             for i in range(1, 500))
+            wait_for(lambda: sub.stats()["rows"] == 500, timeout=60, what="the live stream")
+            live = sub.frame()
+            past = sub.history(since=T0, timeout=60, progress=False)
+        finally:
+            pub.close()
+    assert live["code"].dtype == past["code"].dtype == "int64"
+    assert dict(past.dtypes) == dict(live.dtypes)
+    pd.testing.assert_frame_equal(past.sort_values("_offset").reset_index(drop=True),
+                                  live.sort_values("_offset").reset_index(drop=True))

@@ -290,8 +290,9 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
                         max_line_bytes=max_line_bytes, encoding=encoding, errors=errors)
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
-    if replay is not None:   # replayed rows are sourced as the live ones: subscribers dedup both
+    if replay is not None:   # replayed rows are sourced and typed as the live ones
         replay.identified(source_id, follower.identities())
+        replay.typed_as(fmt)
     if poll_interval is None:
         poll_interval = 0.25 if watcher is None else 1.0
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry

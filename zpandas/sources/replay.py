@@ -92,6 +92,7 @@ class FileHistory:
         self.served = 0
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
+        self._live_format = None   # the live stream's: its column types, once it fixed them
         #: The live stream has looked at the files once: their names are known (a request
         #: that comes with a producer's first connection waits for it, briefly).
         self.looked = threading.Event()
@@ -113,6 +114,16 @@ class FileHistory:
             self._keys.update(keys)
         if looked:
             self.looked.set()
+
+    def typed_as(self, fmt) -> None:
+        """The live stream's format: replays type their columns as its first rows fixed
+        them - the same dtypes past and live, and no block typed value by value again."""
+        self._live_format = fmt
+
+    def _format(self):
+        fmt = get_format(**self.format_args)
+        fmt.schema = getattr(self._live_format, "schema", None)
+        return fmt
 
     def _source(self, f) -> str:
         st = os.fstat(f.fileno())
@@ -231,7 +242,7 @@ class FileHistory:
         receiving, sending = ctx.Pipe(duplex=False)
         with self._lock:
             spec = (self.patterns, self.format_args, self.rate, self.producer, self.name,
-                    self._source_id, dict(self._keys), req)
+                    self._source_id, dict(self._keys), getattr(self._live_format, "schema", None), req)
         child = ctx.Process(target=_child, args=(sending, spec), daemon=True,
                             name=f"zpandas-history-{req.id[:8]}")
         ended = False
@@ -322,7 +333,7 @@ class FileHistory:
                     skipped.append(os.path.basename(path))
                     continue
                 size = os.fstat(f.fileno()).st_size
-                fmt = get_format(**self.format_args)
+                fmt = self._format()
                 header_end = _begin(fmt, f, path)
                 since = None if req.since is None else req.since.value - SLACK_NS
                 start = header_end if since is None else _bisect(fmt, f, path, header_end, size, since)
@@ -338,7 +349,7 @@ class FileHistory:
 
     def _replay_file(self, path: str, f, start: int, size: int, req: history.Request, where,
                      send, counts: dict, cancelled: threading.Event, progress: Progress) -> bool:
-        fmt = get_format(**self.format_args)
+        fmt = self._format()
         _begin(fmt, f, path)   # a CSV's header names the columns
         counts["files"] += 1
         source = self._source(f)
@@ -440,10 +451,11 @@ def _child(conn, spec) -> None:
     """A replay in a process of its own: every message down ``conn`` as header and body
     (the parent waits for credit and hands them to the socket owner); it ends with the
     replay, or when the parent stops reading (a cancel, or the parent gone)."""
-    patterns, format_args, rate, producer, name, source_id, keys, req = spec
+    patterns, format_args, rate, producer, name, source_id, keys, schema, req = spec
     _background()   # (the threads it makes are niced too: ParsePipeline's initializer)
     serving = FileHistory(patterns, format_args, rate=rate)
     serving.producer, serving.name = producer, name
+    serving.typed_as(types.SimpleNamespace(schema=schema))
     if source_id is not None:
         serving.identified(source_id, keys)
     seq = [0, 0]
