@@ -278,7 +278,7 @@ def test_history_from_files_equals_a_pandas_filter_of_them(tmp_path):
             # an until, and an unknown column: the producer's reply says which
             got = sub.history(since=T0 + pd.Timedelta("10min"), until=T0 + pd.Timedelta("11min"), timeout=60)
             assert len(got) == 60
-            sub.history(since="1h", columns=["nope"], timeout=60)
+            sub.history(since=since, columns=["nope"], timeout=60)
             last = sub.stats()["history"].iloc[-1]
             assert last["status"] == "refused" and "no column 'nope'" in last["reason"]
             assert sub.stats()["bytes"] == before   # history bytes are not the live stream's

@@ -569,7 +569,7 @@ class Replies:
                              "no end of its reply: it went away, or was still busy at the "
                              "timeout; rows that came are kept"),
                          "rows": self.rows.get(p, 0), "missed": self.missed.get(p, 0),
-                         "bytes": self.bytes.get(p, 0)})
+                         "bytes": self.bytes.get(p, 0), "file_bytes": end["bytes"] if end else 0})
         return rows
 
 

@@ -700,7 +700,7 @@ _PROGRESS_COLUMNS = ["request", "topic", "producer", "name", "status", "files", 
                      "bytes_total", "rows", "eta_s"]
 _VIEW_COLUMNS = ["producer", "name", "topic", "status", "reason"]
 _HISTORY_COLUMNS = ["request", "topic", "producer", "name", "status", "reason", "rows", "missed",
-                    "bytes"]
+                    "bytes", "file_bytes"]
 _PRODUCER_COLUMNS = ["producer", "name", "topic", "messages", "rows", "sent_rows", "bytes", "missed",
                      "missed_rows", "skipped_rows", "gaps", "rows_per_s", "lag_s", "last_seen",
                      "finished", "alive", "received", "bad_frames", "sources"]

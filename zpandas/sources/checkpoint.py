@@ -34,6 +34,16 @@ CREATE TABLE IF NOT EXISTS files (
     seen REAL,                     -- when a followed path last was this file
     size INTEGER                   -- its size when last read (NULL: not known)
 );
+CREATE TABLE IF NOT EXISTS times (  -- zpandas.sources.timeindex: event time by file span
+    key TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    tmin INTEGER,                  -- ns; NULL: no timed rows in the span
+    tmax INTEGER,
+    crc INTEGER NOT NULL,          -- CRC-32 of the n bytes at start
+    n INTEGER NOT NULL,
+    PRIMARY KEY (key, start)
+);
 """
 
 #: Entries of files that no followed path has been for this long are pruned (seconds).
@@ -97,6 +107,26 @@ class Checkpoint:
                 [(*e[:7], now, e[7] if len(e) > 7 else None) for e in entries])
             self._db.execute("COMMIT")
 
+    def load_times(self) -> dict[str, list[tuple]]:
+        """The time index's spans by key, in file order (:mod:`.timeindex`)."""
+        with self._lock:
+            rows = self._db.execute('SELECT key, start, "end", tmin, tmax, crc, n FROM times '
+                                    "ORDER BY key, start").fetchall()
+        out: dict[str, list[tuple]] = {}
+        for key, *span in rows:
+            out.setdefault(key, []).append(tuple(span))
+        return out
+
+    def save_times(self, changed: dict[str, list[tuple]], last: dict[str, int]) -> None:
+        """Record the spans in ``changed``; and for each key in ``last``, forget spans
+        starting after that offset (the file was read again from an earlier place)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM times WHERE key=? AND start>?", list(last.items()))
+            self._db.executemany("INSERT OR REPLACE INTO times VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [(k, *span) for k, spans in changed.items() for span in spans])
+            self._db.execute("COMMIT")
+
     def sizes(self, sizes: dict[str, int]) -> None:
         """Record how large each followed file (by key) is now, read or not: what a restart
         finds gone past its offset is then known to be lost, and how much."""
@@ -120,6 +150,8 @@ class Checkpoint:
             self._db.executemany("UPDATE files SET seen=? WHERE key=?", [(now, k) for k in present])
             gone = self._db.execute("DELETE FROM files WHERE COALESCE(seen, updated) < ?",
                                     (now - retention,)).rowcount
+            if gone:
+                self._db.execute("DELETE FROM times WHERE key NOT IN (SELECT key FROM files)")
             self._db.execute("COMMIT")
         return gone
 

@@ -25,6 +25,7 @@ from .compressed import HEAD, compression_of
 from .encoding import Transcoder
 from .follow import Follower
 from .lines import REJECT_SCHEMA, get_format
+from .timeindex import TimeIndex
 from .pipeline import ParsePipeline, default_threads
 from .watch import watch
 
@@ -290,9 +291,13 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
                         max_line_bytes=max_line_bytes, encoding=encoding, errors=errors)
     wake = threading.Event()
     watcher = watch(patterns, wake) if follow else None
+    index = None
     if replay is not None:   # replayed rows are sourced and typed as the live ones
         replay.identified(source_id, follower.identities())
         replay.typed_as(fmt)
+        if replay.utf8:   # (other encodings are not replayed)
+            index = TimeIndex(ckpt)
+            replay.indexed_by(index)
     if poll_interval is None:
         poll_interval = 0.25 if watcher is None else 1.0
     ends: dict[str, dict[int, tuple]] = {}   # source -> chunk end -> checkpoint entry
@@ -314,6 +319,8 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
                     del by_end[e]
         if ckpt:
             ckpt.save(entries)
+        if index is not None:
+            index.save()
 
     parser = ParsePipeline(fmt, parse_threads if parse_threads is not None else default_threads())
 
@@ -329,6 +336,9 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
             out["bytes"] += ch.end - ch.start
             ends.setdefault(source, {})[ch.end] = (ch.key, ch.path, ch.dev, ch.ino, ch.head,
                                                    ch.end, ch.line, ch.size)
+            if index is not None:   # (the records' bytes are the file's from the first's start)
+                index.note(ch.key, ch.start, ch.end, ch.records.data,
+                           ch.start - int(ch.records.bounds[0]), table)
 
     try:
         while True:
@@ -343,8 +353,11 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
                 parser.submit(ch)
                 publish(wait=False)
             now = time.monotonic()
-            if ckpt and now >= next_expiry:
-                ckpt.expire(follower.present)
+            if now >= next_expiry:
+                if ckpt:
+                    ckpt.expire(follower.present)
+                if index is not None:
+                    index.forget(follower.identities().values())
                 next_expiry = now + 60.0
             if now >= next_save:
                 save(producer.sent_offsets())  # only rows surely out of this process

@@ -3,9 +3,11 @@
 A producer that publishes files with history on (``publish_files(history=True)``,
 ``zpandas publish --history``) answers history requests (:mod:`zpandas.history`) from the
 files its paths match now, rotated copies included, oldest first. In each file it finds
-where ``since`` starts by bisection on byte offsets - a probe parses the records after an
-offset and reads their event time (the rows' first timestamp column) - then reads on from
-there through the same parser as the live stream, keeps the
+where ``since`` starts by the live stream's index of event time (:mod:`.timeindex`:
+exact, however out of order the file's times are) where the index describes the file, and
+by bisection on byte offsets elsewhere - a probe parses the records after an offset and
+reads their event time (the rows' first timestamp column) - then reads on from
+there through the same parser as the live stream (and its column types), keeps the
 rows in ``[since, until)`` that match ``where``, keeps only ``columns`` (and ``_file``,
 ``_offset``), and sends them under the request's topic, then a ``HISTORY_END`` saying how
 many. A file read while it grows is read up to its size when the request came.
@@ -21,9 +23,10 @@ a few messages ahead: the socket owner sends them only when no live message wait
 memory stays bounded. The requester unsubscribing cancels its replay.
 
 Limits, said plainly: files are read as UTF-8 (a producer of files in other encodings
-answers "refused"); a multiline format's records are read line by line; bisection assumes
-event time grows along a file (a log's does), give or take ``slack`` (one minute): rows
-further out of order before ``since``'s position are not found.
+answers "refused"); a multiline format's records are read line by line; bisection (in
+files the index does not describe) assumes event time grows along a file (a log's does),
+give or take ``slack`` (one minute): rows further out of order before ``since``'s
+position are not found there.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .lines import get_format
 from .pipeline import ParsePipeline, default_threads
 from .publish import expand_paths
 from .records import Records, record_ends
+from .timeindex import TimeIndex, start_from, time_column
 
 log = logging.getLogger("zpandas")
 
@@ -93,6 +97,7 @@ class FileHistory:
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
         self._live_format = None   # the live stream's: its column types, once it fixed them
+        self._index = TimeIndex()   # the live stream's (indexed_by): none yet
         #: The live stream has looked at the files once: their names are known (a request
         #: that comes with a producer's first connection waits for it, briefly).
         self.looked = threading.Event()
@@ -125,19 +130,49 @@ class FileHistory:
         fmt.schema = getattr(self._live_format, "schema", None)
         return fmt
 
-    def _source(self, f) -> str:
+    @property
+    def utf8(self) -> bool:
+        """The files are UTF-8 (or ASCII): the only ones replayed."""
+        return self.encoding.lower().replace("_", "-") in ("utf-8", "utf8", "ascii")
+
+    def indexed_by(self, index: TimeIndex) -> None:
+        """The live stream's index of event time in its files: a replay starts where it
+        says ``since`` does, in the files it describes."""
+        self._index = index
+
+    def _key(self, f) -> str | None:
+        """The live stream's key of open file ``f`` (None: it never read it)."""
         st = os.fstat(f.fileno())
         with self._lock:
-            key = self._keys.get((st.st_dev, st.st_ino))
-            if key is not None and self._source_id is not None:
-                return f"{self._source_id}/{key}"
+            return self._keys.get((st.st_dev, st.st_ino))
+
+    def _source(self, f) -> str:
+        key = self._key(f)
+        if key is not None and self._source_id is not None:
+            return f"{self._source_id}/{key}"
+        st = os.fstat(f.fileno())
         return f"history/{st.st_dev}:{st.st_ino}"   # a file the live stream never read
+
+    def _since(self, fmt, f, path: str, header_end: int, size: int, since_ns: int) -> int:
+        """Where rows at or after ``since_ns`` start in ``f``: by the time index where it
+        describes the file (exact, however out of order its times), by bisection on the
+        rest (give or take :data:`SLACK_NS`)."""
+        at = header_end
+        key = self._key(f)
+        spans = self._index.spans([key]).get(key) if key is not None else None
+        if spans:
+            found = start_from(spans, since_ns, lambda start, n: os.pread(f.fileno(), n, start))
+            if found is not None:
+                if found[1]:
+                    return max(found[0], header_end)
+                at = max(found[0], header_end)
+        return at if at >= size else _bisect(fmt, f, path, at, size, since_ns - SLACK_NS)
 
     # -- from the socket owner's thread -------------------------------------------------
 
     def start(self, req: history.Request, topic: bytes) -> tuple[str, str] | None:
         """Start replaying ``req``; or (status, reason) to answer at once."""
-        if self.encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "ascii"):
+        if not self.utf8:
             return "refused", f"this producer's files are {self.encoding}: history replays UTF-8 files"
         with self._lock:
             if topic in self._running:
@@ -242,7 +277,8 @@ class FileHistory:
         receiving, sending = ctx.Pipe(duplex=False)
         with self._lock:
             spec = (self.patterns, self.format_args, self.rate, self.producer, self.name,
-                    self._source_id, dict(self._keys), getattr(self._live_format, "schema", None), req)
+                    self._source_id, dict(self._keys), getattr(self._live_format, "schema", None),
+                    self._index.spans(set(self._keys.values())), req)
         child = ctx.Process(target=_child, args=(sending, spec), daemon=True,
                             name=f"zpandas-history-{req.id[:8]}")
         ended = False
@@ -335,8 +371,8 @@ class FileHistory:
                 size = os.fstat(f.fileno()).st_size
                 fmt = self._format()
                 header_end = _begin(fmt, f, path)
-                since = None if req.since is None else req.since.value - SLACK_NS
-                start = header_end if since is None else _bisect(fmt, f, path, header_end, size, since)
+                start = header_end if req.since is None else \
+                    self._since(fmt, f, path, header_end, size, req.since.value)
                 if start >= size:
                     f.close()
                     continue
@@ -421,7 +457,7 @@ class FileHistory:
 
     @staticmethod
     def _select(table: pa.Table, req: history.Request, where) -> pa.Table:
-        t = _time_column(table)
+        t = time_column(table)
         if t is not None and (req.since is not None or req.until is not None):
             col = pc.cast(table.column(t), pa.timestamp("ns", "UTC"))
             keep = pc.is_valid(col)
@@ -451,11 +487,12 @@ def _child(conn, spec) -> None:
     """A replay in a process of its own: every message down ``conn`` as header and body
     (the parent waits for credit and hands them to the socket owner); it ends with the
     replay, or when the parent stops reading (a cancel, or the parent gone)."""
-    patterns, format_args, rate, producer, name, source_id, keys, schema, req = spec
+    patterns, format_args, rate, producer, name, source_id, keys, schema, spans, req = spec
     _background()   # (the threads it makes are niced too: ParsePipeline's initializer)
     serving = FileHistory(patterns, format_args, rate=rate)
     serving.producer, serving.name = producer, name
     serving.typed_as(types.SimpleNamespace(schema=schema))
+    serving.indexed_by(TimeIndex.of(spans))
     if source_id is not None:
         serving.identified(source_id, keys)
     seq = [0, 0]
@@ -571,17 +608,9 @@ def _begin(fmt, f, path: str) -> int:
     return int(ends[0])
 
 
-def _time_column(table: pa.Table) -> int | None:
-    """The event time: the first timestamp column."""
-    for i, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type):
-            return i
-    return None
-
-
 def _earliest(table: pa.Table) -> int:
     """The earliest event time (ns) of ``table``'s rows; -1 without times."""
-    t = _time_column(table)
+    t = time_column(table)
     if t is None:
         return -1
     low = pc.min(pc.cast(table.column(t), pa.timestamp("ns", "UTC"))).value
@@ -603,7 +632,7 @@ def _first_time(fmt, f, path: str, at: int, size: int, *, aligned: bool) -> int 
     table, _ = fmt.parse_body(fmt.begin(records, path), path)
     if table is None or not table.num_rows:
         return None
-    t = _time_column(table)
+    t = time_column(table)
     if t is None:
         return None
     col = pc.cast(table.column(t), pa.timestamp("ns", "UTC")).drop_null()
