@@ -2,6 +2,7 @@
 
     python bench/soak.py [--minutes 10] [--producers 2] [--rate 5000] [--rotate-every 20]
                          [--keep 3] [--compress] [--kill-every 0] [--window 10s]
+                         [--history-every 0]
 
 Each node is a writer process (``bench/_logwriter.py``: JSON lines of about 80 bytes,
 rotated every ``--rotate-every`` seconds, alternately by rename and by copytruncate,
@@ -10,6 +11,10 @@ keeping ``--keep`` copies as logrotate does, older ones deleted) and a
 takes every row, counts each line by its content (node, i) and folds a
 ``--window`` aggregation by node. With ``--kill-every S`` a producer is killed with
 ``kill -9`` every S seconds (the nodes in turn) and restarted from its checkpoint.
+With ``--history-every S`` the producers serve history (``--history``) and every S seconds
+the subscriber asks for the 30 s that ended 3 s before (``since=``, ``until=``): at the
+end, each answer must hold exactly the lines whose time the live stream says is in that
+window, node by node (a node whose answer was cut by a kill is left out, and counted).
 
 Every 15 s it prints each producer's RSS and open descriptors and the subscriber's, the
 rows so far, repeats and late rows. At the end it stops the writers, waits for the last
@@ -59,16 +64,27 @@ class Counts:
 
     def __init__(self, nodes: int) -> None:
         self.seen = [np.zeros(1 << 20, np.uint8) for _ in range(nodes)]
+        self.times = [np.full(1 << 20, -1, np.int64) for _ in range(nodes)]   # ns, as parsed
 
-    def add(self, node: np.ndarray, i: np.ndarray) -> None:
+    def add(self, node: np.ndarray, i: np.ndarray, times: np.ndarray) -> None:
         for k in np.unique(node):
             idx = i[node == k]
             arr = self.seen[k]
             if idx.max() >= len(arr):
-                grown = np.zeros(max(len(arr) * 2, int(idx.max()) + 1), np.uint8)
+                size = max(len(arr) * 2, int(idx.max()) + 1)
+                grown = np.zeros(size, np.uint8)
                 grown[:len(arr)] = arr
                 arr = self.seen[k] = grown
+                wider = np.full(size, -1, np.int64)
+                wider[:len(self.times[k])] = self.times[k]
+                self.times[k] = wider
             np.add.at(arr, idx, 1)
+            self.times[k][idx] = times[node == k]
+
+    def between(self, k: int, since: int, until: int) -> np.ndarray:
+        """Line numbers of node ``k`` whose time (ns) is in ``[since, until)``."""
+        t = self.times[k]
+        return np.flatnonzero((t >= since) & (t < until))
 
     def received(self, k: int, upto: int | None = None) -> int:
         return int(np.count_nonzero(self.seen[k][:upto]))
@@ -91,6 +107,8 @@ def main() -> int:
     ap.add_argument("--max-growth", type=float, default=32.0,
                     help="MiB a process may grow in the second half")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--history-every", type=float, default=0.0,
+                    help="ask for the past every S seconds and check each answer (0: never)")
     args = ap.parse_args()
 
     root = args.dir or tempfile.mkdtemp(prefix="zpandas-soak-")
@@ -108,14 +126,29 @@ def main() -> int:
         return subprocess.Popen(
             [sys.executable, "-m", "zpandas", "publish", os.path.join(d, "app.log*"), "-f", "jsonl",
              "--follow", "--checkpoint", os.path.join(d, "checkpoint.db"), "-e", endpoint,
-             "--name", f"node{k}", "--wait-for", "0", "-q"], env=env)
+             "--name", f"node{k}", "--wait-for", "0", "-q",
+             *(["--history"] if args.history_every else [])], env=env)
 
     def take(timeout: float) -> None:
         try:
             df = sub.get(timeout=timeout)
         except TimeoutError:
             return
-        counts.add(df["node"].to_numpy(np.int64), df["i"].to_numpy(np.int64))
+        counts.add(*_columns(df))
+
+    asked = []   # (since, until, {node: digest of its line numbers} of the nodes that answered in full)
+
+    def ask() -> None:
+        import pandas as pd
+        until = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=3)
+        since = until - pd.Timedelta(seconds=30)
+        past = sub.history(since=since, until=until, producers=n, timeout=60, progress=False)
+        log = sub.stats()["history"].tail(n)
+        whole = {int(name[4:]) for name, status in zip(log["name"], log["status"])
+                 if status == "done"}
+        got = {k: _digest(past.loc[past["node"] == k, "i"].to_numpy(np.int64) if len(past) else
+                          np.array([], np.int64)) for k in whole}
+        asked.append((since.value, until.value, got))   # digests: the soak's memory is measured
 
     try:
         for k in range(n):
@@ -129,6 +162,7 @@ def main() -> int:
             producers[k] = start_producer(k)
         t0 = time.monotonic()
         next_sample, next_kill, victim, kills = t0, t0 + (args.kill_every or 1e18), 0, 0
+        next_ask = t0 + (args.history_every or 1e18)
         print(f"soak: {n} nodes, {args.rate:.0f} lines/s each, rotation every {args.rotate_every} s "
               f"(rename/copytruncate, keep {args.keep}), {args.minutes} min, in {root}", flush=True)
         while any(w.poll() is None for w in writers):
@@ -142,6 +176,9 @@ def main() -> int:
                 print(f"{now - t0:6.0f}s kill -9 node{victim}", flush=True)
                 victim = (victim + 1) % n
                 next_kill += args.kill_every
+            if now >= next_ask:
+                ask()
+                next_ask += args.history_every
             if now >= next_sample:
                 st = agg.stats()
                 sample = {"t": now - t0, "producers": [(rss_mib(p.pid), fds(p.pid)) for p in producers],
@@ -168,7 +205,7 @@ def main() -> int:
                 df = sub.get(timeout=1.0)
             except TimeoutError:
                 break
-            counts.add(df["node"].to_numpy(np.int64), df["i"].to_numpy(np.int64))
+            counts.add(*_columns(df))
         st, sst = agg.stats(), sub.stats()
     finally:
         for p in writers + [p for p in producers if p is not None]:
@@ -209,9 +246,35 @@ def main() -> int:
         print("descriptors, first and last sample: producers "
               f"{[f for _, f in samples[1]['producers']]} -> {[f for _, f in samples[-1]['producers']]}, "
               f"subscriber {samples[1]['subscriber'][1]} -> {samples[-1]['subscriber'][1]}")
-    ok = missing == 0 and repeated == 0 and all(g <= args.max_growth for g in growth)
+    wrong = cut = 0
+    for since, until, got in asked:
+        cut += n - len(got)
+        for k, lines in got.items():
+            want = _digest(counts.between(k, since, until))
+            if lines != want:
+                wrong += 1
+                print(f"history [{since}, {until}) node{k}: (rows, distinct, first, last, sum of "
+                      f"squares) {lines}, want {want}")
+    if asked:
+        print(f"history: {len(asked)} requests of 30 s; {len(asked) * n - cut} answers checked, "
+              f"{wrong} not exact; {cut} cut short by a kill (not checked)")
+    ok = missing == 0 and repeated == 0 and wrong == 0 and all(g <= args.max_growth for g in growth)
     print("soak: PASS" if ok else "soak: FAIL")
     return 0 if ok else 1
+
+
+def _digest(lines: np.ndarray) -> tuple:
+    """Line numbers, told apart by count, distinct count, first, last and sum of squares."""
+    if not len(lines):
+        return (0, 0, None, None, 0)
+    return (len(lines), len(np.unique(lines)), int(lines.min()), int(lines.max()),
+            int(np.sum(lines.astype(object) ** 2)))
+
+
+def _columns(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(node, line number, time in ns) of each row."""
+    return (df["node"].to_numpy(np.int64), df["i"].to_numpy(np.int64),
+            df["time"].dt.as_unit("ns").astype("int64").to_numpy())
 
 
 if __name__ == "__main__":
