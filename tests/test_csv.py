@@ -319,3 +319,65 @@ def test_a_small_whole_file_without_a_final_newline_is_typed_as_one(tmp_path, te
     for name in expected.columns:   # the same kind of column as pandas gives
         assert [k(got[name]) for k in kind] == [k(expected[name]) for k in kind], name
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+@pytest.mark.parametrize("what", ["rename", "copytruncate", "restart"])
+def test_followed_csv_keeps_its_header_through_rotation_and_restarts(tmp_path, what):
+    """A CSV file's header is its first record: the rest of a renamed file, a copy made
+    by copytruncate, and a file a restart resumes past its header are still parsed with
+    it; a new file's header is its own (and not a row)."""
+    import shutil
+    import threading
+
+    import zpandas as zp
+
+    from .conftest import wait_for
+
+    log = tmp_path / "app.log"
+    writer = open(log, "w")   # noqa: SIM115 - the job writing the log, kept open
+    writer.write("a,b\n1,x\n2,y\n")
+    writer.flush()
+    ckpt = tmp_path / "ckpt.db"
+    stop = threading.Event()
+
+    def follow():
+        return threading.Thread(target=lambda: zp.publish_files(
+            str(tmp_path / "app.log*"), ">" + sub.endpoints[0], follow=True, stop=stop,
+            poll_interval=0.05, checkpoint=ckpt))
+
+    with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+        th = follow()
+        th.start()
+        try:
+            wait_for(lambda: len(sub.frame()) == 2, timeout=30, what="the first rows")
+            if what == "rename":
+                log.rename(tmp_path / "app.log.1")
+                writer.write("3,z\n4,w\n")   # the job finishes the renamed file
+                writer.close()
+                log.write_text("a,b\n5,v\n")
+            elif what == "copytruncate":
+                writer.write("3,z\n4,w\n")
+                writer.close()
+                wait_for(lambda: len(sub.frame()) == 4, timeout=30, what="rows 3 and 4")
+                shutil.copyfile(log, tmp_path / "app.log.1")
+                with open(log, "r+") as f:
+                    f.truncate(0)
+                log.write_text("a,b\n5,v\n")
+            else:
+                stop.set()
+                th.join(30)
+                writer.write("3,z\n4,w\n5,v\n")
+                writer.close()
+                stop.clear()
+                th = follow()
+                th.start()
+            wait_for(lambda: len(sub.frame()) == 5, timeout=30, what="every row")
+        finally:
+            stop.set()
+            th.join(30)
+            if not writer.closed:
+                writer.close()
+        df = sub.frame()
+        assert list(df.columns[:2]) == ["a", "b"]
+        assert df["a"].tolist() == [1, 2, 3, 4, 5] and df["b"].tolist() == list("xyzwv")
+        assert sub.stats()["rejects"] == 0

@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from .csv import unique_names
-from .records import Record, Records
+from .records import Record, Records, record_ends
 
 __all__ = ["Record", "Records", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS",
            "get_format", "REJECT_SCHEMA"]
@@ -67,12 +67,16 @@ class LineFormat:
         """
         return self.parse_body(self.begin(records, file), file)
 
-    def begin(self, records: Records | list[Record], file: str) -> Records:
+    def begin(self, records: Records | list[Record], file: str, *, key: str | None = None,
+              head: bytes = b"") -> Records:
         """What must be seen in file order before blocks are parsed (a CSV header):
-        called for each block in order; :meth:`parse_body` may then run on any thread."""
+        called for each block in order; :meth:`parse_body` may then run on any thread.
+        ``key`` names the file incarnation (default: ``file``; a follower's key stays with a
+        file through renames), ``head`` is the file's first bytes."""
         return records if isinstance(records, Records) else Records.of(list(records))
 
-    def parse_body(self, records: Records, file: str) -> tuple[pa.Table | None, pa.Table]:
+    def parse_body(self, records: Records, file: str, *,
+                   key: str | None = None) -> tuple[pa.Table | None, pa.Table]:
         """:meth:`parse` after :meth:`begin`; safe to call from several threads."""
         if not len(records):
             return None, REJECT_SCHEMA.empty_table()
@@ -438,19 +442,31 @@ class CsvLines(LineFormat):
         super().__init__(**kw)
         self.delimiter = delimiter
         self.names = names                       # given: no header line is expected
-        self.header: dict[str, list[str]] = {}   # file -> column names
+        self.header: dict[str, list[str]] = {}   # file incarnation -> column names
         self._local = threading.local()          # the names of the file being parsed
 
-    def begin(self, records: Records | list[Record], file: str) -> Records:
+    def begin(self, records: Records | list[Record], file: str, *, key: str | None = None,
+              head: bytes = b"") -> Records:
         records = super().begin(records, file)
-        if not (self.names or file in self.header) and len(records):
-            self.header[file] = unique_names(next(csv.reader(
-                [records.raw(0).decode("utf-8-sig", "replace")], delimiter=self.delimiter)))
-            records = records[1:]
-        return records
+        key = key or file
+        if self.names or key in self.header or not len(records):
+            return records
+        # Records from past the header (a restart resumed there, the rest of a file read
+        # before it was renamed): the header is the file's first record, in its head.
+        ends = record_ends(head, quoted=True) if head else ()
+        if len(ends) and int(records.offsets[0]) >= int(ends[0]):
+            self.header[key] = self._names_of(head[:int(ends[0])])
+            return records
+        self.header[key] = self._names_of(records.raw(0))
+        return records[1:]
 
-    def parse_body(self, records: Records, file: str) -> tuple[pa.Table | None, pa.Table]:
-        self._local.names = self.names or self.header.get(file)
+    def _names_of(self, record: bytes) -> list[str]:
+        text = record.decode("utf-8-sig", "replace").rstrip("\r\n")
+        return unique_names(next(csv.reader([text], delimiter=self.delimiter)))
+
+    def parse_body(self, records: Records, file: str, *,
+                   key: str | None = None) -> tuple[pa.Table | None, pa.Table]:
+        self._local.names = self.names or self.header.get(key or file)
         return super().parse_body(records, file)
 
     @property

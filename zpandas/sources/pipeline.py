@@ -50,14 +50,15 @@ class ParsePipeline:
 
     def submit(self, chunk: Chunk) -> None:
         # In file order: what a format must see in order (a CSV header) is taken here.
-        records = self.fmt.begin(chunk.records, chunk.path)
+        records = self.fmt.begin(chunk.records, chunk.path, key=chunk.key, head=chunk.head)
         if self._pool is None or self.fmt.schema is None:
             # The first rows fix the column types: parsed alone, as they would be in order.
             done: Future = Future()
-            done.set_result(self.fmt.parse_body(records, chunk.path))
+            done.set_result(self.fmt.parse_body(records, chunk.path, key=chunk.key))
             self._queue.append((chunk, done))
         else:
-            self._queue.append((chunk, self._pool.submit(self.fmt.parse_body, records, chunk.path)))
+            self._queue.append((chunk, self._pool.submit(self.fmt.parse_body, records, chunk.path,
+                                                         key=chunk.key)))
 
     @property
     def full(self) -> bool:

@@ -436,7 +436,8 @@ class FileHistory:
                     ends = np.array([len(data)], np.int64)   # the last record, no newline
                 cut = int(ends[-1])
                 pipeline.submit(types.SimpleNamespace(records=_records(data[:cut], ends, pos),
-                                                path=path, start=pos, end=pos + cut))
+                                                      path=path, key=None, head=b"",
+                                                      start=pos, end=pos + cut))
                 counts["bytes"] += cut
                 pos += cut
                 went = publish(wait=False)
