@@ -4,6 +4,7 @@ and nobody else's frames are touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -32,6 +33,8 @@ def test_a_request_travels_as_a_subscription_and_comes_back_whole():
     assert back == req
     assert back.since == pd.Timestamp("2026-12-06T10:30Z") and back.until == pd.Timestamp("2026-12-06T10:55Z")
     assert Request.new(now=NOW).id != Request.new(now=NOW).id     # each request its own topic
+    one = dataclasses.replace(req, producer="ab" * 16)              # asked of one producer only
+    assert parse_request(one.reply_topic) == one and b"producer" not in topic
 
 
 @pytest.mark.parametrize("value,want", [
@@ -84,6 +87,7 @@ GOOD = {"id": "0" * 32, "topic": "", "since": None, "until": None, "where": None
     (_raw({**GOOD, "columns": "host"}), "columns are not a list"),
     (_raw({**GOOD, "columns": [1]}), "columns are not a list"),
     (_raw({**GOOD, "where": "a == 1 or " * 900 + "a == 2"}), "more than 8,192"),
+    (_raw({**GOOD, "producer": "node1"}), "producer is not 32 hex digits"),
 ])
 def test_hostile_requests_are_refused_with_a_reason(topic, says):
     with pytest.raises(RequestError, match=says):
@@ -231,7 +235,7 @@ class Publishing:
         self.stop = threading.Event()
         self.result: dict = {}
         if not isinstance(endpoint, zp.Producer):
-            options = dict(topic="m", name="node1", **options)
+            options = {"topic": "m", "name": "node1", **options}
         self.thread = threading.Thread(target=lambda: self.result.update(zp.publish_files(
             pattern, endpoint, follow=True, history=True, stop=self.stop, poll_interval=0.05,
             **options)))
@@ -563,25 +567,61 @@ def test_a_replay_runs_in_a_process_of_its_own_at_a_lower_priority(tmp_path):
             pub.close()
 
 
-def test_a_producer_first_heard_after_the_past_was_asked_is_said(tmp_path):
+def test_a_producer_first_heard_after_the_past_was_asked_is_asked_then(tmp_path):
     """since=: the past is asked of the producers heard from when the subscriber starts; one
-    that comes later has no past here, and the subscriber says so."""
+    first heard from later is asked for its own then, and its live rows wait for it: its
+    past, then its live rows, each once. One without history says so."""
     write_log(tmp_path / "app.log", 0, 100)
+    write_log(tmp_path / "late.log", 1000, 50)
     with zp.Subscriber("@tcp://127.0.0.1:*", topics="m", since=T0) as sub:
         pub = Publishing(str(tmp_path / "app.log"), ">" + sub.endpoints[0])
+        late = None
         try:
             sub.wait_for_producers(1, timeout=60, progress=False)
             assert sub.stats()["history"]["status"].tolist() == ["done"]
-            with zp.Producer(">" + sub.endpoints[0], topic="m", name="latecomer",
-                             wait_for_subscribers=1) as late:
-                late.send(rows())
-            with pytest.warns(zp.DataLossWarning, match="'latecomer' was first heard from after "
-                              "the past was asked for"):
-                wait_for(lambda: "not asked" in set(sub.stats()["history"]["status"]),
-                         timeout=30, what="the latecomer said")
+            assert len(sub.frame()) == 100
+            # a node that comes later, with a file of 50 rows, then 10 more while followed
+            late = Publishing(str(tmp_path / "late.log"), ">" + sub.endpoints[0], name="node2")
+            wait_for(lambda: len(sub.frame()) == 150, timeout=60, what="the latecomer's past")
+            write_log(tmp_path / "late.log", 1050, 10, mode="a")
+            wait_for(lambda: len(sub.frame()) == 160, timeout=60, what="its live rows")
             h = sub.stats()["history"].set_index("name")
-            assert h.loc["latecomer", "status"] == "not asked" and h.loc["node1", "status"] == "done"
-            wait_for(lambda: len(sub.frame()) == 100 + 3, timeout=30, what="its live rows, kept")
+            assert h.loc["node2", "status"] == "done" and h.loc["node2", "rows"] == 50
+            df = sub.frame()
+            mine = df[df["_file"] == str(tmp_path / "late.log")]
+            assert mine["_offset"].is_unique and mine["_offset"].is_monotonic_increasing
+            assert mine["latency_ms"].tolist() == [i % 1000 for i in range(1000, 1060)]
+            # a producer without history: it says so, and its rows are kept
+            with zp.Producer(">" + sub.endpoints[0], topic="m", name="plain",
+                             wait_for_subscribers=1) as plain:
+                plain.send(rows())
+                wait_for(lambda: len(sub.frame()) == 163, timeout=30, what="its rows")
+            assert sub.stats()["history"].set_index("name").loc["plain", "status"] == "no history"
+            assert len(sub.frame()) == 163   # each row once: the seams dropped the rest
+        finally:
+            pub.close()
+            if late is not None:
+                late.close()
+
+
+def test_a_producer_restarted_after_the_past_was_asked_gives_no_row_twice(tmp_path):
+    """since=: a producer restarted from its checkpoint is a new one to the subscriber, and
+    is asked for its past: the rows it gave before its restart are not taken again."""
+    log, ckpt = tmp_path / "app.log", tmp_path / "state" / "ckpt.db"
+    write_log(log, 0, 100)
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m", since=T0) as sub:
+        pub = Publishing(str(log), ">" + sub.endpoints[0], checkpoint=ckpt)
+        try:
+            sub.wait_for_producers(1, timeout=60, progress=False)
+            wait_for(lambda: len(sub.frame()) == 100, timeout=30, what="the first run's rows")
+            pub.close()
+            write_log(log, 100, 10, mode="a")
+            pub = Publishing(str(log), ">" + sub.endpoints[0], checkpoint=ckpt)
+            wait_for(lambda: len(sub.frame()) >= 110 and len(sub.stats()["history"]) == 2,
+                     timeout=60, what="the second run's rows and its past")
+            assert sub.stats()["history"]["status"].tolist() == ["done", "done"]
+            df = sub.frame()
+            assert len(df) == 110 and df["_offset"].is_unique
         finally:
             pub.close()
 

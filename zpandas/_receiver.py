@@ -17,9 +17,11 @@ protocol state, gaps, rejects, counts) is changed here and read by the caller's 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
+import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,8 +44,6 @@ _TYPICAL_FRAME = 4 << 20
 GAPS_KEPT = 10_000              # rows of gaps()
 REJECTS_KEPT = 100_000          # rows of rejects()
 #: Why a producer first heard from after since='s past was asked for has no past here.
-NOT_ASKED = ("it was not asked for its past, which is not here (sub.history(since=...) "
-             "asks every producer again)")
 #: History replies received and not yet decoded, at most (each request's credit bounds
 #: them too): beyond this they are decoded as they come.
 _REPLIES_LATER = 256
@@ -93,9 +93,11 @@ class Receiver:
         self.history_log: list[dict] = []   # how history requests went (the last 1,000)
         self._replayed: dict[str, tuple[int, int]] = {}   # source -> [start, end) the past gave
         #: since=: the producers the past was asked of (set when the gate opens), and the
-        #: request, so that one first heard from later is said (its past is not here)
+        #: requests, so that one first heard from later is asked for its past on its own
         self._asked: set[bytes] | None = None
-        self._asked_request = None
+        self._asked_requests: list = []
+        self._late: dict[bytes, Late] = {}   # producer -> its past, asked late; its live rows wait
+        self._late_timeout = self._late_dead_after = 0.0
         self.error: BaseException | None = None  # what ended the loop
         self.stop = threading.Event()
         self.monitor: Monitor | None = None
@@ -165,7 +167,7 @@ class Receiver:
             # sends them its subscriptions, while its thread is in one), without a tick:
             # the next batch's due time bounds the wait, close() rings the bell.
             wait = 0 if later else batcher.timeout(time.monotonic())
-            if self.gate is not None:   # the gate opens on time, not on a message
+            if self.gate is not None or self._late:   # gates open on time, not on a message
                 wait = 0.05 if wait is None else min(wait, 0.05)
             events = dict(poller.poll(None if wait is None else int(wait * 1000)))
             if monitor.socket in events:
@@ -194,10 +196,12 @@ class Receiver:
                 self._isolated(later.popleft())
             if self.commands:   # credit for history replies, granted as they come
                 self._run_commands(sock)
-            if self.gate is not None and self._gate_opens():
-                for table in self._open_gate(sock):
-                    for batch in [] if self.collecting else batcher.add(table, time.monotonic()):
-                        self._enqueue(batch)
+            opened = self._open_gate(sock) if self.gate is not None and self._gate_opens() else []
+            if self._late:
+                opened += self._open_late(sock)
+            for table in opened:
+                for batch in [] if self.collecting else batcher.add(table, time.monotonic()):
+                    self._enqueue(batch)
             for batch in batcher.due(time.monotonic()):
                 self._enqueue(batch)
 
@@ -284,9 +288,9 @@ class Receiver:
             self._view_message(msg)
             return None
         with self._cond:
-            rows, ended = self._act(self.protocol.receive(msg, now), msg.header.source)
             if self._asked is not None and msg.header.producer not in self._asked:
-                self._not_asked(msg.header)
+                self._ask_late(msg)
+            rows, ended = self._act(self.protocol.receive(msg, now), msg.header.source)
             aggregations = list(self.aggregations)
         self._feed(aggregations, msg.header.producer, rows, ended)
         return rows
@@ -336,7 +340,6 @@ class Receiver:
         """The past's rows, then the live rows that waited (less those the past gave):
         kept, fed to aggregations and returned for the micro-batches, in that order."""
         gate = self.gate
-        out: list[tuple[bytes, pa.Table]] = []
         with self._cond:
             self.gate = None
             wall = time.time()
@@ -344,42 +347,99 @@ class Receiver:
                         if not st.finished and wall - st.last_seen <= gate.dead_after}
             self._asked = {p for p, _ in self.protocol.streams} | gate.heard | {
                 p for rep in gate.replies.values() for p in rep.ends}
-            self._asked_request = next(iter(gate.replies.values())).request
+            self._asked_requests = [rep.request for rep in gate.replies.values()]
+            self._late_timeout, self._late_dead_after = gate.timeout, gate.dead_after
             for topic, rep in gate.replies.items():
-                self.replies.pop(topic, None)
-                for t in rep.subscriptions(topic):
-                    sock.unsubscribe(t)
-                for producer, table, source, start, end in rep.parts:
-                    if source:
-                        lo, hi = self._replayed.get(source, (start, end))
-                        self._replayed[source] = (min(lo, start), max(hi, end))
-                    out.append((producer, table))
+                self._end_request(sock, topic, rep)
                 self.history_log.extend(rep.log(expected))
             del self.history_log[:-1000]
-            for producer, source, table in gate.live:
-                table = self._not_replayed(table, source)
+            out = self._past_then_live([rep for rep in gate.replies.values()], gate.live)
+        return self._handed(out)
+
+    def _ask_late(self, msg: wire.Message) -> None:
+        """since=: a producer first heard from after the past was asked for - its past is
+        asked of it alone, and its live rows wait for it (caller holds the condition)."""
+        p = msg.header.producer
+        self._asked.add(p)
+        # the request of the topic it sends on (the longest that matches), as first asked
+        fits = [r for r in self._asked_requests if msg.topic.startswith(r.topic.encode("utf-8"))]
+        base = max(fits or self._asked_requests, key=lambda r: len(r.topic))
+        req = dataclasses.replace(base, id=uuid.uuid4().hex, producer=p.hex())
+        topic = req.reply_topic
+        self.replies[topic] = rep = Replies(req)
+        self.commands.append(("subscribe", topic))
+        # what came from the sources it names before (a restart of a producer that was
+        # here): its past gives those rows again, and they are dropped
+        seen: dict[str, int] = {}
+        for (_, source), end in self.protocol.done.items():
+            seen[source] = max(seen.get(source, -1), end)
+        self._late[p] = Late(topic, rep, msg.header.name, seen,
+                             time.monotonic() + self._late_timeout)
+
+    def _open_late(self, sock) -> list[pa.Table]:
+        """The past of producers asked late, once it came (or they went, or the time is
+        up), then their live rows that waited: as :meth:`_open_gate`."""
+        now, wall = time.monotonic(), time.time()
+        out = []
+        with self._cond:
+            alive = {p for (p, _), st in self.protocol.streams.items()
+                     if not st.finished and wall - st.last_seen <= self._late_dead_after}
+            for p, late in list(self._late.items()):
+                if p not in late.replies.ends and p in alive and now < late.deadline:
+                    continue
+                del self._late[p]
+                self._end_request(sock, late.topic, late.replies)
+                self.history_log.extend(late.replies.log({p: late.name}))
+                del self.history_log[:-1000]
+                end = late.replies.ends.get(p)
+                if end is None or end["status"] in ("failed", "cancelled"):
+                    said = "no answer" if end is None else f"{end['status']}: {end['reason']}"
+                    self.notices.append(f"{late.name!r}, first heard from after the past was "
+                                        f"asked for (since=), was asked for its past then: "
+                                        f"{said} (stats()['history'])")
+                parts = []
+                for q, table, source, a, b in late.replies.parts:
+                    kept = _drop_seen(table, late.seen.get(source, -1))
+                    self.protocol.counts["duplicate_rows"] += table.num_rows - kept.num_rows
+                    parts.append((q, kept, source, a, b))
+                late.replies.parts = parts
+                out += self._past_then_live([late.replies], late.live)
+        return self._handed(out)
+
+    def _end_request(self, sock, topic: bytes, rep: Replies) -> None:
+        """Stop asking: its topic and credit unsubscribed (caller holds the condition)."""
+        self.replies.pop(topic, None)
+        for t in rep.subscriptions(topic):
+            sock.unsubscribe(t)
+
+    def _past_then_live(self, replies: list[Replies], live: list) -> list[tuple[bytes, pa.Table]]:
+        """The rows of ``replies``, then the ``live`` rows held for them less those the past
+        gave: kept, in that order (caller holds the condition)."""
+        out = []
+        for rep in replies:
+            for producer, table, source, start, end in rep.parts:
+                if source:
+                    lo, hi = self._replayed.get(source, (start, end))
+                    self._replayed[source] = (min(lo, start), max(hi, end))
                 if table.num_rows:
                     out.append((producer, table))
-            for producer, table in out:
-                self.protocol.counts["evicted_rows"] += self.retained.add(producer, table)
+        for producer, source, table in live:
+            table = self._not_replayed(table, source)
+            if table.num_rows:
+                out.append((producer, table))
+        for producer, table in out:
+            self.protocol.counts["evicted_rows"] += self.retained.add(producer, table)
+        self._cond.notify_all()
+        return out
+
+    def _handed(self, out: list[tuple[bytes, pa.Table]]) -> list[pa.Table]:
+        """Rows let through a gate, fed to the aggregations (outside the lock); returned
+        for the micro-batches."""
+        with self._cond:
             aggregations = list(self.aggregations)
-            self._cond.notify_all()
         for producer, table in out:
             self._feed(aggregations, producer, table, False)
         return [t for _, t in out]
-
-    def _not_asked(self, header: wire.Header) -> None:
-        """A producer first heard from after the past was asked for (since=): its past is
-        not here - said in stats()["history"] and a warning (caller holds the condition)."""
-        self._asked.add(header.producer)
-        req = self._asked_request
-        self.history_log.append({"request": req.id[:12], "topic": req.topic,
-                                 "producer": header.producer.hex()[:12], "name": header.name,
-                                 "status": "not asked", "reason": NOT_ASKED, "rows": 0,
-                                 "missed": 0, "bytes": 0})
-        del self.history_log[:-1000]
-        self.notices.append(f"{header.name!r} was first heard from after the past was asked "
-                            f"for (since=): {NOT_ASKED}")
 
     def _not_replayed(self, table: pa.Table, source: str) -> pa.Table:
         """Live rows less those a history reply already gave (same source, offset in its
@@ -430,8 +490,9 @@ class Receiver:
         rows, ended = None, False
         for e in events:
             if isinstance(e, Rows):
-                if self.gate is not None:   # the past comes first: these wait
-                    self.gate.live.append((e.key[0], source, e.table))
+                waiting = self.gate or self._late.get(e.key[0])
+                if waiting is not None:   # the past comes first: these wait
+                    waiting.live.append((e.key[0], source, e.table))
                     continue
                 rows = self._not_replayed(e.table, source)
                 self.protocol.counts["evicted_rows"] += self.retained.add(e.key[0], rows)
@@ -573,11 +634,30 @@ class Replies:
         return rows
 
 
+class Late:
+    """since=: a producer first heard from after the past was asked for - its own request,
+    and its live rows held back until the answer."""
+
+    def __init__(self, topic: bytes, replies: Replies, name: str, seen: dict[str, int],
+                 deadline: float) -> None:
+        self.topic, self.replies, self.name, self.seen = topic, replies, name, seen
+        self.deadline = deadline
+        self.live: list[tuple[bytes, str, pa.Table]] = []
+
+
+def _drop_seen(table: pa.Table, seen: int) -> pa.Table:
+    """Rows at or after offset ``seen`` (what a source gave before ends there)."""
+    if seen < 0 or "_offset" not in table.column_names or not table.num_rows:
+        return table
+    return table.filter(pc.greater_equal(table.column("_offset"), seen))
+
+
 class Gate:
     """Live rows held back while the past is asked for (Subscriber(since=...))."""
 
     def __init__(self, replies: dict, *, timeout: float, settle: float, dead_after: float) -> None:
         self.replies = replies
+        self.timeout = timeout
         self.live: list[tuple[bytes, str, pa.Table]] = []
         now = time.monotonic()
         self.deadline, self.settle, self.dead_after = now + timeout, now + settle, dead_after

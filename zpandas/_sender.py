@@ -332,6 +332,8 @@ class Sender:
         except history.RequestError as e:
             self._reply_end(topic, "refused", str(e))
             return
+        if req.producer is not None and req.producer != self.producer_id.hex():
+            return   # another producer is asked
         wanted = req.topic.encode("utf-8")
         with self._lock:
             mine = [t for t in self._stream.topics if t.startswith(wanted)]

@@ -54,7 +54,7 @@ _VERSIONED = PREFIX + b"1/"
 #: The largest request: a subscription message this size travels to every producer.
 MAX_REQUEST_BYTES = 8192
 _ID = re.compile(r"[0-9a-f]{32}")
-_KEYS = {"id", "topic", "since", "until", "where", "columns", "window"}
+_KEYS = {"id", "topic", "since", "until", "where", "columns", "window", "producer"}
 #: A requester grants a producer credit for more reply messages with a subscription to
 #: ``reply topic + CREDIT + <producer id, hex> + b"/" + <its messages taken so far>``
 #: (longer than the reply topic, so it matches no reply): that producer keeps at most
@@ -106,6 +106,8 @@ class Request:
         Reply messages the requester takes ahead of its credit (see :data:`CREDIT`): what
         is in flight is bounded, so a live message never waits behind a replay's backlog.
         None: no flow control.
+    producer : str or None
+        The id (32 hex digits) of the one producer asked; None: every producer.
     """
 
     id: str
@@ -115,6 +117,7 @@ class Request:
     where: str | None = None
     columns: tuple[str, ...] | None = None
     window: int | None = None
+    producer: str | None = None
 
     @classmethod
     def new(cls, *, topic: str = "", since=None, until=None, where: str | None = None,
@@ -169,6 +172,8 @@ def encode_request(req: Request) -> bytes:
            "until": None if req.until is None else req.until.value,
            "where": req.where, "columns": None if req.columns is None else list(req.columns),
            "window": req.window}
+    if req.producer is not None:   # (absent otherwise: what producers before it read)
+        doc["producer"] = req.producer
     return _dump(_VERSIONED, doc, "request")
 
 
@@ -215,7 +220,10 @@ def parse_request(topic: bytes) -> Request:
     if window is not None and (not isinstance(window, int) or isinstance(window, bool)
                                or not 1 <= window <= _MAX_WINDOW):
         raise RequestError(f"the request's window is not a number of messages from 1 to {_MAX_WINDOW}")
-    return Request(rid, topic_, times[0], times[1], where, columns, window)
+    producer = doc.get("producer")
+    if producer is not None and (not isinstance(producer, str) or not _ID.fullmatch(producer)):
+        raise RequestError("the request's producer is not 32 hex digits")
+    return Request(rid, topic_, times[0], times[1], where, columns, window, producer)
 
 
 def _load(topic: bytes, versioned: bytes, keys: set, what: str) -> dict:

@@ -101,8 +101,8 @@ class Subscriber:
         publish files with history on (``zpandas publish --history``) answer; live rows
         wait until every producer heard from (at least one, and no new one for 2 s) has
         answered, or ``history_timeout``; a producer first heard from after that is
-        not asked (said: ``"not asked"`` in ``stats()["history"]``, and a
-        :class:`~zpandas.DataLossWarning`). So
+        asked for its own past then, and its live rows wait for it (as long again at
+        most; a :class:`~zpandas.DataLossWarning` if it does not come). So
         :meth:`frame`, :meth:`get` and aggregations see the past first. How it went:
         ``stats()["history"]``.
     history_timeout : float, default 60
