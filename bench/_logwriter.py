@@ -2,7 +2,9 @@
 
     python bench/_logwriter.py PATH --node N --rate R --rotate-every S --keep K [--seconds T]
 
-Line ``i`` is ``{"node": N, "i": i, "time": <epoch seconds>, "text": "..."}`` (about 80 bytes).
+Line ``i`` is ``{"node": N, "i": i, "time": <epoch seconds>, "text": "..."}`` (about 80 bytes);
+with ``--csv``, ``N,i,<ISO 8601 time>,payload`` under a ``node,i,time,text`` header that
+every new file starts with (a truncated one too).
 Every ``--rotate-every`` seconds the file is rotated, alternately by ``rename`` (logrotate's
 ``create``: the file becomes ``PATH.1``, a new one is created) and by ``copytruncate`` (the
 file is copied to ``PATH.1`` and truncated in place, the writer going on through its
@@ -17,6 +19,7 @@ reader). On SIGTERM, or after ``--seconds``, it prints ``wrote <lines>`` and exi
 from __future__ import annotations
 
 import argparse
+import datetime
 import gzip
 import json
 import os
@@ -26,7 +29,10 @@ import sys
 import time
 
 
-def rotate(path: str, keep: int, how: str, compress: bool = False) -> None:
+HEADER = "node,i,time,text\n"
+
+
+def rotate(path: str, keep: int, how: str, compress: bool = False, header: str = "") -> None:
     """Shift the copies (``PATH.keep`` deleted) and rotate ``path`` to ``PATH.1``; with
     ``compress`` (logrotate's ``compress`` + ``delaycompress``) ``PATH.1`` becomes
     ``PATH.2.gz`` and the older copies are ``.gz`` too."""
@@ -52,6 +58,9 @@ def rotate(path: str, keep: int, how: str, compress: bool = False) -> None:
     else:
         shutil.copyfile(path, f"{path}.1")
         os.truncate(path, 0)
+        if header:
+            with open(path, "a") as f:
+                f.write(header)
 
 
 def main() -> None:
@@ -65,11 +74,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--compress", action="store_true",
                     help="copies from .2 on gzip-compressed (logrotate's compress, delaycompress)")
+    ap.add_argument("--csv", action="store_true", help="CSV lines under a header, not JSON")
     args = ap.parse_args()
+    header = HEADER if args.csv else ""
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
     f = open(args.path, "a", buffering=1 << 16)  # noqa: SIM115
+    f.write(header)
     start = time.monotonic()
     next_rotation = start + args.rotate_every
     kinds = ["rename", "copy"]
@@ -77,19 +89,24 @@ def main() -> None:
     i = 0
     while not stop and (args.seconds is None or time.monotonic() - start < args.seconds):
         for _ in range(args.batch):
-            f.write(json.dumps({"node": args.node, "i": i, "time": round(time.time(), 6),
-                                "text": "payload"}) + "\n")
+            if args.csv:
+                now = datetime.datetime.now(datetime.timezone.utc)
+                f.write(f"{args.node},{i},{now.isoformat(timespec='microseconds')},payload\n")
+            else:
+                f.write(json.dumps({"node": args.node, "i": i, "time": round(time.time(), 6),
+                                    "text": "payload"}) + "\n")
             i += 1
         f.flush()
         now = time.monotonic()
         if now >= next_rotation:
             how = kinds[rotations % 2]
             rotations += 1
-            rotate(args.path, args.keep, how, args.compress)
+            rotate(args.path, args.keep, how, args.compress, header)
             print(f"node{args.node}: {how} before line {i}", file=sys.stderr, flush=True)
             if how == "rename":
                 f.close()
                 f = open(args.path, "a", buffering=1 << 16)  # noqa: SIM115
+                f.write(header)
             next_rotation += args.rotate_every
         ahead = i / args.rate - (time.monotonic() - start)
         if ahead > 0:

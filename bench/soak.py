@@ -2,9 +2,9 @@
 
     python bench/soak.py [--minutes 10] [--producers 2] [--rate 5000] [--rotate-every 20]
                          [--keep 3] [--compress] [--kill-every 0] [--window 10s]
-                         [--history-every 0]
+                         [--history-every 0] [--csv]
 
-Each node is a writer process (``bench/_logwriter.py``: JSON lines of about 80 bytes,
+Each node is a writer process (``bench/_logwriter.py``: JSON lines of about 80 bytes, or CSV lines with --csv,
 rotated every ``--rotate-every`` seconds, alternately by rename and by copytruncate,
 keeping ``--keep`` copies as logrotate does, older ones deleted) and a
 ``zpandas publish --follow --checkpoint`` process following ``app.log*``. One Subscriber
@@ -107,6 +107,7 @@ def main() -> int:
     ap.add_argument("--max-growth", type=float, default=32.0,
                     help="MiB a process may grow in the second half")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--csv", action="store_true", help="CSV logs under a header, not JSON lines")
     ap.add_argument("--history-every", type=float, default=0.0,
                     help="ask for the past every S seconds and check each answer (0: never)")
     args = ap.parse_args()
@@ -124,7 +125,8 @@ def main() -> int:
     def start_producer(k: int) -> subprocess.Popen:
         d = os.path.join(root, f"node{k}")
         return subprocess.Popen(
-            [sys.executable, "-m", "zpandas", "publish", os.path.join(d, "app.log*"), "-f", "jsonl",
+            [sys.executable, "-m", "zpandas", "publish", os.path.join(d, "app.log*"),
+             "-f", "csv" if args.csv else "jsonl",
              "--follow", "--checkpoint", os.path.join(d, "checkpoint.db"), "-e", endpoint,
              "--name", f"node{k}", "--wait-for", "0", "-q",
              *(["--history"] if args.history_every else [])], env=env)
@@ -158,7 +160,8 @@ def main() -> int:
                 [sys.executable, os.path.join(HERE, "_logwriter.py"), os.path.join(d, "app.log"),
                  "--node", str(k), "--rate", str(args.rate), "--rotate-every", str(args.rotate_every),
                  "--keep", str(args.keep), "--seconds", str(seconds), "--batch", "1",
-                 *(["--compress"] if args.compress else [])], stdout=subprocess.PIPE, text=True))
+                 *(["--compress"] if args.compress else []), *(["--csv"] if args.csv else [])],
+                stdout=subprocess.PIPE, text=True))
             producers[k] = start_producer(k)
         t0 = time.monotonic()
         next_sample, next_kill, victim, kills = t0, t0 + (args.kill_every or 1e18), 0, 0
