@@ -43,7 +43,6 @@ _TYPICAL_FRAME = 4 << 20
 #: Bounds of what is kept for the caller (documented in docs/guarantees.md).
 GAPS_KEPT = 10_000              # rows of gaps()
 REJECTS_KEPT = 100_000          # rows of rejects()
-#: Why a producer first heard from after since='s past was asked for has no past here.
 #: History replies received and not yet decoded, at most (each request's credit bounds
 #: them too): beyond this they are decoded as they come.
 _REPLIES_LATER = 256
@@ -353,7 +352,7 @@ class Receiver:
                 self._end_request(sock, topic, rep)
                 self.history_log.extend(rep.log(expected))
             del self.history_log[:-1000]
-            out = self._past_then_live([rep for rep in gate.replies.values()], gate.live)
+            out = self._past_then_live(list(gate.replies.values()), gate.live)
         return self._handed(out)
 
     def _ask_late(self, msg: wire.Message) -> None:
