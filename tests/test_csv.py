@@ -381,3 +381,25 @@ def test_followed_csv_keeps_its_header_through_rotation_and_restarts(tmp_path, w
         assert list(df.columns[:2]) == ["a", "b"]
         assert df["a"].tolist() == [1, 2, 3, 4, 5] and df["b"].tolist() == list("xyzwv")
         assert sub.stats()["rejects"] == 0
+
+
+def test_times_have_one_unit_whether_a_csv_is_read_whole_or_followed(tmp_path):
+    """Nanoseconds, as JSON lines and whole files give them (pandas 3 alone would pick
+    microseconds for ISO text without nanoseconds): a notebook concatenating both gets
+    one dtype."""
+    import zpandas as zp
+
+    from .conftest import wait_for
+
+    path = tmp_path / "a.csv"
+    path.write_text("time,v\n2026-12-06T10:00:00Z,1\n2026-12-06T10:00:01.5Z,2\n")
+    dtypes = []
+    for follow in (False, True):
+        with zp.Subscriber("@tcp://127.0.0.1:*") as sub:
+            options = {"format": "csv", "duration": 0.5} if follow else {}
+            zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1, follow=follow, **options)
+            if follow:
+                wait_for(lambda: len(sub.frame()) == 2, timeout=30, what="both rows")
+            df = sub.frame() if follow else sub.collect(timeout=30)
+            dtypes.append(str(df["time"].dtype))
+    assert dtypes == ["datetime64[ns, UTC]"] * 2

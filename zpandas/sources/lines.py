@@ -550,7 +550,7 @@ class CsvLines(LineFormat):
             for col in df.columns:
                 if pd.api.types.is_string_dtype(df[col]) and df[col].notna().any():
                     try:
-                        df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601")
+                        df[col] = _ns(pd.to_datetime(df[col], utc=True, format="ISO8601"))
                     except (ValueError, TypeError):
                         pass
         df.attrs["bad"] = bad
