@@ -3,8 +3,8 @@
 For each file incarnation (the live stream's key: a name that follows the file through a
 rename and through copytruncate to its copy) the index holds *spans* of about
 :data:`SPAN_BYTES` of file, contiguous from the file's start: ``(start, end, tmin, tmax,
-crc)`` - the earliest and latest event time of the rows parsed from ``[start, end)`` and
-a CRC of the span's first bytes. A replay asked for ``since`` starts at the first span
+crc, n)`` - the earliest and latest event time of the rows parsed from ``[start, end)``
+and a CRC of the span's first ``n`` bytes. A replay asked for ``since`` starts at the first span
 whose latest time is at or after it: every row before that is earlier, however out of
 order the file is (bisection, for files the index has not seen, assumes times grow along
 the file give or take a minute). The CRCs are checked against the file before any span
@@ -109,7 +109,7 @@ class TimeIndex:
                 stop, upto = end, row
                 if offsets is not None:
                     upto = int(np.searchsorted(offsets, limit, "left")) if limit < end else len(offsets)
-                    upto = max(upto, row + 1) if pos == start or upto == row else upto
+                    upto = max(upto, row + 1)   # a piece takes a row at least
                     stop = int(offsets[upto]) if upto < len(offsets) else end
                     if stop <= pos:   # (a row past the chunk's start: never, but no loop)
                         stop = end
