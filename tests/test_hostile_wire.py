@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zpandas import WireError, wire
+from zpandas import WireError, _validate, wire
 from zpandas.sources.lines import REJECT_SCHEMA
 
 PRODUCER = bytes(range(16))
@@ -103,6 +103,38 @@ CASES = {
 def test_hostile_body_is_refused_with_its_reason(name):
     expected, t = CASES[name]
     assert reason(frames_of(t)) == expected
+
+
+def long_strings(typ=pa.string(), *, swap: int | None = None, data_at: int | None = None,
+                 byte: bytes = b"") -> pa.Table:
+    """150,000 values of "ab": more rows than Arrow's full validation is trusted with (one
+    value at a time, slow), so zpandas' vectorised check decides; ``swap`` makes offset
+    ``swap`` larger than the next, ``byte`` replaces the data at ``data_at``."""
+    n = 150_000
+    offsets = np.arange(n + 1) * 2
+    if swap is not None:
+        offsets[swap] = offsets[swap + 1] + 1
+    data = bytearray(b"ab" * n)
+    if data_at is not None:
+        data[data_at:data_at + len(byte)] = byte
+    return table(s=string_array(offsets, bytes(data), typ))
+
+
+LONG_CASES = {
+    # the CASES above are small tables, which Arrow's full validation checks in one call
+    "descending offsets": long_strings(swap=140_000),
+    "descending at the last offset": long_strings(swap=149_999),
+    "large_string descending": long_strings(pa.large_string(), swap=100_000),
+    "invalid UTF-8 near the end": long_strings(data_at=299_990, byte=b"\xff"),
+    "UTF-8 cut inside a character": long_strings(data_at=200_001, byte="é".encode()),
+}
+
+
+@pytest.mark.parametrize("name", list(LONG_CASES))
+def test_long_hostile_string_columns_are_refused(name):
+    assert LONG_CASES[name].num_rows > _validate._SMALL_ROWS
+    assert reason(frames_of(LONG_CASES[name])) == "invalid"
+    assert wire.decode(frames_of(long_strings())).table.num_rows == 150_000
 
 
 def lying(frames: list[bytes], honest: int, claim: int) -> list[bytes]:
