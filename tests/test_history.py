@@ -311,7 +311,7 @@ def test_a_producer_killed_mid_replay_is_a_counted_loss_and_the_others_finish(tm
 
             def node2_replaying() -> bool:
                 return any(rep.rows.get(p, 0) and rep.names.get(p) == "node2"
-                           for rep in list(sub._rx.replies.values()) for p in list(rep.rows))
+                           for rep in list(sub._rx.past.replies.values()) for p in list(rep.rows))
 
             wait_for(node2_replaying, timeout=60, what="node2's replay under way")
             victim = procs.procs[1]
@@ -487,6 +487,25 @@ def test_progress_bodies_are_checked():
     with pytest.raises(zp.WireError) as e:
         wire.decode(frames)
     assert e.value.reason == "columns"
+
+
+def test_the_past_asked_at_the_start_shows_how_far_it_is_once(tmp_path):
+    """since=: while the live rows wait for the past, history_progress() has one row for
+    the request and producer (it listed since='s requests twice)."""
+    for name in ("app.log.1", "app.log"):
+        write_log(tmp_path / name, 0 if name.endswith("1") else 30_000, 30_000)
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m", since=T0, history_timeout=60) as sub:
+        pub = Publishing(str(tmp_path / "app.log*"), ">" + sub.endpoints[0], history_rate=400_000)
+        try:
+            seen = wait_for(lambda: [r for r in sub.history_progress().itertuples()
+                                     if 0 < r.bytes_done < r.bytes_total], timeout=30,
+                            what="the past under way")
+            progress = sub.history_progress()
+            assert len(seen) == 1 and len(progress) == 1, progress
+            assert progress["name"].tolist() == ["node1"]
+            wait_for(lambda: sub.history_progress().empty, timeout=60, what="the past's end")
+        finally:
+            pub.close()
 
 
 def test_a_replay_shows_how_far_it_is(tmp_path, capsys):

@@ -272,6 +272,12 @@ class ReceiveStream:
         """Producers that ended a stream."""
         return {p for (p, _), s in self.streams.items() if s.finished}
 
+    def alive(self, now: float, dead_after: float) -> dict[bytes, str]:
+        """Producers with a stream not finished and heard from within ``dead_after``
+        seconds of ``now`` (seconds since the epoch), and their names."""
+        return {p: s.name for (p, _), s in self.streams.items()
+                if not s.finished and now - s.last_seen <= dead_after}
+
     def report(self, now: float, dead_after: float) -> list[dict]:
         """One dict per stream, least recently heard from first: its counters, its rate
         over the last RATE_WINDOW seconds, and ``alive`` (not finished, and heard from

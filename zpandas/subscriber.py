@@ -32,7 +32,7 @@ import zmq
 from ._batcher import MicroBatcher
 from ._owner import OwnerThread
 from ._pastbar import PastBar
-from ._receiver import Gate, Receiver, Replies
+from ._receiver import Receiver
 from ._tables import concat
 from .aggregate import Aggregation
 from .sources.lines import REJECT_SCHEMA, get_format
@@ -182,14 +182,9 @@ class Subscriber:
             categories=frozenset([categories] if isinstance(categories, str) else categories))
         if since is not None:
             from .history import Request
-            replies = {}
-            for t in self.topics:
-                r = Request.new(topic=t.decode("utf-8", "replace"), since=since, **self._asked(t))
-                replies[r.reply_topic] = Replies(r)
-            self._rx.replies.update(replies)
-            # Heartbeats come every second: 2 s without a new producer, all were heard.
-            self._rx.gate = Gate(replies, timeout=history_timeout, settle=2.0,
-                                 dead_after=dead_after)
+            self._rx.past.start([Request.new(topic=t.decode("utf-8", "replace"), since=since,
+                                             **self._asked(t)) for t in self.topics],
+                                timeout=history_timeout, dead_after=dead_after)
         self._thread = OwnerThread(f"zpandas-subscriber-{next(_ids)}", self._rx.setup,
                                    self._rx.loop, self._rx.teardown, self._rx.failed)
         try:
@@ -279,7 +274,7 @@ class Subscriber:
                     while self._rx.queue:
                         self._rx.pop()  # these rows are retained too; taking them makes room
                     if (self._rx.error is not None or self._closed
-                            or (len(self._finished()) >= producers and self._rx.gate is None)):
+                            or (len(self._finished()) >= producers and self._rx.past.gate is None)):
                         break
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
@@ -381,7 +376,7 @@ class Subscriber:
             while True:
                 table = self.stats()["producers"]
                 names = sending(table, rows=self._views is None)
-                gate = self._rx.gate
+                gate = self._rx.past.gate
                 if len(names) >= producers and gate is None:
                     return table
                 if gate is not None:
@@ -441,10 +436,11 @@ class Subscriber:
             out["peers"] = self._rx.monitor.peers if self._rx.monitor else 0
             out["auth_failures"] = self._rx.monitor.auth_failures if self._rx.monitor else 0
             rows = self._rx.protocol.report(now, self._dead_after)
-            out["history"] = pd.DataFrame(self._rx.history_log, columns=_HISTORY_COLUMNS)
-            out["others_history_messages"] = self._rx.others_replies
-            out["views"] = pd.DataFrame(self._rx.view_refusals, columns=_VIEW_COLUMNS)
-            out["others_view_messages"] = self._rx.others_views
+            past = self._rx.past
+            out["history"] = pd.DataFrame(past.log, columns=_HISTORY_COLUMNS)
+            out["others_history_messages"] = past.others_replies
+            out["views"] = pd.DataFrame(past.view_refusals, columns=_VIEW_COLUMNS)
+            out["others_view_messages"] = past.others_views
         producers = pd.DataFrame(rows, columns=_PRODUCER_COLUMNS)
         producers["last_seen"] = pd.to_datetime(producers["last_seen"], unit="s", utc=True).dt.as_unit("ns")
         out["producers"] = producers
@@ -514,13 +510,9 @@ class Subscriber:
             self._check_error()
             if self._closed:
                 raise ClosedError("this Subscriber is closed")
-            now = time.time()
-            expected = {p for (p, t), st in self._rx.protocol.streams.items()
-                        if not st.finished and now - st.last_seen <= self._dead_after}
+            expected = set(self._rx.protocol.alive(time.time(), self._dead_after))
             names = {p: st.name for (p, t), st in self._rx.protocol.streams.items()}
-            replies = {r.reply_topic: Replies(r) for r in requests}
-            self._rx.replies.update(replies)
-            self._rx.commands.extend(("subscribe", t) for t in replies)
+            replies = self._rx.past.open(requests)
         self._ring()
         deadline = time.monotonic() + timeout
         bar = PastBar(progress)
@@ -535,10 +527,8 @@ class Subscriber:
                     elif expected:
                         # a producer that died meanwhile (no heartbeat for dead_after)
                         # will not answer: its loss is said, the others are waited for
-                        now = time.time()
-                        alive = {p for (p, t), st in self._rx.protocol.streams.items()
-                                 if not st.finished and now - st.last_seen <= self._dead_after}
-                        done = expected <= answered | (expected - alive)
+                        alive = self._rx.protocol.alive(time.time(), self._dead_after)
+                        done = expected <= answered | (expected - alive.keys())
                     else:   # nobody known: whoever answers, and half a second for more
                         if answered and settled_at is None:
                             settled_at = time.monotonic() + 0.5
@@ -550,9 +540,7 @@ class Subscriber:
                 self._check_error()
         finally:
             with self._cond:
-                for t, rep in replies.items():
-                    self._rx.replies.pop(t, None)
-                    self._rx.commands.extend(("unsubscribe", s) for s in rep.subscriptions(t))
+                self._rx.past.close(replies)
             self._ring()
         return self._history_result(replies, expected if producers is None else set(), names)
 
@@ -565,13 +553,8 @@ class Subscriber:
         now = time.monotonic()
         with self._cond:
             self._check_error()
-            rows = [r for rep in self._open_replies() for r in rep.report(now)]
+            rows = [r for rep in self._rx.past.open_replies() for r in rep.report(now)]
         return pd.DataFrame(rows, columns=_PROGRESS_COLUMNS)
-
-    def _open_replies(self) -> list[Replies]:
-        """Every history request still open, since='s included (caller holds the condition)."""
-        gate = self._rx.gate
-        return [*self._rx.replies.values(), *(gate.replies.values() if gate is not None else ())]
 
     def _history_result(self, replies: dict, expected: set, names: dict) -> pd.DataFrame:
         """Record how a history request went (stats()["history"]); its rows as one frame."""
@@ -580,8 +563,7 @@ class Subscriber:
         rows = [row for i, rep in enumerate(replies.values())
                 for row in rep.log({p: names.get(p, "") for p in silent} if i == 0 else {})]
         with self._cond:
-            self._rx.history_log.extend(rows)
-            del self._rx.history_log[:-1000]
+            self._rx.past.record(rows)
         if silent:
             warnings.warn(f"history: {len(silent)} producer(s) did not answer: "
                           f"{', '.join(sorted(names.get(p, p.hex()[:12]) for p in silent))} "
@@ -689,7 +671,7 @@ class Subscriber:
         error there (``-W error``) would end the worker instead of reaching the user."""
         with self._cond:
             message, self._rx.memory_warning = self._rx.memory_warning, None
-            notices, self._rx.notices = self._rx.notices, []
+            notices, self._rx.past.notices = self._rx.past.notices, []
         if message:
             warnings.warn(message, MemoryBudgetWarning, stacklevel=4)
         for notice in notices:
