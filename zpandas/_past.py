@@ -165,7 +165,7 @@ class Past:
         now = time.monotonic()
         opened = self.gate is not None and self._gate_opens(now)
         out = self._open_gate() if opened else []
-        alive = self._protocol.alive(time.time(), self._late_dead_after)
+        alive = self._protocol.alive(time.time(), self._late_dead_after) if self._late else {}
         for p, late in list(self._late.items()):
             if p in late.replies.ends or p not in alive or now >= late.deadline:
                 opened = True
