@@ -1,4 +1,5 @@
-"""Public real-world files end to end: loghub's 16 log samples and csv-spectrum.
+"""Public real-world files end to end: loghub's 16 log samples, csv-spectrum and two of
+messytables' horror CSVs.
 
 Each loghub sample (``tests/data/loghub``: real logs, CRLF line ends and no final newline
 in most) is published with the ``syslog`` preset or its recipe - the table of recipes
@@ -153,6 +154,43 @@ def test_csv_spectrum_case_reads_as_pythons_csv_module_does(case, mode, tmp_path
     pd.testing.assert_frame_equal(df, expected, check_dtype=False)
     for name in header:
         assert pd.api.types.is_numeric_dtype(df[name]) == pd.api.types.is_numeric_dtype(expected[name])
+
+
+MESSY = Path(__file__).parent / "data" / "messytables"
+
+
+@pytest.mark.parametrize("mode", ["whole file", "record by record"])
+def test_a_csv_whose_lines_end_with_a_lone_cr_reads_as_pandas_reads_it(mode, tmp_path):
+    """Lines ended by a lone CR (an old Mac spreadsheet's): every row, as pandas reads
+    them, with offsets in the file. It gave no rows and no rejects: one header line."""
+    path = MESSY / "mixedGLB.csv"
+    data = path.read_bytes()
+    assert b"\n" not in data and data.count(b"\r") > 100
+    extra = {"checkpoint": tmp_path / "ck.db"} if mode == "record by record" else {}
+    with zp.Subscriber(LOCAL) as sub:
+        zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1, **extra)
+        df = sub.collect(timeout=30)
+        assert len(sub.rejects()) == 0
+    pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), pd.read_csv(path),
+                                  check_dtype=False)
+    assert df["Combined Land--Ocean Temperature Anomaly (C) CR 1200km 1880 to 2012."].tolist()[-1] == "2012"
+    assert all(data[o - 1:o] == b"\r" for o in df["_offset"])   # each row starts a line
+
+
+def test_a_csv_header_in_another_encoding_is_refused_clearly_then_read_when_named():
+    """A latin-1 header read as UTF-8: an error that says what to do (it was a
+    UnicodeDecodeError from inside pyarrow); with encoding="latin-1", pandas' rows."""
+    path = MESSY / "spanish_chars.csv"
+    with zp.Subscriber(LOCAL) as sub:
+        with pytest.raises(zp.SourceError, match=r"header .* is not utf-8.*encoding="):
+            zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1)
+    with zp.Subscriber(LOCAL) as sub:
+        zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1, encoding="latin-1")
+        df = sub.collect(timeout=30)
+        assert len(sub.rejects()) == 0
+    want = pd.read_csv(path, encoding="latin-1")
+    assert "Descripción" in want.columns
+    pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
 
 
 def test_the_recipes_in_the_docs_are_the_ones_tested():

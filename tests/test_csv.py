@@ -403,3 +403,23 @@ def test_times_have_one_unit_whether_a_csv_is_read_whole_or_followed(tmp_path):
             df = sub.frame() if follow else sub.collect(timeout=30)
             dtypes.append(str(df["time"].dtype))
     assert dtypes == ["datetime64[ns, UTC]"] * 2
+
+
+@pytest.mark.parametrize("ends", [b"\r", b"\r\n", b"\n"])
+def test_lines_ended_by_cr_crlf_or_lf_give_the_same_rows_at_every_block_size(tmp_path, ends):
+    """Where a block ends - between a CR and its LF, right after a header's lone CR - the
+    rows and their offsets do not change."""
+    lines = [b"a,b,c", b"1,x,3", b'4,"y,z",6', b"7,w,9"]
+    data = b"".join(line + ends for line in lines)
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    starts = [data.index(line) for line in lines[1:]]
+    for block_size in range(1, len(data) + 2):
+        reader = CsvReader(block_size=block_size)
+        blocks = list(reader.read(path))
+        rows = [r for b in blocks for r in b.table.to_pylist()]
+        assert rows == [{"a": 1, "b": "x", "c": 3}, {"a": 4, "b": "y,z", "c": 6},
+                        {"a": 7, "b": "w", "c": 9}], block_size
+        assert [int(o) for b in blocks for o in b.offsets] == starts, block_size
+        assert not reader.rejects
+

@@ -508,6 +508,27 @@ def test_the_past_asked_at_the_start_shows_how_far_it_is_once(tmp_path):
             pub.close()
 
 
+def test_the_past_of_a_log_whose_lines_end_with_a_lone_cr_is_its_rows(tmp_path):
+    """A followed file with lone-CR line ends: its past is the rows the live stream gave
+    (a replay read it as one line: no rows)."""
+    log = tmp_path / "app.log"
+    write_log(log, 0, 1200)
+    log.write_bytes(log.read_bytes().replace(b"\n", b"\r"))
+    with zp.Subscriber("@tcp://127.0.0.1:*", topics="m") as sub:
+        pub = Publishing(str(log), ">" + sub.endpoints[0])
+        try:
+            wait_for(lambda: sub.stats()["rows"] == 1200, timeout=60, what="the live stream")
+            since = T0 + pd.Timedelta("10min")
+            got = sub.history(since=since, timeout=60)
+            want = expected([log], since)
+            cols = list(want.columns)
+            pd.testing.assert_frame_equal(got[cols].sort_values("timestamp").reset_index(drop=True),
+                                          want, check_dtype=False)
+            assert sub.stats()["history"]["status"].tolist() == ["done"]
+        finally:
+            pub.close()
+
+
 def test_a_replay_shows_how_far_it_is(tmp_path, capsys):
     """Bytes of file read of all, rows and an ETA per producer while it runs (a paced
     replay: 100 kB/s of 2.4 MB), and a bar when asked."""

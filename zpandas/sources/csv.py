@@ -34,7 +34,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import SchemaMismatchError, SourceError
 from .encoding import Transcoder
-from .records import Records, record_ends
+from .records import CR_AS_LF, Records, lone_cr, record_ends
 
 __all__ = ["CsvReader", "Block", "first_record_end", "last_record_end", "unique_names"]
 
@@ -184,6 +184,7 @@ class CsvReader:
         offset = 0  # file offset of buf[0]
         line = 1    # line number of buf[0]
         rows_seen = False
+        cr = None   # its lines end with a lone CR: None until its first line break is read
         with _open(path) as f:
             eof = False
             while not eof:
@@ -191,6 +192,12 @@ class CsvReader:
                     buf.extend(bytes(filled + self.block_size - len(buf)))
                 with memoryview(buf) as view:
                     n = _read_full(f, view[filled:filled + self.block_size])
+                if cr:   # lines end with a lone CR: read as LFs, byte for byte
+                    buf[filled:filled + n] = buf[filled:filled + n].translate(CR_AS_LF)
+                elif cr is None:   # no line break so far: all read is still in buf
+                    cr = lone_cr(buf, 0, filled + n)
+                    if cr:
+                        buf[:filled + n] = buf[:filled + n].translate(CR_AS_LF)
                 # A short read is the end of a regular file: its last record, even
                 # without a final newline, is parsed (and typed) with the ones before.
                 eof = n < self.block_size
@@ -198,7 +205,7 @@ class CsvReader:
                 start = len(_BOM) if offset == 0 and buf.startswith(_BOM) else 0
                 cut = filled if eof else last_record_end(buf, self._quote, filled)
                 if eof and self._quote is not None:
-                    cut = self._unclosed_at_end(path, buf, filled, offset, start)
+                    cut = self._unclosed_at_end(path, buf, filled, offset, start, line)
                 if cut <= start:
                     continue  # no complete record yet: read on
                 if names is None:
@@ -230,14 +237,14 @@ class CsvReader:
             yield Block(path, offset, offset, empty, np.empty(0, np.int64))
 
     def _unclosed_at_end(self, path: str, buf: bytearray, filled: int, offset: int,
-                         start: int) -> int:
+                         start: int, line: int) -> int:
         """Where the file's records end: before a last record whose quote never closes
         (recorded as a reject), else at the end."""
         last = max(start, last_record_end(buf, self._quote, filled))
         if buf.count(self._quote, last, filled) % 2 == 0:
             return filled
         text = bytes(buf[last:filled]).decode("utf-8", "replace")
-        self.rejects.append({"file": path, "line": _line_at(path, offset + last),
+        self.rejects.append({"file": path, "line": line + buf.count(b"\n", 0, last),
                              "offset": offset + last, "reason": "unclosed quote",
                              "text": text[:1000]})
         log.warning("%s: the record at byte %d has an unclosed quote and runs to the end of "
@@ -251,6 +258,12 @@ class CsvReader:
             header = self._codec.decode(header, final=True).data
         if not header.endswith((b"\n", b"\r")):
             header += b"\n"   # a header with nothing after it, not even a newline: Arrow wants one
+        try:
+            header.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path}: the header (bytes {offset + start}-{offset + end}) is not "
+                              f"{self._codec.name}: {e.reason} at byte {offset + start + e.start} (in "
+                              "another encoding? say which: encoding=, --encoding)") from None
         try:
             names = pacsv.read_csv(pa.py_buffer(header), parse_options=self._parse,
                                    read_options=pacsv.ReadOptions(use_threads=False)).column_names
@@ -468,19 +481,6 @@ def _row_starts(buf, start: int, end: int, quote: bytes | None, rows: int) -> np
         found = starts[~empty].astype(np.int64) + start
         del arr
     return found if len(found) == rows else None
-
-
-def _line_at(path: str, offset: int) -> int:
-    """The line number of byte ``offset`` of ``path`` (rejects are rare: read it again)."""
-    line = 1
-    with open(path, "rb") as f:
-        while offset > 0:
-            chunk = f.read(min(offset, 1 << 20))
-            if not chunk:
-                break
-            line += chunk.count(b"\n")
-            offset -= len(chunk)
-    return line
 
 
 def _open(path: str):

@@ -47,7 +47,7 @@ from .compressed import HEAD as COMPRESSED_HEAD
 from .compressed import compression_of
 from .encoding import Transcoder
 from .framing import Framer, concat_records
-from .records import Records
+from .records import CR_AS_LF, Records, lone_cr
 
 __all__ = ["Follower", "Chunk", "HEAD_BYTES"]
 
@@ -75,6 +75,7 @@ class _Cursor:
     open_at: int = -1
     codec: Transcoder = field(default_factory=Transcoder)   # the file's encoding
     bom: int = 0               # bytes of its byte-order mark
+    lone_cr: bool | None = None   # its lines end with a lone CR (None: not known yet)
     grew: float = field(default_factory=time.monotonic)
     detached: bool = False     # the path no longer names this file
     done: bool = False
@@ -455,9 +456,12 @@ class Follower:
                     c.head = head
         eof = len(raw) < self._block
         self.behind |= not eof
+        if c.lone_cr is None and c.codec.ascii_compatible:   # told by the file's head
+            c.lone_cr = lone_cr(c.head) if len(c.head) < HEAD_BYTES else bool(lone_cr(c.head))
+        text = raw.translate(CR_AS_LF) if c.lone_cr else raw   # offsets stay the file's
         # Formats parse UTF-8: another encoding is decoded here, a block at a time.
-        block = None if c.codec.utf8 else c.codec.decode(raw, final=final and eof)
-        data = raw if block is None else block.data
+        block = None if c.codec.utf8 else c.codec.decode(text, final=final and eof)
+        data = text if block is None else block.data
         if c.skipping or (not eof and self._framer.no_record_end(data)):
             records, used = self._framer.skip_long(c, data)
         else:

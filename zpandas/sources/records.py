@@ -10,6 +10,7 @@ them into an Arrow string array without copying (see :meth:`Records.texts`).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -17,7 +18,49 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Record", "Records", "record_ends", "line_starts_matching"]
+__all__ = ["Record", "Records", "record_ends", "line_starts_matching", "CR_AS_LF", "lone_cr",
+           "CrAsLf"]
+
+#: A file whose lines end with a lone CR (classic Mac OS, old spreadsheet exports) is read
+#: with its CRs as LFs: one byte for one, so offsets stay the file's, and every record
+#: cut, line count and parse sees the lines Arrow and pandas would. (Files in encodings
+#: whose newline is not the byte 0x0A - UTF-16, UTF-32 - are decoded first instead.)
+CR_AS_LF = bytes.maketrans(b"\r", b"\n")
+
+
+def lone_cr(data, start: int = 0, end: int | None = None) -> bool | None:
+    """Whether the first line break in ``data[start:end]`` is a lone CR; None if there is
+    none yet (or a CR is the last byte: an LF may follow)."""
+    end = len(data) if end is None else end
+    cr, lf = data.find(b"\r", start, end), data.find(b"\n", start, end)
+    if cr < 0 or 0 <= lf < cr:
+        return None if lf < 0 else False
+    return None if cr + 1 == end else data[cr + 1] != 0x0A
+
+
+class CrAsLf:
+    """A binary file whose lines end with a lone CR, read with them as LFs (:data:`CR_AS_LF`)."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n).translate(CR_AS_LF)
+
+    def pread(self, n: int, at: int) -> bytes:
+        return os.pread(self._f.fileno(), n, at).translate(CR_AS_LF)
+
+    def seek(self, *args) -> int:
+        return self._f.seek(*args)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,11 @@ from .. import history, wire
 from .._tables import with_source
 from .compressed import HEAD as COMPRESSED_HEAD
 from .compressed import compression_of
+from .follow import HEAD_BYTES
 from .lines import get_format
 from .pipeline import ParsePipeline, default_threads
 from .publish import expand_paths
-from .records import Records, record_ends
+from .records import CrAsLf, Records, lone_cr, record_ends
 from .timeindex import TimeIndex, start_from, time_column
 
 log = logging.getLogger("zpandas")
@@ -161,7 +162,9 @@ class FileHistory:
         key = self._key(f)
         spans = self._index.spans([key]).get(key) if key is not None else None
         if spans:
-            found = start_from(spans, since_ns, lambda start, n: os.pread(f.fileno(), n, start))
+            read_at = f.pread if isinstance(f, CrAsLf) else (
+                lambda n, start: os.pread(f.fileno(), n, start))
+            found = start_from(spans, since_ns, lambda start, n: read_at(n, start))
             if found is not None:
                 if found[1]:
                     return max(found[0], header_end)
@@ -368,6 +371,8 @@ class FileHistory:
                     f.close()   # no offsets to search: as for the live stream, not read
                     skipped.append(os.path.basename(path))
                     continue
+                if lone_cr(os.pread(f.fileno(), HEAD_BYTES, 0)):
+                    f = CrAsLf(f)   # read as the live stream reads it
                 size = os.fstat(f.fileno()).st_size
                 fmt = self._format()
                 header_end = _begin(fmt, f, path)
