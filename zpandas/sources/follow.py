@@ -456,8 +456,8 @@ class Follower:
                     c.head = head
         eof = len(raw) < self._block
         self.behind |= not eof
-        if c.lone_cr is None and c.codec.ascii_compatible:   # told by the file's head
-            c.lone_cr = lone_cr(c.head) if len(c.head) < HEAD_BYTES else bool(lone_cr(c.head))
+        if c.lone_cr is None:
+            c.lone_cr = _ends_lines_with_cr(c)
         text = raw.translate(CR_AS_LF) if c.lone_cr else raw   # offsets stay the file's
         # Formats parse UTF-8: another encoding is decoded here, a block at a time.
         block = None if c.codec.utf8 else c.codec.decode(text, final=final and eof)
@@ -500,6 +500,15 @@ class Follower:
             return None
         return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino,
                      size)
+
+
+def _ends_lines_with_cr(c: _Cursor) -> bool | None:
+    """Whether a file's lines end with a lone CR, told by the first line break of its
+    head; None until the head has one (a full head without one: no)."""
+    if not c.codec.ascii_compatible:
+        return False   # decoded before it is cut: its newlines are not single bytes
+    found = lone_cr(c.head)
+    return False if found is None and len(c.head) >= HEAD_BYTES else found
 
 
 def _rotated_name(path: str, original: str) -> bool:
