@@ -47,7 +47,7 @@ from .compressed import HEAD as COMPRESSED_HEAD
 from .compressed import compression_of
 from .encoding import Transcoder
 from .framing import Framer, concat_records
-from .records import CR_AS_LF, Records, lone_cr
+from .records import CR_AS_LF, Holes, Records, lone_cr
 
 __all__ = ["Follower", "Chunk", "HEAD_BYTES"]
 
@@ -76,6 +76,7 @@ class _Cursor:
     codec: Transcoder = field(default_factory=Transcoder)   # the file's encoding
     bom: int = 0               # bytes of its byte-order mark
     lone_cr: bool | None = None   # its lines end with a lone CR (None: not known yet)
+    nuls: int = 0              # NUL bytes left out of its text so far
     grew: float = field(default_factory=time.monotonic)
     detached: bool = False     # the path no longer names this file
     done: bool = False
@@ -164,6 +165,8 @@ class Follower:
         #: Bytes of files that were gone, unread past our offset, when we started again
         #: (rotated away and deleted while stopped, or while too far behind).
         self.lost_bytes = 0
+        #: NUL bytes left out of files' text (holes; see :class:`~.records.Holes`).
+        self.nul_bytes = 0
         self._looked = False
         #: The last poll read a whole block of some file: more is there to read now.
         self.behind = False
@@ -427,6 +430,17 @@ class Follower:
             c.done = True
             c.ino = -1  # not the file now at the path, which is a new incarnation
 
+    def _left_out(self, c: _Cursor, nuls: int, end: int) -> None:
+        """NUL bytes left out of a file's text (bytes ``[c.offset, end)`` held them):
+        counted, and said once a file."""
+        if not c.nuls:
+            log.warning("%s: %d NUL bytes in bytes %d-%d are not text and were left out (a "
+                        "hole: a writer that kept its offset after copytruncate, or a crash); "
+                        "counted in publish_files(...)['nul_bytes']", c.path, nuls, c.offset, end)
+        c.nuls += nuls
+        self.nul_bytes += nuls
+
+
     # -- reading --------------------------------------------------------------------------
 
     def _read(self, c: _Cursor, final: bool) -> Chunk | None:
@@ -459,15 +473,25 @@ class Follower:
         if c.lone_cr is None:
             c.lone_cr = _ends_lines_with_cr(c)
         text = raw.translate(CR_AS_LF) if c.lone_cr else raw   # offsets stay the file's
+        # NULs are not text (but bytes of characters in UTF-16/32): left out
+        holes = Holes(text) if b"\0" in text and c.codec.ascii_compatible else None
+        if holes is not None:
+            text = holes.text
         # Formats parse UTF-8: another encoding is decoded here, a block at a time.
         block = None if c.codec.utf8 else c.codec.decode(text, final=final and eof)
         data = text if block is None else block.data
+
+        def in_file(positions):
+            """Positions in ``data`` -> positions in ``raw``."""
+            positions = positions if block is None else block.to_source(positions)
+            return positions if holes is None else holes.to_source(positions)
+
         if c.skipping or (not eof and self._framer.no_record_end(data)):
             records, used = self._framer.skip_long(c, data)
         else:
             records, used = self._framer.records(c, data, final=final and eof)
         if self.quoted and eof and not c.skipping and not final:
-            at = c.offset + (used if block is None else int(block.to_source(used)))
+            at = c.offset + int(in_file(used))
             cut, n = self._framer.cut_open_quote(c, data[used:], at, now, self.multiline_timeout)
             if n:
                 records = concat_records(records, Records(cut.data, cut.bounds, cut.lines,
@@ -475,15 +499,22 @@ class Follower:
                 used += n
         # Offsets in the block -> offsets in the file
         offsets = records.offsets
-        if block is not None:
-            offsets, used = block.to_source(offsets), int(block.to_source(used))
+        if block is not None or holes is not None:
+            text_used, offsets, used = used, in_file(offsets), int(in_file(used))
+            if holes is not None and eof:
+                # NULs the file ends with stay unread: a file preallocated with them is
+                # written over later, where a hole is followed by lines
+                used = min(used, len(raw.rstrip(b"\0")))
+            if holes is not None and used > text_used:   # (a decoded block: in characters)
+                self._left_out(c, used - (text_used if block is None else
+                                          int(block.to_source(text_used))), c.offset + used)
         records = Records(records.data, records.bounds, records.lines, offsets + c.offset,
                           c.codec.name)
         if used:
             c.tail = (c.tail + raw[:used])[-_TAIL_BYTES:]
             c.offset += used
         quiet = now - c.grew
-        at_end = eof and used == len(raw)
+        at_end = eof and not raw[used:].strip(b"\0")   # (NULs it ends with: see above)
         finished = at_end and (final or (quiet >= self.release_after and
                                          (c.detached or os.fstat(c.f.fileno()).st_nlink == 0)))
         end, line = c.offset, c.line

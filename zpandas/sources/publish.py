@@ -403,5 +403,6 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
     out["lost_truncations"] = follower.lost_truncations
     out["compressed"] = sorted(follower.compressed.values())   # matched, not read
     out["lost_bytes"] = follower.lost_bytes
+    out["nul_bytes"] = follower.nul_bytes
     out["widened"] = []  # line formats widen numbers silently (receivers unify the types)
     return out

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ["Record", "Records", "record_ends", "line_starts_matching", "CR_AS_LF", "lone_cr",
-           "CrAsLf"]
+           "CrAsLf", "Holes"]
 
 #: A file whose lines end with a lone CR (classic Mac OS, old spreadsheet exports) is read
 #: with its CRs as LFs: one byte for one, so offsets stay the file's, and every record
@@ -61,6 +61,29 @@ class CrAsLf:
 
     def close(self) -> None:
         self._f.close()
+
+
+class Holes:
+    """A block's NUL bytes, left out of its text: a log's holes are not text.
+
+    A writer that kept its offset when ``copytruncate`` emptied its file writes its next
+    line past a hole of NULs as long as the file was; a crash leaves blocks of NULs. Kept
+    in, they glue themselves to the line after them, which then does not parse. Positions
+    in :attr:`text` map back to positions in the block with :meth:`to_source`.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        edges = np.diff((np.frombuffer(data, np.uint8) == 0).view(np.int8), prepend=0, append=0)
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        self._before = np.concatenate([[0], np.cumsum(ends - starts)])   # NULs before run k
+        self._at = starts - self._before[:-1]   # where run k was, in the text
+        self.text = data.replace(b"\0", b"")
+
+    def to_source(self, positions):
+        """Positions in :attr:`text` -> positions in the block. A position right after a
+        run of NULs maps past them: the end of the text maps to the end of the block."""
+        positions = np.asarray(positions, np.int64)
+        return positions + self._before[np.searchsorted(self._at, positions, side="right")]
 
 
 @dataclass(frozen=True)

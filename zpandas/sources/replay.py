@@ -50,7 +50,7 @@ from .follow import HEAD_BYTES
 from .lines import get_format
 from .pipeline import ParsePipeline, default_threads
 from .publish import expand_paths
-from .records import CrAsLf, Records, lone_cr, record_ends
+from .records import CrAsLf, Holes, Records, lone_cr, record_ends
 from .timeindex import TimeIndex, start_from, time_column
 
 log = logging.getLogger("zpandas")
@@ -432,17 +432,19 @@ class FileHistory:
                 data = f.read(min(block, size - pos))
                 if not data:
                     break
-                ends = record_ends(data, quoted=fmt.quoted)
+                holes = Holes(data) if b"\0" in data else None   # left out, as live
+                text = data if holes is None else holes.text
+                ends = record_ends(text, quoted=fmt.quoted)
                 if not len(ends):
                     if pos + len(data) < size:   # a record longer than a block: skip it
                         pos += len(data)
                         progress.done += len(data)
                         continue
-                    ends = np.array([len(data)], np.int64)   # the last record, no newline
-                cut = int(ends[-1])
-                pipeline.submit(types.SimpleNamespace(records=_records(data[:cut], ends, pos),
-                                                      path=path, key=None, head=b"",
-                                                      start=pos, end=pos + cut))
+                    ends = np.array([len(text)], np.int64)   # the last record, no newline
+                records = _records(text[:int(ends[-1])], ends, pos, holes)
+                cut = int(ends[-1]) if holes is None else int(holes.to_source(ends[-1]))
+                pipeline.submit(types.SimpleNamespace(records=records, path=path, key=None,
+                                                      head=b"", start=pos, end=pos + cut))
                 counts["bytes"] += cut
                 pos += cut
                 went = publish(wait=False)
@@ -596,9 +598,10 @@ def _files(patterns: list[str]) -> list[str]:
     return sorted(found, key=lambda p: (os.path.getmtime(p), p))
 
 
-def _records(data: bytes, ends: np.ndarray, at: int) -> Records:
+def _records(data: bytes, ends: np.ndarray, at: int, holes: Holes | None = None) -> Records:
     bounds = np.concatenate(([0], ends)).astype(np.int64)
-    return Records(data, bounds, np.full(len(ends), -1, np.int64), bounds[:-1] + at)
+    starts = bounds[:-1] if holes is None else holes.to_source(bounds[:-1])
+    return Records(data, bounds, np.full(len(ends), -1, np.int64), starts + at)
 
 
 def _begin(fmt, f, path: str) -> int:
