@@ -430,17 +430,6 @@ class Follower:
             c.done = True
             c.ino = -1  # not the file now at the path, which is a new incarnation
 
-    def _left_out(self, c: _Cursor, nuls: int, end: int) -> None:
-        """NUL bytes left out of a file's text (bytes ``[c.offset, end)`` held them):
-        counted, and said once a file."""
-        if not c.nuls:
-            log.warning("%s: %d NUL bytes in bytes %d-%d are not text and were left out (a "
-                        "hole: a writer that kept its offset after copytruncate, or a crash); "
-                        "counted in publish_files(...)['nul_bytes']", c.path, nuls, c.offset, end)
-        c.nuls += nuls
-        self.nul_bytes += nuls
-
-
     # -- reading --------------------------------------------------------------------------
 
     def _read(self, c: _Cursor, final: bool) -> Chunk | None:
@@ -470,13 +459,7 @@ class Follower:
                     c.head = head
         eof = len(raw) < self._block
         self.behind |= not eof
-        if c.lone_cr is None:
-            c.lone_cr = _ends_lines_with_cr(c)
-        text = raw.translate(CR_AS_LF) if c.lone_cr else raw   # offsets stay the file's
-        # NULs are not text (but bytes of characters in UTF-16/32): left out
-        holes = Holes(text) if b"\0" in text and c.codec.ascii_compatible else None
-        if holes is not None:
-            text = holes.text
+        text, holes = _text(c, raw)
         # Formats parse UTF-8: another encoding is decoded here, a block at a time.
         block = None if c.codec.utf8 else c.codec.decode(text, final=final and eof)
         data = text if block is None else block.data
@@ -500,14 +483,11 @@ class Follower:
         # Offsets in the block -> offsets in the file
         offsets = records.offsets
         if block is not None or holes is not None:
-            text_used, offsets, used = used, in_file(offsets), int(in_file(used))
-            if holes is not None and eof:
-                # NULs the file ends with stay unread: a file preallocated with them is
-                # written over later, where a hole is followed by lines
-                used = min(used, len(raw.rstrip(b"\0")))
-            if holes is not None and used > text_used:   # (a decoded block: in characters)
-                self._left_out(c, used - (text_used if block is None else
-                                          int(block.to_source(text_used))), c.offset + used)
+            offsets, used = in_file(offsets), int(in_file(used))
+        if holes is not None:
+            if eof:   # NULs the file ends with stay unread: a file preallocated with them
+                used = min(used, len(raw.rstrip(b"\0")))   # is written over later
+            self.nul_bytes += _left_out(c, raw.count(b"\0", 0, used), c.offset + used)
         records = Records(records.data, records.bounds, records.lines, offsets + c.offset,
                           c.codec.name)
         if used:
@@ -531,6 +511,29 @@ class Follower:
             return None
         return Chunk(c.key, c.path, records, int(records.offsets[0]), end, line, c.head, c.dev, c.ino,
                      size)
+
+
+def _left_out(c: _Cursor, nuls: int, end: int) -> int:
+    """NUL bytes left out of a file's text (bytes ``[c.offset, end)`` held them): said
+    once a file, and returned."""
+    if nuls and not c.nuls:
+        log.warning("%s: %d NUL bytes in bytes %d-%d are not text and were left out (a hole: "
+                    "a writer that kept its offset after copytruncate, or a crash); counted in "
+                    "publish_files(...)['nul_bytes']", c.path, nuls, c.offset, end)
+    c.nuls += nuls
+    return nuls
+
+
+def _text(c: _Cursor, raw: bytes) -> tuple[bytes, Holes | None]:
+    """A block of ``c``'s file as text: lone CRs ending its lines as LFs (one byte for
+    one: offsets stay the file's), NUL bytes left out (a hole's; ``Holes`` maps back)."""
+    if c.lone_cr is None:
+        c.lone_cr = _ends_lines_with_cr(c)
+    text = raw.translate(CR_AS_LF) if c.lone_cr else raw
+    if b"\0" not in text or not c.codec.ascii_compatible:   # (UTF-16/32: bytes of characters)
+        return text, None
+    holes = Holes(text)
+    return holes.text, holes
 
 
 def _ends_lines_with_cr(c: _Cursor) -> bool | None:
