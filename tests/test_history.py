@@ -529,6 +529,41 @@ def test_the_past_of_a_log_whose_lines_end_with_a_lone_cr_is_its_rows(tmp_path):
             pub.close()
 
 
+def test_a_rotation_while_a_replay_opens_its_files_loses_no_file(tmp_path, monkeypatch):
+    """A rename rotation between listing the files and opening them: opened by names that
+    had moved on, the oldest file was never read and the answer still said done (a soak
+    caught it when a replay was slow). The names are checked after the opens now."""
+    from zpandas.sources import replay
+    log = tmp_path / "app.log"
+    for name, first in (("app.log.2", 0), ("app.log.1", 10), ("app.log", 20)):
+        (tmp_path / name).write_text("".join(f'{{"i": {i}}}\n' for i in range(first, first + 10)))
+        os.utime(tmp_path / name, (first, first))
+    listed = replay._files
+    rotated = []
+
+    def rotate_after_listing(patterns):
+        names = listed(patterns)
+        if not rotated:
+            rotated.append(True)
+            for n in (2, 1):
+                os.rename(f"{log}.{n}", f"{log}.{n + 1}")
+            os.rename(log, f"{log}.1")
+            log.write_text("".join(f'{{"i": {i}}}\n' for i in range(30, 40)))
+        return names
+
+    monkeypatch.setattr(replay, "_files", rotate_after_listing)
+    fh = replay.FileHistory([str(log) + "*"], dict(fmt="jsonl", delimiter=",",
+                                                   max_line_bytes=1 << 20, time_format=None,
+                                                   flatten=True))
+    plan = fh._plan(Request.new(topic=""), [])
+    try:
+        firsts = [os.pread(f.fileno(), 9, 0) for _, f, _, _ in plan]
+    finally:
+        for _, f, _, _ in plan:
+            f.close()
+    assert rotated and firsts == [b'{"i": 0}\n', b'{"i": 10}', b'{"i": 20}', b'{"i": 30}']
+
+
 def test_a_replay_shows_how_far_it_is(tmp_path, capsys):
     """Bytes of file read of all, rows and an ETA per producer while it runs (a paced
     replay: 100 kB/s of 2.4 MB), and a bar when asked."""

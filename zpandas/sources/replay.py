@@ -361,12 +361,10 @@ class FileHistory:
         """(path, open file, where ``since`` starts, size) of each file with rows to read,
         oldest first; the names of compressed files matched go to ``skipped``."""
         plan = []
+        opened = _open_files(self.patterns)
         try:
-            for path in _files(self.patterns):
-                try:
-                    f = open(path, "rb")
-                except OSError:
-                    continue   # rotated away meanwhile: its new name is in the list too
+            while opened:
+                path, f = opened.pop(0)
                 if compression_of(f.read(COMPRESSED_HEAD)) is not None:
                     f.close()   # no offsets to search: as for the live stream, not read
                     skipped.append(os.path.basename(path))
@@ -383,7 +381,7 @@ class FileHistory:
                     continue
                 plan.append((path, f, start, size))
         except BaseException:
-            for _, f, _, _ in plan:
+            for f in [f for _, f, _, _ in plan] + [f for _, f in opened]:
                 f.close()
             raise
         return plan
@@ -432,17 +430,12 @@ class FileHistory:
                 data = f.read(min(block, size - pos))
                 if not data:
                     break
-                holes = Holes(data) if b"\0" in data else None   # left out, as live
-                text = data if holes is None else holes.text
-                ends = record_ends(text, quoted=fmt.quoted)
-                if not len(ends):
-                    if pos + len(data) < size:   # a record longer than a block: skip it
-                        pos += len(data)
-                        progress.done += len(data)
-                        continue
-                    ends = np.array([len(text)], np.int64)   # the last record, no newline
-                records = _records(text[:int(ends[-1])], ends, pos, holes)
-                cut = int(ends[-1]) if holes is None else int(holes.to_source(ends[-1]))
+                got = _block(data, pos, quoted=fmt.quoted, last=pos + len(data) >= size)
+                if got is None:   # a record longer than a block: skip it
+                    pos += len(data)
+                    progress.done += len(data)
+                    continue
+                records, cut = got
                 pipeline.submit(types.SimpleNamespace(records=records, path=path, key=None,
                                                       head=b"", start=pos, end=pos + cut))
                 counts["bytes"] += cut
@@ -589,6 +582,34 @@ def _background() -> None:
         pass
 
 
+#: How many times a replay lists and opens its files again when a rotation moved a name
+#: while it opened them.
+_PLAN_TRIES = 20
+
+
+def _open_files(patterns: list[str]) -> list[tuple[str, object]]:
+    """Every file the patterns match, oldest first, opened at once, as one snapshot: the
+    names are listed again after the opens, and all is done again if a rotation moved one
+    meanwhile (opened by a name that had moved on, a rotated file would be read twice and
+    the one before it not at all)."""
+    for _ in range(_PLAN_TRIES):
+        opened = []
+        for path in _files(patterns):
+            try:
+                opened.append((path, open(path, "rb")))   # noqa: SIM115 - the plan closes them
+            except OSError:
+                pass   # rotated away meanwhile: the names are listed again below
+        try:
+            now = {p: (st.st_dev, st.st_ino) for p in _files(patterns) for st in [os.stat(p)]}
+        except OSError:
+            now = None
+        if now == {p: (st.st_dev, st.st_ino) for p, f in opened for st in [os.fstat(f.fileno())]}:
+            return opened
+        for _, f in opened:
+            f.close()
+    raise OSError(f"the files kept being rotated while a replay opened them ({_PLAN_TRIES} tries)")
+
+
 def _files(patterns: list[str]) -> list[str]:
     """The files the patterns match now, oldest first (rotated copies before the live one)."""
     try:
@@ -596,6 +617,22 @@ def _files(patterns: list[str]) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(found, key=lambda p: (os.path.getmtime(p), p))
+
+
+def _block(data: bytes, pos: int, *, quoted: bool, last: bool) -> tuple[Records, int] | None:
+    """The whole records of ``data``, read at ``pos`` (NULs left out, as the live stream
+    leaves them out), and the bytes they take; None: one record is longer than ``data``
+    and it is not the ``last`` block."""
+    holes = Holes(data) if b"\0" in data else None
+    text = data if holes is None else holes.text
+    ends = record_ends(text, quoted=quoted)
+    if not len(ends):
+        if not last:
+            return None
+        ends = np.array([len(text)], np.int64)   # the last record, no newline
+    cut = int(ends[-1])
+    return (_records(text[:cut], ends, pos, holes),
+            cut if holes is None else int(holes.to_source(cut)))
 
 
 def _records(data: bytes, ends: np.ndarray, at: int, holes: Holes | None = None) -> Records:
