@@ -195,6 +195,15 @@ def test_copytruncate_then_lines_to_both_files_gives_each_line_once(tmp_path, li
     assert follower.lost_truncations == 0 and "no copy of it was found" not in caplog.text
 
 
+def _poller(f, got: list):
+    """A function that polls follower ``f`` a few times, adding (record, offset) to ``got``."""
+    def poll():
+        for _ in range(3):
+            for chunk in f.poll():
+                got.extend((r.raw, r.offset) for r in chunk.records)
+    return poll
+
+
 @pytest.mark.parametrize("seen", [True, False], ids=["truncation-seen", "truncation-unseen"])
 def test_a_writer_that_kept_its_offset_after_copytruncate_loses_no_line(tmp_path, seen):
     """logrotate's copytruncate, and a writer that did not open its log for appending: its
@@ -204,11 +213,7 @@ def test_a_writer_that_kept_its_offset_after_copytruncate_loses_no_line(tmp_path
     log = tmp_path / "app.log"
     f = Follower([str(tmp_path / "app.log*")], release_after=0)
     got = []
-
-    def poll():
-        for _ in range(3):
-            for chunk in f.poll():
-                got.extend((r.raw, r.offset) for r in chunk.records)
+    poll = _poller(f, got)
 
     try:
         with open(log, "w") as out:   # "w", not "a": the writer keeps its own offset
@@ -238,11 +243,7 @@ def test_nuls_a_file_ends_with_stay_unread_until_a_line_follows_them(tmp_path):
     log.write_bytes(head + b"\0" * 500)
     f = Follower([str(log)], release_after=0)
     got = []
-
-    def poll():
-        for _ in range(3):
-            for chunk in f.poll():
-                got.extend((r.raw, r.offset) for r in chunk.records)
+    poll = _poller(f, got)
 
     try:
         poll()
