@@ -557,11 +557,67 @@ def test_a_rotation_while_a_replay_opens_its_files_loses_no_file(tmp_path, monke
                                                    flatten=True))
     plan = fh._plan(Request.new(topic=""), [])
     try:
-        firsts = [os.pread(f.fileno(), 9, 0) for _, f, _, _ in plan]
+        firsts = [os.pread(p.f.fileno(), 9, 0) for p in plan]
     finally:
-        for _, f, _, _ in plan:
-            f.close()
+        for p in plan:
+            p.f.close()
     assert rotated and firsts == [b'{"i": 0}\n', b'{"i": 10}', b'{"i": 20}', b'{"i": 30}']
+
+
+def _jsonl_history(patterns):
+    from zpandas.sources import replay
+    return replay.FileHistory(patterns, dict(fmt="jsonl", delimiter=",", max_line_bytes=1 << 20,
+                                             time_format=None, flatten=True))
+
+
+def _replay_with(fh, on_first_rows):
+    """Run a replay of ``fh`` in this thread; ``on_first_rows()`` is called when its first
+    rows are sent. Returns (the i of every row sent, their _file values, the end)."""
+    import threading
+    got, files, ends = [], set(), []
+
+    def send(table, kind=wire.Kind.DATA, source="", start=-1, end=-1):
+        if kind is wire.Kind.HISTORY_END:
+            ends.append(history.read_end(table))
+        elif kind is wire.Kind.DATA:
+            if not got:
+                on_first_rows()
+            got.extend(table.column("i").to_pylist())
+            files.update(table.column("_file").to_pylist())
+        return True
+
+    fh._run(Request.new(topic=""), send, threading.Event())
+    return got, files, ends[0]
+
+
+@pytest.mark.parametrize("copy_kept", [True, False], ids=["copy kept", "copy gone"])
+def test_a_copytruncate_while_a_replay_reads_the_file(tmp_path, monkeypatch, copy_kept):
+    """logrotate's copytruncate empties the live file while a replay reads it, and its
+    writer fills it anew: the rest of what was asked is read from the copy - not the new
+    writes at the old offsets (they are the live stream's), not a short answer that says
+    "done". With no copy to be found, the answer says it failed and why."""
+    import shutil
+    from zpandas.sources import replay
+    monkeypatch.setattr(replay, "BLOCK", 4096)   # many blocks: the truncation lands mid-file
+    log = tmp_path / "app.log"
+    log.write_text("".join(f'{{"i": {i}, "pad": "{"x" * 40}"}}\n' for i in range(5000)))
+
+    def copytruncate():
+        if copy_kept:
+            shutil.copyfile(log, f"{log}.1")
+        with open(log, "r+") as f:
+            f.truncate(0)
+        with open(log, "a") as f:   # the writer goes on: more than was there, other rows
+            f.write("".join(f'{{"i": {i}, "pad": "{"y" * 60}"}}\n' for i in range(10_000, 15_000)))
+
+    got, files, end = _replay_with(_jsonl_history([str(log) + "*"]), copytruncate)
+    if copy_kept:
+        assert end["status"] == "done", end
+        assert got == list(range(5000))
+        assert files == {str(log), f"{log}.1"}   # each row says where its bytes are now
+    else:
+        assert end["status"] == "failed" and "emptied while it was read" in end["reason"], end
+        assert 0 < len(got) < 5000 and got == list(range(len(got)))   # what was read, once
 
 
 def test_a_replay_shows_how_far_it_is(tmp_path, capsys):

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import types
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,7 @@ PROBE = 64 << 10         # bytes a bisection probe parses
 SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of order still count
 STALL = 60.0                # seconds without credit: the replay gives up
 LOOK_WAIT = 10.0            # seconds a replay waits for the live stream to have named the files
+_TAIL_BYTES = 256           # bytes before a position that tell a file's copy from others
 MESSAGE_BYTES = 1 << 20     # replayed rows go in messages of about this much, so that a
                             # live message never waits behind a large one (the owner sends
                             # them only when no live message waits)
@@ -334,22 +336,22 @@ class FileHistory:
                 from ..where import parse
                 where = parse(req.where)
             plan = self._plan(req, skipped)   # every file opened now: a rotation meanwhile loses none
-            progress = Progress(send, files=len(plan), total=sum(size - at for _, _, at, size in plan))
+            progress = Progress(send, files=len(plan), total=sum(p.size - p.start for p in plan))
             if not progress.send(counts, force=True):
                 status, reason = "cancelled", "the requester stopped asking"
-            for path, f, start, size in plan:
+            for planned in plan:
                 if status != "done":
                     break
                 if cancelled.is_set() or not self._replay_file(
-                        path, f, start, size, req, where, send, counts, cancelled, progress):
+                        planned, plan, req, where, send, counts, cancelled, progress):
                     status, reason = "cancelled", "the requester stopped asking"
         except Exception as e:  # noqa: BLE001 - a replay's failure is the requester's answer
             status, reason = ("refused" if isinstance(e, ValueError) else "failed"), \
                 f"{type(e).__name__}: {e}"
             log.warning("history request %s: %s", req.id[:8], reason)
         finally:
-            for _, f, _, _ in plan:
-                f.close()
+            for planned in plan:
+                planned.f.close()
         if status == "done" and skipped:
             reason = (f"not read: {len(skipped)} compressed file(s) ({', '.join(skipped[:5])}"
                       f"{', ...' if len(skipped) > 5 else ''})")
@@ -357,9 +359,9 @@ class FileHistory:
             send(history.end_table(status, reason, rows=counts["rows"], files=counts["files"],
                                    nbytes=counts["bytes"]), kind=wire.Kind.HISTORY_END)
 
-    def _plan(self, req: history.Request, skipped: list) -> list:
-        """(path, open file, where ``since`` starts, size) of each file with rows to read,
-        oldest first; the names of compressed files matched go to ``skipped``."""
+    def _plan(self, req: history.Request, skipped: list) -> list[Planned]:
+        """Each file with rows to read, oldest first; the names of compressed files matched
+        go to ``skipped``."""
         plan = []
         opened = _open_files(self.patterns)
         try:
@@ -369,7 +371,8 @@ class FileHistory:
                     f.close()   # no offsets to search: as for the live stream, not read
                     skipped.append(os.path.basename(path))
                     continue
-                if lone_cr(os.pread(f.fileno(), HEAD_BYTES, 0)):
+                head = os.pread(f.fileno(), HEAD_BYTES, 0)
+                if lone_cr(head):
                     f = CrAsLf(f)   # read as the live stream reads it
                 size = os.fstat(f.fileno()).st_size
                 fmt = self._format()
@@ -379,20 +382,22 @@ class FileHistory:
                 if start >= size:
                     f.close()
                     continue
-                plan.append((path, f, start, size))
+                plan.append(Planned(path, f, start, size, head))
         except BaseException:
-            for f in [f for _, f, _, _ in plan] + [f for _, f in opened]:
+            for f in [p.f for p in plan] + [f for _, f in opened]:
                 f.close()
             raise
         return plan
 
-    def _replay_file(self, path: str, f, start: int, size: int, req: history.Request, where,
+    def _replay_file(self, planned: Planned, plan: list[Planned], req: history.Request, where,
                      send, counts: dict, cancelled: threading.Event, progress: Progress) -> bool:
+        path, f, start, size = planned.path, planned.f, planned.start, planned.size
         fmt = self._format()
         _begin(fmt, f, path)   # a CSV's header names the columns
         counts["files"] += 1
         source = self._source(f)
-        pos, began = start, time.monotonic()
+        pos, began, tail = start, time.monotonic(), b""
+        copies = []   # opened here when the file was emptied under us
         # with a rate, blocks of a tenth of a second's worth: the pace is even
         block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
         # parsed as the live stream parses: on two threads while the next block is read
@@ -405,7 +410,7 @@ class FileHistory:
                 if parsed is not None and parsed.num_rows:
                     table = self._select(parsed, req, where)
                     if table.num_rows:
-                        table = with_source(table, path_abs)
+                        table = with_source(table, ch.path)
                         step = max(1, int(table.num_rows * MESSAGE_BYTES / max(1, table.nbytes)))
                         for i in range(0, table.num_rows, step):
                             if not send(table.slice(i, step), source=source, start=ch.start,
@@ -428,15 +433,28 @@ class FileHistory:
                     return False
                 f.seek(pos)
                 data = f.read(min(block, size - pos))
-                if not data:
-                    break
+                if not data or not _intact(f, planned.head, pos + len(data)):
+                    # Emptied in place under us (copytruncate; what ``data`` holds may be
+                    # the new writes): the rest of what was planned is in the copy.
+                    copy = _copy_of(self.patterns, planned, pos, tail, plan + copies)
+                    if copy is None:
+                        if publish(wait=True) is False:
+                            return False
+                        raise OSError(f"{path} was emptied while it was read (copytruncate?) "
+                                      f"and no file the paths match holds its bytes from {pos}: "
+                                      "rows after that are not in this answer")
+                    copies.append(copy)
+                    f, path_abs = copy.f, os.path.abspath(copy.path)   # the rows' _file
+                    continue
                 got = _block(data, pos, quoted=fmt.quoted, last=pos + len(data) >= size)
                 if got is None:   # a record longer than a block: skip it
                     pos += len(data)
                     progress.done += len(data)
+                    tail = data[-_TAIL_BYTES:]
                     continue
                 records, cut = got
-                pipeline.submit(types.SimpleNamespace(records=records, path=path, key=None,
+                tail = data[max(0, cut - _TAIL_BYTES):cut]
+                pipeline.submit(types.SimpleNamespace(records=records, path=path_abs, key=None,
                                                       head=b"", start=pos, end=pos + cut))
                 counts["bytes"] += cut
                 pos += cut
@@ -454,7 +472,9 @@ class FileHistory:
             return True
         finally:
             pipeline.close()
-            progress.done += size - pos   # what until= or a shrunk file left unread
+            progress.done += size - pos   # what until= left unread
+            for copy in copies:
+                copy.f.close()
 
     @staticmethod
     def _select(table: pa.Table, req: history.Request, where) -> pa.Table:
@@ -608,6 +628,47 @@ def _open_files(patterns: list[str]) -> list[tuple[str, object]]:
         for _, f in opened:
             f.close()
     raise OSError(f"the files kept being rotated while a replay opened them ({_PLAN_TRIES} tries)")
+
+
+class Planned(NamedTuple):
+    """A file a replay reads: its rows from ``start`` up to ``size`` (its size when the
+    request came), ``head`` its first bytes then (to know it if it is emptied meanwhile)."""
+
+    path: str
+    f: object
+    start: int
+    size: int
+    head: bytes
+
+
+def _intact(f, head: bytes, end: int) -> bool:
+    """``f`` still holds what the plan found, up to ``end``: not shorter, the same head (a
+    copytruncate empties the file in place and its writer fills it anew)."""
+    fd = f.fileno()
+    return os.fstat(fd).st_size >= end and os.pread(fd, len(head), 0) == head
+
+
+def _copy_of(patterns: list[str], planned: Planned, pos: int, tail: bytes,
+             known: list[Planned]) -> Planned | None:
+    """The copy a copytruncate made of ``planned``'s file, opened: a file the patterns
+    match, none of ``known``, with the same head, at least ``pos`` bytes and ``tail``
+    (what was read last) just before ``pos`` - read as the original was read."""
+    skip = {(st.st_dev, st.st_ino) for p in known for st in [os.fstat(p.f.fileno())]}
+    for path in _files(patterns):
+        try:
+            g = open(path, "rb")   # noqa: SIM115 - the replay closes it
+        except OSError:
+            continue
+        st = os.fstat(g.fileno())
+        if isinstance(planned.f, CrAsLf):
+            g = CrAsLf(g)
+        if (st.st_dev, st.st_ino) not in skip and st.st_size >= pos \
+                and os.pread(g.fileno(), len(planned.head), 0) == planned.head:
+            g.seek(pos - len(tail))
+            if g.read(len(tail)) == tail:
+                return Planned(path, g, pos, planned.size, planned.head)
+        g.close()
+    return None
 
 
 def _files(patterns: list[str]) -> list[str]:
