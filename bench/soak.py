@@ -111,6 +111,9 @@ def main() -> int:
     ap.add_argument("--history-every", type=float, default=0.0,
                     help="ask for the past every S seconds and check each answer (0: never)")
     args = ap.parse_args()
+    if args.history_every and args.rotate_every * args.keep < 30 + 3 + args.rotate_every:
+        ap.error(f"--keep {args.keep} copies of {args.rotate_every:g} s do not hold the 30 s asked "
+                 "for 3 s ago (rotation deletes the oldest part): keep more, or rotate less often")
 
     root = args.dir or tempfile.mkdtemp(prefix="zpandas-soak-")
     seconds = args.minutes * 60
