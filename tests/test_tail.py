@@ -261,6 +261,70 @@ def test_nuls_a_file_ends_with_stay_unread_until_a_line_follows_them(tmp_path):
     assert len(got) == 42 and f.nul_bytes == 500 - len(b"over the NULs\n")
 
 
+def test_a_preallocated_log_written_over_from_its_start_gives_each_line_once(tmp_path, monkeypatch):
+    """A logger that preallocates its file and writes into it (log4j2's memory-mapped
+    appender: a region of NULs, filled from the start): its first KiB changes with every
+    line. Taken for a truncation, the file was read again from its start - lines twice.
+    The NULs are not the file's head yet: each line once live, after a restart from a
+    checkpoint, and in the past."""
+    import threading
+    from zpandas import history, wire
+    from zpandas.history import Request
+    from zpandas.sources import replay
+    from zpandas.sources.checkpoint import Checkpoint
+    from zpandas.sources.follow import Follower
+    log = tmp_path / "app.log"
+    log.write_bytes(b"\0" * 8192)
+    lines = [b'{"i": %d}\n' % i for i in range(60)]   # 9-10 bytes each: many fit in a KiB
+    written = [0]
+
+    def write(upto):   # in place, as a memory map is written
+        with open(log, "r+b") as out:
+            out.seek(sum(map(len, lines[:written[0]])))
+            out.write(b"".join(lines[written[0]:upto]))
+        written[0] = upto
+
+    got = []
+    with Checkpoint(tmp_path / "ck.sqlite") as ck:
+        f = Follower([str(log)], release_after=0)
+        try:
+            for upto in (5, 20, 30):
+                write(upto)
+                chunks = [ch for _ in range(3) for ch in f.poll()]
+                got += [r.raw for ch in chunks for r in ch.records]
+                ck.save(f.discovered)
+                ck.save([(ch.key, ch.path, ch.dev, ch.ino, ch.head, ch.end, ch.line) for ch in chunks])
+            assert f.lost_truncations == 0
+        finally:
+            f.close()
+        write(40)   # while stopped
+        f = Follower([str(log)], resume=ck.load(), release_after=0)
+        try:
+            for upto in (40, 50):
+                write(upto)
+                got += [r.raw for _ in range(3) for ch in f.poll() for r in ch.records]
+        finally:
+            f.close()
+    assert got == [line.rstrip() for line in lines[:50]]
+    monkeypatch.setattr(replay, "BLOCK", 64)   # blocks of a few lines: written on meanwhile
+    fh = replay.FileHistory([str(log)], dict(fmt="jsonl", delimiter=",", max_line_bytes=1 << 20,
+                                             time_format=None, flatten=True))
+    past = []
+
+    def send(table, kind=wire.Kind.DATA, **_):
+        if kind is wire.Kind.DATA:
+            if not past:
+                write(60)
+            past.extend(table.column("i").to_pylist())
+        elif kind is wire.Kind.HISTORY_END:
+            past.append(history.read_end(table)["status"])
+        return True
+
+    fh._run(Request.new(topic=""), send, threading.Event())
+    # (lines written after the replay passed their place are the live stream's)
+    assert past[-1] == "done" and past[:-1] == list(range(len(past) - 1)) and len(past) > 50
+
+
 def test_a_crash_s_nul_block_in_a_whole_log_is_left_out_live_and_in_the_past(tmp_path):
     """A crash leaves a block of NULs before the lines written after it: every line is a
     row, with its offset in the file, live and when the past is asked for."""

@@ -310,7 +310,7 @@ class Follower:
             # stopped starts with the head we saw and reaches our offset; the truncated
             # original does neither.
             if h and head[:len(h)] == h and st.st_size >= offset:
-                c.key, c.offset, c.line, c.head = key, offset, line, head if len(head) > len(h) else h
+                c.key, c.offset, c.line, c.head = key, offset, line, max(c.head, h, key=len)
                 c.tail = _read_at(path, max(0, offset - _TAIL_BYTES), offset)
                 del self._resume[key]
                 break
@@ -337,6 +337,7 @@ class Follower:
     def _cursor(self, **fields) -> _Cursor:
         c = _Cursor(**fields)
         c.codec, c.bom = self._codec.for_file(c.head)
+        c.head = _written(c, c.head)
         return c
 
     def _is_copy(self, path: str, st: os.stat_result) -> bool:
@@ -454,7 +455,7 @@ class Follower:
             if len(c.head) < HEAD_BYTES:
                 # The head grows with the file (a file first seen mid-line included), as
                 # long as the file still starts with it.
-                head = os.pread(c.f.fileno(), HEAD_BYTES, 0)
+                head = _written(c, os.pread(c.f.fileno(), HEAD_BYTES, 0))
                 if head.startswith(c.head):
                     c.head = head
         eof = len(raw) < self._block
@@ -534,6 +535,13 @@ def _text(c: _Cursor, raw: bytes) -> tuple[bytes, Holes | None]:
         return text, None
     holes = Holes(text)
     return holes.text, holes
+
+
+def _written(c: _Cursor, head: bytes) -> bytes:
+    """What of a file's ``head`` tells it from others: without the NULs it ends with - a
+    preallocated file (a memory-mapped logger's) is written over them, and that is no
+    truncation. (UTF-16/32: NULs are bytes of characters; kept.)"""
+    return head.rstrip(b"\0") if c.codec.ascii_compatible else head
 
 
 def _ends_lines_with_cr(c: _Cursor) -> bool | None:

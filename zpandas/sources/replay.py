@@ -382,7 +382,7 @@ class FileHistory:
                 if start >= size:
                     f.close()
                     continue
-                plan.append(Planned(path, f, start, size, head))
+                plan.append(Planned(path, f, start, size, head.rstrip(b"\0")))
         except BaseException:
             for f in [p.f for p in plan] + [f for _, f in opened]:
                 f.close()
@@ -632,7 +632,8 @@ def _open_files(patterns: list[str]) -> list[tuple[str, object]]:
 
 class Planned(NamedTuple):
     """A file a replay reads: its rows from ``start`` up to ``size`` (its size when the
-    request came), ``head`` its first bytes then (to know it if it is emptied meanwhile)."""
+    request came), ``head`` its first bytes then, without the NULs they end with (to know
+    it if it is emptied meanwhile; a preallocated file is written over its NULs)."""
 
     path: str
     f: object
