@@ -555,7 +555,7 @@ def test_a_rotation_while_a_replay_opens_its_files_loses_no_file(tmp_path, monke
     fh = replay.FileHistory([str(log) + "*"], dict(fmt="jsonl", delimiter=",",
                                                    max_line_bytes=1 << 20, time_format=None,
                                                    flatten=True))
-    plan = fh._plan(Request.new(topic=""), [])
+    plan = replay.Answer(fh, Request.new(topic=""), None, None)._plan([])
     try:
         firsts = [os.pread(p.f.fileno(), 9, 0) for p in plan]
     finally:
@@ -574,6 +574,7 @@ def _replay_with(fh, on_first_rows):
     """Run a replay of ``fh`` in this thread; ``on_first_rows()`` is called when its first
     rows are sent. Returns (the i of every row sent, their _file values, the end)."""
     import threading
+    from zpandas.sources import replay
     got, files, ends = [], set(), []
 
     def send(table, kind=wire.Kind.DATA, source="", start=-1, end=-1):
@@ -586,7 +587,7 @@ def _replay_with(fh, on_first_rows):
             files.update(table.column("_file").to_pylist())
         return True
 
-    fh._run(Request.new(topic=""), send, threading.Event())
+    replay.Answer(fh, Request.new(topic=""), send, threading.Event()).run()
     return got, files, ends[0]
 
 

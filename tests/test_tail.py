@@ -320,7 +320,7 @@ def test_a_preallocated_log_written_over_from_its_start_gives_each_line_once(tmp
             past.append(history.read_end(table)["status"])
         return True
 
-    fh._run(Request.new(topic=""), send, threading.Event())
+    replay.Answer(fh, Request.new(topic=""), send, threading.Event()).run()
     # (lines written after the replay passed their place are the live stream's)
     assert past[-1] == "done" and past[:-1] == list(range(len(past) - 1)) and len(past) > 50
 

@@ -100,7 +100,7 @@ class FileHistory:
         self._source_id: str | None = None
         self._keys: dict[tuple[int, int], str] = {}   # (dev, ino) -> the live stream's key
         self._live_format = None   # the live stream's: its column types, once it fixed them
-        self._index = TimeIndex()   # the live stream's (indexed_by): none yet
+        self.index = TimeIndex()   # the live stream's (indexed_by): none yet
         #: The live stream has looked at the files once: their names are known (a request
         #: that comes with a producer's first connection waits for it, briefly).
         self.looked = threading.Event()
@@ -128,7 +128,8 @@ class FileHistory:
         them - the same dtypes past and live, and no block typed value by value again."""
         self._live_format = fmt
 
-    def _format(self):
+    def new_format(self):
+        """A format to parse with, typed as the live stream's (one per replayed file)."""
         fmt = get_format(**self.format_args)
         fmt.schema = getattr(self._live_format, "schema", None)
         return fmt
@@ -141,37 +142,21 @@ class FileHistory:
     def indexed_by(self, index: TimeIndex) -> None:
         """The live stream's index of event time in its files: a replay starts where it
         says ``since`` does, in the files it describes."""
-        self._index = index
+        self.index = index
 
-    def _key(self, f) -> str | None:
+    def key_of(self, f) -> str | None:
         """The live stream's key of open file ``f`` (None: it never read it)."""
         st = os.fstat(f.fileno())
         with self._lock:
             return self._keys.get((st.st_dev, st.st_ino))
 
-    def _source(self, f) -> str:
-        key = self._key(f)
+    def source_of(self, f) -> str:
+        """The ``source`` of open file ``f``'s rows, as the live stream names it."""
+        key = self.key_of(f)
         if key is not None and self._source_id is not None:
             return f"{self._source_id}/{key}"
         st = os.fstat(f.fileno())
         return f"history/{st.st_dev}:{st.st_ino}"   # a file the live stream never read
-
-    def _since(self, fmt, f, path: str, header_end: int, size: int, since_ns: int) -> int:
-        """Where rows at or after ``since_ns`` start in ``f``: by the time index where it
-        describes the file (exact, however out of order its times), by bisection on the
-        rest (give or take :data:`SLACK_NS`)."""
-        at = header_end
-        key = self._key(f)
-        spans = self._index.spans([key]).get(key) if key is not None else None
-        if spans:
-            read_at = f.pread if isinstance(f, CrAsLf) else (
-                lambda n, start: os.pread(f.fileno(), n, start))
-            found = start_from(spans, since_ns, lambda start, n: read_at(n, start))
-            if found is not None:
-                if found[1]:
-                    return max(found[0], header_end)
-                at = max(found[0], header_end)
-        return at if at >= size else _bisect(fmt, f, path, at, size, since_ns - SLACK_NS)
 
     # -- from the socket owner's thread -------------------------------------------------
 
@@ -268,7 +253,7 @@ class FileHistory:
                     return False
                 return self.post(topic, wire.encode(table, topic=topic, header=header), cancelled)
 
-            self._run(req, send, cancelled)
+            Answer(self, req, send, cancelled).run()
         finally:
             with self._lock:
                 self._running.pop(topic, None)
@@ -283,7 +268,7 @@ class FileHistory:
         with self._lock:
             spec = (self.patterns, self.format_args, self.rate, self.producer, self.name,
                     self._source_id, dict(self._keys), getattr(self._live_format, "schema", None),
-                    self._index.spans(set(self._keys.values())), req)
+                    self.index.spans(set(self._keys.values())), req)
         child = ctx.Process(target=_child, args=(sending, spec), daemon=True,
                             name=f"zpandas-history-{req.id[:8]}")
         ended = False
@@ -325,25 +310,34 @@ class FileHistory:
                 topic=topic, header=wire.Header(kind=wire.Kind.HISTORY_END, producer=self.producer,
                                                 name=self.name, send_ns=time.time_ns())), cancelled)
 
-    def _run(self, req: history.Request, send, cancelled: threading.Event) -> None:
-        """The replay: plan, the files' rows, progress, and the end; ``send(table, kind,
-        source, start, end)`` takes each message (False: stop)."""
+
+class Answer:
+    """One history request answered from ``files``' files: the plan (every file opened at
+    once), each file's rows from where ``since`` starts, progress, and the end;
+    ``send(table, kind, source, start, end)`` takes each message (False: stop)."""
+
+    def __init__(self, files: FileHistory, req: history.Request, send,
+                 cancelled: threading.Event) -> None:
+        self.files, self.req, self.send, self.cancelled = files, req, send, cancelled
+        self.where = None   # req.where, parsed
+
+    def run(self) -> None:
+        """Plan, the files' rows, progress, and the end."""
+        req, send, cancelled = self.req, self.send, self.cancelled
         counts = {"rows": 0, "files": 0, "bytes": 0}
         status, reason, plan, skipped = "done", "", [], []
         try:
-            where = None
             if req.where is not None:
                 from ..where import parse
-                where = parse(req.where)
-            plan = self._plan(req, skipped)   # every file opened now: a rotation meanwhile loses none
+                self.where = parse(req.where)
+            plan = self._plan(skipped)   # every file opened now: a rotation meanwhile loses none
             progress = Progress(send, files=len(plan), total=sum(p.size - p.start for p in plan))
             if not progress.send(counts, force=True):
                 status, reason = "cancelled", "the requester stopped asking"
             for planned in plan:
                 if status != "done":
                     break
-                if cancelled.is_set() or not self._replay_file(
-                        planned, plan, req, where, send, counts, cancelled, progress):
+                if cancelled.is_set() or not self._replay_file(planned, plan, counts, progress):
                     status, reason = "cancelled", "the requester stopped asking"
         except Exception as e:  # noqa: BLE001 - a replay's failure is the requester's answer
             status, reason = ("refused" if isinstance(e, ValueError) else "failed"), \
@@ -359,11 +353,11 @@ class FileHistory:
             send(history.end_table(status, reason, rows=counts["rows"], files=counts["files"],
                                    nbytes=counts["bytes"]), kind=wire.Kind.HISTORY_END)
 
-    def _plan(self, req: history.Request, skipped: list) -> list[Planned]:
+    def _plan(self, skipped: list) -> list[Planned]:
         """Each file with rows to read, oldest first; the names of compressed files matched
         go to ``skipped``."""
-        plan = []
-        opened = _open_files(self.patterns)
+        plan, req = [], self.req
+        opened = _open_files(self.files.patterns)
         try:
             while opened:
                 path, f = opened.pop(0)
@@ -375,7 +369,7 @@ class FileHistory:
                 if lone_cr(head):
                     f = CrAsLf(f)   # read as the live stream reads it
                 size = os.fstat(f.fileno()).st_size
-                fmt = self._format()
+                fmt = self.files.new_format()
                 header_end = _begin(fmt, f, path)
                 start = header_end if req.since is None else \
                     self._since(fmt, f, path, header_end, size, req.since.value)
@@ -389,17 +383,37 @@ class FileHistory:
             raise
         return plan
 
-    def _replay_file(self, planned: Planned, plan: list[Planned], req: history.Request, where,
-                     send, counts: dict, cancelled: threading.Event, progress: Progress) -> bool:
+    def _since(self, fmt, f, path: str, header_end: int, size: int, since_ns: int) -> int:
+        """Where rows at or after ``since_ns`` start in ``f``: by the time index where it
+        describes the file (exact, however out of order its times), by bisection on the
+        rest (give or take :data:`SLACK_NS`)."""
+        at = header_end
+        key = self.files.key_of(f)
+        spans = self.files.index.spans([key]).get(key) if key is not None else None
+        if spans:
+            read_at = f.pread if isinstance(f, CrAsLf) else (
+                lambda n, start: os.pread(f.fileno(), n, start))
+            found = start_from(spans, since_ns, lambda start, n: read_at(n, start))
+            if found is not None:
+                if found[1]:
+                    return max(found[0], header_end)
+                at = max(found[0], header_end)
+        return at if at >= size else _bisect(fmt, f, path, at, size, since_ns - SLACK_NS)
+
+
+    def _replay_file(self, planned: Planned, plan: list[Planned], counts: dict,
+                     progress: Progress) -> bool:
+        """One file's rows; False: cancelled."""
         path, f, start, size = planned.path, planned.f, planned.start, planned.size
-        fmt = self._format()
+        req, send, cancelled, rate = self.req, self.send, self.cancelled, self.files.rate
+        fmt = self.files.new_format()
         _begin(fmt, f, path)   # a CSV's header names the columns
         counts["files"] += 1
-        source = self._source(f)
+        source = self.files.source_of(f)
         pos, began, tail = start, time.monotonic(), b""
         copies = []   # opened here when the file was emptied under us
         # with a rate, blocks of a tenth of a second's worth: the pace is even
-        block = BLOCK if not self.rate else int(min(BLOCK, max(PROBE, self.rate / 10)))
+        block = BLOCK if not rate else int(min(BLOCK, max(PROBE, rate / 10)))
         # parsed as the live stream parses: on two threads while the next block is read
         pipeline = ParsePipeline(fmt, default_threads(), initializer=_background)
         path_abs = os.path.abspath(path)
@@ -408,7 +422,7 @@ class FileHistory:
             """Send what is parsed; False: cancelled; None: past ``until``, stop."""
             for ch, parsed, _ in pipeline.results(wait=wait):
                 if parsed is not None and parsed.num_rows:
-                    table = self._select(parsed, req, where)
+                    table = self._select(parsed)
                     if table.num_rows:
                         table = with_source(table, ch.path)
                         step = max(1, int(table.num_rows * MESSAGE_BYTES / max(1, table.nbytes)))
@@ -436,7 +450,7 @@ class FileHistory:
                 if not data or not _intact(f, planned.head, pos + len(data)):
                     # Emptied in place under us (copytruncate; what ``data`` holds may be
                     # the new writes): the rest of what was planned is in the copy.
-                    copy = _copy_of(self.patterns, planned, pos, tail, plan + copies)
+                    copy = _copy_of(self.files.patterns, planned, pos, tail, plan + copies)
                     if copy is None:
                         if publish(wait=True) is False:
                             return False
@@ -463,8 +477,8 @@ class FileHistory:
                     return False
                 if went is None:
                     break
-                if self.rate:   # at most `rate` bytes a second: wait, waking on a cancel
-                    ahead = (pos - start) / self.rate - (time.monotonic() - began)
+                if rate:   # at most `rate` bytes a second: wait, waking on a cancel
+                    ahead = (pos - start) / rate - (time.monotonic() - began)
                     if ahead > 0 and cancelled.wait(ahead):
                         return False
             else:
@@ -476,9 +490,8 @@ class FileHistory:
             for copy in copies:
                 copy.f.close()
 
-    @staticmethod
-    def _select(table: pa.Table, req: history.Request, where) -> pa.Table:
-        t = time_column(table)
+    def _select(self, table: pa.Table) -> pa.Table:
+        req, t = self.req, time_column(table)
         if t is not None and (req.since is not None or req.until is not None):
             col = pc.cast(table.column(t), pa.timestamp("ns", "UTC"))
             keep = pc.is_valid(col)
@@ -489,7 +502,7 @@ class FileHistory:
             table = table.filter(keep)
         elif t is None and (req.since is not None or req.until is not None):
             raise ValueError("these rows have no time column to find since/until in")
-        return history.select(table, where, req.columns)
+        return history.select(table, self.where, req.columns)
 
 
 def _header(serving, seq: list, table: pa.Table, kind, source: str, start: int,
@@ -530,7 +543,7 @@ def _child(conn, spec) -> None:
         return True
 
     try:
-        serving._run(req, send, threading.Event())
+        Answer(serving, req, send, threading.Event()).run()
     finally:
         conn.close()
 
