@@ -423,3 +423,37 @@ def test_lines_ended_by_cr_crlf_or_lf_give_the_same_rows_at_every_block_size(tmp
         assert [int(o) for b in blocks for o in b.offsets] == starts, block_size
         assert not reader.rejects
 
+
+
+RAGGED = (b"\r\n\r\n"               # empty lines before the header: skipped, as by pandas
+          b"id,host,bytes,note\r\n"
+          b"1,a,10,first\r\n"
+          b"2,b,20\r\n"               # a spreadsheet's export leaves out empty fields at the end
+          b"3,c\r\n"
+          b'4,"d,e",40,"x"\r\n'
+          b"5,f,50,too,many\r\n"      # more fields than the header: a reject
+          b"6,g,60,last")             # and no final newline
+
+
+def test_rows_with_fewer_fields_than_the_header_get_nulls_as_pandas_gives_them(tmp_path):
+    """Whole, at every block size, and record by record (a checkpoint): pandas' rows and
+    types - the missing fields are nulls - and the row with too many fields a reject."""
+    path = tmp_path / "ragged.csv"
+    path.write_bytes(RAGGED)
+    with pytest.raises(pd.errors.ParserError):   # pandas refuses the whole file for that row
+        pd.read_csv(path)
+    too_many = RAGGED.index(b"5,f")
+    want = pd.read_csv(io.BytesIO(RAGGED[:too_many] + RAGGED[too_many + 17:]))
+    assert want["bytes"].isna().sum() == 1 and want["note"].isna().sum() == 2
+    for block_size in range(1, len(RAGGED) + 2):
+        reader = CsvReader(block_size=block_size)
+        got = pa.concat_tables([b.table for b in reader.read(path)]).to_pandas()
+        pd.testing.assert_frame_equal(got, want, check_dtype=False, obj=f"block_size={block_size}")
+        assert [(r["line"], r["reason"]) for r in reader.rejects] == [(8, "5 fields, the header has 4")]
+    for extra in ({}, {"checkpoint": tmp_path / "ck.db"}):
+        with zp.Subscriber(LOCAL) as sub:
+            zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1, **extra)
+            df = sub.collect(timeout=30)
+            assert sub.rejects()["reason"].tolist() == ["5 fields, the header has 4"]
+        pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
+        assert str(df["bytes"].dtype) == "float64" and df["id"].tolist() == [1, 2, 3, 4, 6]

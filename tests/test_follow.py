@@ -270,7 +270,7 @@ def test_plain_text_from_an_existing_publisher_joins_as_rows():
             # (repeated until the connection is up: PUB drops what it sends before that)
             wait_for(lambda: (pub.send_string("metrics node1,cpu,1.5"), sub.stats()["rows"])[1] > 0,
                      what="a text row")
-            pub.send_string("metrics only,two")
+            pub.send_string("metrics one,two,3,four")
             pub.send_string("other node9,cpu,9")  # another topic: not subscribed
             wait_for(lambda: sub.stats()["rejects"] == 1, what="the reject")
         finally:
@@ -280,7 +280,7 @@ def test_plain_text_from_an_existing_publisher_joins_as_rows():
         rejects = sub.rejects()
         producers = sub.stats()["producers"]
     assert set(df["host"]) == {"node1"} and (df["value"] == 1.5).all()
-    assert rejects["reason"].tolist() == ["2 fields, the header has 3"]
+    assert rejects["reason"].tolist() == ["4 fields, the header has 3"]
     assert producers["name"].tolist() == ["text"] and producers["topic"].tolist() == ["metrics"]
 
 

@@ -9,9 +9,10 @@ Column types are inferred from the first block and then kept (or given by the ca
 so tables of a stream share one schema. A later number that needs a wider number type
 widens its column (int64 to float64) from that block on, and receivers unify the two. A
 value that is no number for a number column (or no time for a time column, and so on),
-and a record with another number of fields than the header, is a reject with its file,
-line, offset and reason: the rule of followed CSV files (:class:`~zpandas.sources.lines.CsvLines`),
-so a file's rows have the same types however it is published.
+and a record with more fields than the header, is a reject with its file, line, offset
+and reason; a record with fewer gets nulls for the rest, as pandas gives NaN: the rule of
+followed CSV files (:class:`~zpandas.sources.lines.CsvLines`), so a file's rows have the
+same types however it is published. Empty lines before the header are skipped.
 
 Parsing is single-threaded on purpose: a producer runs beside the job that writes its
 files, and Arrow's threaded reader spends a third more CPU for its speed-up. Whole
@@ -21,6 +22,7 @@ unnecessary work, but it stays on: a record may still span Arrow's internal bloc
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -125,7 +127,8 @@ class CsvReader:
         Types for some or all columns. The rest are inferred from the first block of
         the first file and kept: a later number that needs a wider type widens its
         column (listed in :attr:`widened`); a value of another kind, or a record with
-        another number of fields, is a reject (:attr:`rejects`).
+        more fields than the header, is a reject (:attr:`rejects`); a record with
+        fewer gets nulls for the missing ones (as pandas gives NaN).
     delimiter : str, default ","
     quote_char : str or False, default '"'
     block_size : int, default 4 MiB
@@ -158,7 +161,7 @@ class CsvReader:
         self._schema_from: str | None = None
         self._names: list[str] | None = None   # columns of the first header seen
         self.widened: list[str] = []  # "'col' int64 -> double", as types were widened
-        #: Records that do not parse or fit - another number of fields than the header,
+        #: Records that do not parse or fit - more fields than the header,
         #: a value not of its column's type, an unclosed quote at the end of a file
         #: (which Arrow would take as one field swallowing the rest) - as rows of the
         #: reject schema: ``file``, ``line``, ``offset``, ``reason``, ``text``.
@@ -210,7 +213,9 @@ class CsvReader:
                     continue  # no complete record yet: read on
                 if names is None:
                     if _BLANK.fullmatch(buf, start, cut):
-                        return  # an empty file, or only blank lines
+                        if eof:
+                            return  # an empty file, or only blank lines
+                        continue    # only blank lines so far: the header is still to come
                     lead = _EMPTY_LINES.match(buf, start, cut).end()  # skipped, as by Arrow
                     start = first_record_end(buf, self._quote, cut, start=lead) or cut
                     names = self._header(path, buf, lead, start, offset)
@@ -290,7 +295,7 @@ class CsvReader:
     def _by_record(self, path: str, raw: bytes, offset: int, line: int,
                    names: list[str], block=None) -> pa.Table:
         """A block some record of which does not fit: each record on its own, as a
-        followed file's are. Records that do not parse (another number of fields, an
+        followed file's are. Records that do not parse (more fields than the header, an
         unclosed quote) and values that do not fit their column's type become rejects
         (:attr:`rejects`); the rest are rows, with an ``_offset`` column."""
         from .lines import CsvLines
@@ -311,11 +316,12 @@ class CsvReader:
         if table is None:
             return pa.table({**{n: pa.array([], pa.string()) for n in names},
                              "_offset": pa.array([], pa.int64())}).cast(self._typed(names))
-        if self.schema is None:  # the first block: types from its records that parse
-            valid = b"\n".join(records.raw(int(i)) for i in
-                               np.searchsorted(records.offsets, table["_offset"].to_numpy()))
+        if self.schema is None:  # the first block: types from its rows, as the reader infers them
+            rows = io.BytesIO()
+            pacsv.write_csv(table.drop_columns(["_offset"]), rows,
+                            pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
             inferred = pacsv.read_csv(
-                pa.py_buffer(valid), parse_options=self._parse,
+                pa.py_buffer(rows.getvalue()),
                 read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types={n: pa.string() for n in self._given}, strings_can_be_null=True))

@@ -453,12 +453,16 @@ class CsvLines(LineFormat):
             return records
         # Records from past the header (a restart resumed there, the rest of a file read
         # before it was renamed): the header is the file's first record, in its head.
-        ends = record_ends(head, quoted=True) if head else ()
-        if len(ends) and int(records.offsets[0]) >= int(ends[0]):
-            self.header[key] = self._names_of(head[:int(ends[0])])
+        at, end = header_bounds(head) if head else (0, 0)
+        if end and int(records.offsets[0]) >= end:
+            self.header[key] = self._names_of(head[at:end])
             return records
-        self.header[key] = self._names_of(records.raw(0))
-        return records[1:]
+        # Empty lines before it are skipped, as pandas and a whole file's reader skip them.
+        first = next((i for i in range(len(records)) if records.raw(i).strip(b"\r\n")), None)
+        if first is None:
+            return records[len(records):]
+        self.header[key] = self._names_of(records.raw(first))
+        return records[first + 1:]
 
     def _names_of(self, record: bytes) -> list[str]:
         text = record.decode("utf-8-sig", "replace").rstrip("\r\n")
@@ -476,7 +480,7 @@ class CsvLines(LineFormat):
     def _columns(self, records: Records):
         # pyarrow's CSV reader over the block, every column as text (typed below as in
         # the record-by-record path). A record with an odd number of quotes or another
-        # number of fields than the header: record by record, for its reason.
+        # number of fields than the header: record by record (a reason, or nulls to fill).
         lo, hi = int(records.bounds[0]), int(records.bounds[-1])
         quotes = np.flatnonzero(np.frombuffer(records.data, np.uint8)[lo:hi] == 34) + lo
         if (np.diff(np.searchsorted(quotes, records.bounds)) % 2).any():
@@ -523,8 +527,11 @@ class CsvLines(LineFormat):
         if text.count('"') % 2:  # csv.reader would take it, quote and all, without a word
             raise ValueError("unclosed quote")
         (fields,) = list(csv.reader(io.StringIO(text), delimiter=self.delimiter)) or [[]]
-        if len(fields) != len(self._names):
+        if len(fields) > len(self._names):
             raise ValueError(f"{len(fields)} fields, the header has {len(self._names)}")
+        # Fewer: the missing ones are empty, as pandas reads them (a spreadsheet's export
+        # leaves out a row's empty fields at its end).
+        fields += [""] * (len(self._names) - len(fields))
         return {k: (v if v != "" else None) for k, v in zip(self._names, fields, strict=True)}
 
     def _convert(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -555,6 +562,14 @@ class CsvLines(LineFormat):
                         pass
         df.attrs["bad"] = bad
         return df
+
+
+def header_bounds(head: bytes) -> tuple[int, int]:
+    """Where a CSV file's header record starts and ends in its first bytes ``head``, past
+    the empty lines before it; (start, 0) if no record ends in ``head``."""
+    start = len(head) - len(head.lstrip(b"\r\n"))
+    ends = record_ends(head[start:], quoted=True)
+    return start, (start + int(ends[0]) if len(ends) else 0)
 
 
 # -- presets ------------------------------------------------------------------------------

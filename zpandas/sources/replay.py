@@ -48,7 +48,7 @@ from .._tables import with_source
 from .compressed import HEAD as COMPRESSED_HEAD
 from .compressed import compression_of
 from .follow import HEAD_BYTES
-from .lines import get_format
+from .lines import get_format, header_bounds
 from .pipeline import ParsePipeline, default_threads
 from .publish import expand_paths
 from .records import CrAsLf, Holes, Records, lone_cr, record_ends
@@ -722,11 +722,11 @@ def _begin(fmt, f, path: str) -> int:
         return 0
     f.seek(0)
     head = f.read(PROBE)
-    ends = record_ends(head, quoted=True)
-    if not len(ends):
+    start, end = header_bounds(head)
+    if not end:
         return len(head)
-    fmt.begin(_records(head[:int(ends[0])], ends[:1], 0), path)
-    return int(ends[0])
+    fmt.begin(_records(head[start:end], np.array([end - start]), start), path)
+    return end
 
 
 def _earliest(table: pa.Table) -> int:
