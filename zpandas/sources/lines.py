@@ -479,30 +479,50 @@ class CsvLines(LineFormat):
 
     def _columns(self, records: Records):
         # pyarrow's CSV reader over the block, every column as text (typed below as in
-        # the record-by-record path). A record with an odd number of quotes or another
-        # number of fields than the header: record by record (a reason, or nulls to fill).
+        # the record-by-record path). Records with fewer fields than the header are read
+        # again with the missing ones added, empty; one with an odd number of quotes or
+        # more fields: record by record, for its reason.
         lo, hi = int(records.bounds[0]), int(records.bounds[-1])
         quotes = np.flatnonzero(np.frombuffer(records.data, np.uint8)[lo:hi] == 34) + lo
         if (np.diff(np.searchsorted(quotes, records.bounds)) % 2).any():
             return None
+        texts = records.texts()
+        if texts is None:
+            return None
+        blank = _blank(texts)
+        data = memoryview(records.data)[lo:hi]
+        if not len(quotes):   # a field per delimiter, and one: the short rows are known now
+            data = _padded(records, blank, *_short_rows(records, blank, self.delimiter,
+                                                        len(self._names)), self.delimiter)
+        table, short = (None, []) if data is None else self._read(data)
+        if short:   # (told by Arrow, one call each: quoted fields may hold delimiters)
+            rows = np.flatnonzero(~blank)
+            numbers, missing = (np.array(x, np.int64) for x in zip(*short))
+            data = None if numbers.max() > len(rows) else \
+                _padded(records, blank, rows[numbers - 1], missing, self.delimiter)
+            table, short = (None, []) if data is None else self._read(data)
+        if short or table is None or table.num_rows != int((~blank).sum()):
+            return None
+        typed = self._typed(table)
+        return (table.to_pandas() if typed is None else typed), np.flatnonzero(~blank), []
+
+    def _read(self, data) -> tuple[pa.Table | None, list[tuple[int, int]]]:
+        """Text columns of the records in ``data``, and its rows with fewer fields than
+        the header as (row number, fields missing); None as the table if one has more."""
         invalid = []
         table = pacsv.read_csv(
-            io.BytesIO(memoryview(records.data)[lo:hi]),
+            io.BytesIO(data),
             read_options=pacsv.ReadOptions(column_names=self._names, use_threads=False,
-                                           block_size=max(hi - lo + 1, 1 << 16)),
+                                           block_size=max(len(data) + 1, 1 << 16)),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
                                              invalid_row_handler=lambda row: invalid.append(row) or "skip"),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in self._names}, null_values=[""],
                 strings_can_be_null=True, quoted_strings_can_be_null=True))
-        texts = records.texts()
-        if texts is None:
-            return None
-        blank = _blank(texts)
-        if invalid or table.num_rows != int((~blank).sum()):
-            return None
-        typed = self._typed(table)
-        return (table.to_pandas() if typed is None else typed), np.flatnonzero(~blank), []
+        short = [(r.number, r.expected_columns - r.actual_columns) for r in invalid]
+        if any(n is None or n < 1 or missing <= 0 for n, missing in short):
+            return None, short
+        return table, short
 
     def _typed(self, table: pa.Table) -> pa.Table | None:
         """The text columns cast to the types fixed before, in Arrow (no Python per value,
@@ -671,6 +691,35 @@ def _rejects_table(rejects: list[dict]) -> pa.Table:
 
 
 _NO_REJECTS = REJECT_SCHEMA.empty_table()
+
+
+def _short_rows(records: Records, blank: np.ndarray, delimiter: str,
+                width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records (not blank) with fewer than ``width`` fields and how many they lack, in a
+    block without quotes."""
+    lo, hi = int(records.bounds[0]), int(records.bounds[-1])
+    at = np.flatnonzero(np.frombuffer(records.data, np.uint8)[lo:hi] == ord(delimiter)) + lo
+    fields = np.diff(np.searchsorted(at, records.bounds)) + 1
+    missing = np.where(blank, 0, width - fields)
+    rows = np.flatnonzero(missing > 0)
+    return rows, missing[rows]
+
+
+def _padded(records: Records, blank: np.ndarray, rows: np.ndarray, missing: np.ndarray,
+            delimiter: str) -> memoryview | bytes | None:
+    """The block's bytes with ``missing`` delimiters added at the end of record ``rows``;
+    None where a blank record is more than a line end (Arrow reads it as a row: its row
+    numbers are not ours)."""
+    data = np.frombuffer(records.data, np.uint8)
+    lo, hi = int(records.bounds[0]), int(records.bounds[-1])
+    if not len(rows):
+        return memoryview(records.data)[lo:hi]
+    lengths, empty = records.lengths(), np.flatnonzero(blank)
+    if not ((lengths[empty] == 0) | ((lengths[empty] == 1) & (data[records.bounds[empty]] == 13))).all():
+        return None
+    at = records.bounds[rows] + lengths[rows]   # before the newline
+    at -= data[at - 1] == 13                    # (and before a CRLF's CR)
+    return np.insert(data[lo:hi], np.repeat(at - lo, missing), ord(delimiter)).tobytes()
 
 
 def _blank(texts: pa.Array) -> np.ndarray:
