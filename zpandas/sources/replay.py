@@ -400,7 +400,6 @@ class Answer:
                 at = max(found[0], header_end)
         return at if at >= size else _bisect(fmt, f, path, at, size, since_ns - SLACK_NS)
 
-
     def _replay_file(self, planned: Planned, plan: list[Planned], counts: dict,
                      progress: Progress) -> bool:
         """One file's rows; False: cancelled."""
