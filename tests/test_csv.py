@@ -457,3 +457,66 @@ def test_rows_with_fewer_fields_than_the_header_get_nulls_as_pandas_gives_them(t
             assert sub.rejects()["reason"].tolist() == ["5 fields, the header has 4"]
         pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
         assert str(df["bytes"].dtype) == "float64" and df["id"].tolist() == [1, 2, 3, 4, 6]
+
+
+PREAMBLE = (b'"Sales, by day",,\n'        # a title (with a comma, quoted)
+            b"source: the shop\n"
+            b"\n"                          # pandas counts it among skiprows too
+            b"\n"                          # empty lines after the preamble: skipped
+            b"day,shop,sales\n"
+            b"1,a,10\n2,b,20\n3,c,30\n")
+
+
+def test_skiprows_skips_the_lines_before_the_header_at_every_block_size(tmp_path):
+    """pandas' skiprows: whole files at every block size (the preamble cut anywhere), the
+    same rows record by record, and bad values refused by name."""
+    path = tmp_path / "sales.csv"
+    path.write_bytes(PREAMBLE)
+    want = pd.read_csv(path, skiprows=3)
+    assert want["sales"].tolist() == [10, 20, 30]
+    starts = [PREAMBLE.index(b"1,a"), PREAMBLE.index(b"2,b"), PREAMBLE.index(b"3,c")]
+    for block_size in range(1, len(PREAMBLE) + 2):
+        reader = CsvReader(block_size=block_size, skiprows=3)
+        blocks = list(reader.read(path))
+        got = pa.concat_tables([b.table for b in blocks]).to_pandas()
+        pd.testing.assert_frame_equal(got, want, obj=f"block_size={block_size}")
+        assert [int(o) for b in blocks for o in b.offsets] == starts and not reader.rejects
+    with zp.Subscriber(LOCAL) as sub:
+        zp.publish_files(path, sub.endpoints, checkpoint=tmp_path / "ck.db", skiprows=3,
+                         wait_for_subscribers=1)
+        df = sub.collect(timeout=30)
+    pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="skiprows"):
+            CsvReader(skiprows=bad)
+    with pytest.raises(ValueError, match="skiprows.*jsonl"):
+        zp.publish_files(path, ">tcp://127.0.0.1:1", format="jsonl", skiprows=2, follow=True)
+
+
+def test_skiprows_on_a_file_that_grows_a_line_at_a_time_and_a_restart(tmp_path):
+    """Followed while it is written - the preamble arrives over several reads - and read
+    on by a restarted follower: each row once, the preamble and header never a row."""
+    from zpandas.sources.checkpoint import Checkpoint
+    from zpandas.sources.follow import Follower
+    from zpandas.sources.lines import get_format
+    path = tmp_path / "sales.csv"
+    lines = PREAMBLE.splitlines(keepends=True) + [b"4,d,40\n", b"5,e,50\n"]
+    got = []
+    with Checkpoint(tmp_path / "ck.sqlite") as ck:
+        for restart in (False, True):
+            fmt = get_format("csv", skiprows=3)   # a restarted producer's: nothing known yet
+            f = Follower([str(path)], resume=ck.load() if restart else None, release_after=0)
+            try:
+                for line in lines[6:] if restart else lines[:6]:
+                    with open(path, "ab") as out:
+                        out.write(line)
+                    for ch in f.poll():
+                        table, rejects = fmt.parse_body(fmt.begin(ch.records, ch.path, key=ch.key,
+                                                                  head=ch.head), ch.path, key=ch.key)
+                        assert rejects.num_rows == 0
+                        got += [] if table is None else table.column("sales").to_pylist()
+                        ck.save([(ch.key, ch.path, ch.dev, ch.ino, ch.head, ch.end, ch.line)])
+                    ck.save(f.discovered)
+            finally:
+                f.close()
+    assert got == [10, 20, 30, 40, 50]

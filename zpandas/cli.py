@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-bytes", type=int, default=4 << 20, metavar="BYTES",
                    help="rows are coalesced into frames of about this size (default 4 MiB)")
     p.add_argument("--delimiter", default=",", help="CSV field delimiter (default ',')")
+    p.add_argument("--skiprows", type=int, default=0, metavar="N",
+                   help="CSV: lines at the start of each file before its header (a title, "
+                        "notes) to skip, as pandas.read_csv's skiprows (default 0)")
     p.add_argument("--schema", action="append", type=_column_type, metavar="NAME=TYPE",
                    help="whole CSV files: a column's type (string, int64, float64, bool, "
                         "timestamp[ms], ...); repeatable. Others are inferred")
@@ -256,6 +259,7 @@ def _publish(args) -> int:
                            stop=stop, wait_for_subscribers=args.wait_for,
                            wait_timeout=args.wait_timeout, block_size=args.block_size,
                            frame_bytes=args.frame_bytes, delimiter=args.delimiter,
+                           skiprows=args.skiprows,
                            policy=args.policy, buffer_bytes=args.buffer_bytes,
                            curve=_curve(args), progress=not args.quiet and not args.follow,
                            schema=dict(args.schema) if args.schema else None,

@@ -143,9 +143,12 @@ class CsvReader:
 
     def __init__(self, *, schema: pa.Schema | Mapping | None = None, delimiter: str = ",",
                  quote_char: str | bool = '"', block_size: int = 4 << 20,
-                 encoding: str = "utf-8", errors: str = "reject") -> None:
+                 encoding: str = "utf-8", errors: str = "reject", skiprows: int = 0) -> None:
         if block_size < 1:
             raise ValueError("block_size must be positive")
+        if not isinstance(skiprows, int) or skiprows < 0:
+            raise ValueError(f"skiprows must be a number of lines, 0 or more, not {skiprows!r}")
+        self.skiprows = skiprows
         self._codec = Transcoder(encoding, errors)
         if not self._codec.ascii_compatible:
             raise ValueError(f"CsvReader cuts blocks at newline bytes, which {encoding} does not "
@@ -212,11 +215,12 @@ class CsvReader:
                 if cut <= start:
                     continue  # no complete record yet: read on
                 if names is None:
-                    if _BLANK.fullmatch(buf, start, cut):
+                    lead = self._past_preamble(buf, start, cut)
+                    if lead is None or _BLANK.fullmatch(buf, lead, cut):
                         if eof:
-                            return  # an empty file, or only blank lines
-                        continue    # only blank lines so far: the header is still to come
-                    lead = _EMPTY_LINES.match(buf, start, cut).end()  # skipped, as by Arrow
+                            return  # an empty file, or only blank lines (or a preamble)
+                        continue    # the header is still to come
+                    lead = _EMPTY_LINES.match(buf, lead, cut).end()  # skipped, as by Arrow
                     start = first_record_end(buf, self._quote, cut, start=lead) or cut
                     names = self._header(path, buf, lead, start, offset)
                     self._check_names(path, names)
@@ -240,6 +244,15 @@ class CsvReader:
             known = {f.name: f.type for f in self.schema} if self.schema is not None else self._given
             empty = pa.schema([pa.field(n, known.get(n, pa.string())) for n in names]).empty_table()
             yield Block(path, offset, offset, empty, np.empty(0, np.int64))
+
+    def _past_preamble(self, buf: bytearray, start: int, cut: int) -> int | None:
+        """Where the ``skiprows`` records at a file's start end; None if not all are in
+        ``buf[start:cut]`` yet."""
+        for _ in range(self.skiprows):
+            start = first_record_end(buf, self._quote, cut, start=start)
+            if not start:
+                return None
+        return start
 
     def _unclosed_at_end(self, path: str, buf: bytearray, filled: int, offset: int,
                          start: int, line: int) -> int:

@@ -438,11 +438,18 @@ class CsvLines(LineFormat):
     name = "csv"
     quoted = True
 
-    def __init__(self, *, delimiter: str = ",", names: list[str] | None = None, **kw) -> None:
+    def __init__(self, *, delimiter: str = ",", names: list[str] | None = None,
+                 skiprows: int = 0, **kw) -> None:
         super().__init__(**kw)
+        if not isinstance(skiprows, int) or skiprows < 0:
+            raise ValueError(f"skiprows must be a number of lines, 0 or more, not {skiprows!r}")
+        if skiprows and names:
+            raise ValueError("skiprows skips the lines before a header: not with column names given")
         self.delimiter = delimiter
         self.names = names                       # given: no header line is expected
+        self.skiprows = skiprows                 # lines before the header (a preamble)
         self.header: dict[str, list[str]] = {}   # file incarnation -> column names
+        self._preamble: dict[str, int] = {}      # file incarnation -> preamble lines still to skip
         self._local = threading.local()          # the names of the file being parsed
 
     def begin(self, records: Records | list[Record], file: str, *, key: str | None = None,
@@ -452,12 +459,19 @@ class CsvLines(LineFormat):
         if self.names or key in self.header or not len(records):
             return records
         # Records from past the header (a restart resumed there, the rest of a file read
-        # before it was renamed): the header is the file's first record, in its head.
-        at, end = header_bounds(head) if head else (0, 0)
+        # before it was renamed): the header is in the file's head.
+        at, end = header_bounds(head, self.skiprows) if head else (0, 0)
         if end and int(records.offsets[0]) >= end:
             self.header[key] = self._names_of(head[at:end])
             return records
-        # Empty lines before it are skipped, as pandas and a whole file's reader skip them.
+        # Else it is among these records, after the preamble (``skiprows``: where the head
+        # says it ends, else counted here) and empty lines, skipped as pandas skips them.
+        if end:
+            records = records[int(np.searchsorted(records.offsets, at)):]
+        else:
+            left = self._preamble.get(key, self.skiprows)
+            self._preamble[key] = left - min(left, len(records))
+            records = records[min(left, len(records)):]
         first = next((i for i in range(len(records)) if records.raw(i).strip(b"\r\n")), None)
         if first is None:
             return records[len(records):]
@@ -584,10 +598,17 @@ class CsvLines(LineFormat):
         return df
 
 
-def header_bounds(head: bytes) -> tuple[int, int]:
+def header_bounds(head: bytes, skiprows: int = 0) -> tuple[int, int]:
     """Where a CSV file's header record starts and ends in its first bytes ``head``, past
-    the empty lines before it; (start, 0) if no record ends in ``head``."""
-    start = len(head) - len(head.lstrip(b"\r\n"))
+    ``skiprows`` records (a preamble) and the empty lines after them; (start, 0) if it does
+    not end in ``head``."""
+    start = 0
+    if skiprows:
+        ends = record_ends(head, quoted=True)
+        if len(ends) < skiprows:
+            return len(head), 0
+        start = int(ends[skiprows - 1])
+    start = len(head) - len(head[start:].lstrip(b"\r\n"))
     ends = record_ends(head[start:], quoted=True)
     return start, (start + int(ends[0]) if len(ends) else 0)
 
@@ -626,13 +647,16 @@ PRESETS["syslog3164"] = PRESETS["syslog"]
 
 
 def get_format(fmt, *, delimiter: str = ",", max_line_bytes: int = 1 << 20,
-               time_format: str | None = None, flatten: bool = True) -> LineFormat:
+               time_format: str | None = None, flatten: bool = True,
+               skiprows: int = 0) -> LineFormat:
     """A format from its name (``csv``, ``jsonl``, a preset), a ``regex:<pattern>`` or an instance."""
     if isinstance(fmt, LineFormat):
         return fmt
+    if skiprows and fmt != "csv":
+        raise ValueError(f"skiprows skips the lines before a CSV header: not for format {fmt!r}")
     kw = {"max_line_bytes": max_line_bytes, "time_format": time_format}
     if fmt == "csv":
-        return CsvLines(delimiter=delimiter, **kw)
+        return CsvLines(delimiter=delimiter, skiprows=skiprows, **kw)
     if isinstance(fmt, str) and fmt.startswith("csv:"):  # column names given, no header line
         return CsvLines(delimiter=delimiter, names=fmt[4:].split(","), **kw)
     if fmt in ("jsonl", "json", "ndjson"):

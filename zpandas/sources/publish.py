@@ -86,7 +86,8 @@ def expand_paths(paths_or_globs) -> list[str]:
 
 
 def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", schema=None,
-                  delimiter: str = ",", follow: bool = False, checkpoint=None, multiline=None,
+                  delimiter: str = ",", skiprows: int = 0, follow: bool = False,
+                  checkpoint=None, multiline=None,
                   multiline_timeout: float = 2.0, max_line_bytes: int = 1 << 20,
                   time_format: str | None = None,
                   poll_interval: float | None = None, stop: threading.Event | None = None,
@@ -118,6 +119,9 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         a warning on the ``zpandas`` logger); a value of another kind is a reject, as
         in followed files.
     delimiter : str, default ","
+    skiprows : int, default 0
+        CSV: lines at the start of each file to skip before its header (a title, notes),
+        as in ``pandas.read_csv``; empty lines after them are skipped too.
     follow : bool, default False
         Keep reading as the files grow, rotate or appear, until ``stop`` is set or
         ``duration`` has passed (inotify through watchdog, with polling as fallback).
@@ -212,7 +216,7 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
         replay = FileHistory(
             patterns, dict(fmt=format, delimiter=delimiter, max_line_bytes=max_line_bytes,
-                           time_format=time_format, flatten=flatten),
+                           time_format=time_format, flatten=flatten, skiprows=skiprows),
             rate=history_rate, max_requests=history_max, encoding=encoding)
     if own:   # serving history from its first moment: a request may come at once
         producer = Producer(endpoint, topic=topic, _history=replay, **producer_options)
@@ -223,7 +227,7 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     try:
         if lines:
             return _publish_lines(paths, producer, replay=replay, format=format, delimiter=delimiter,
-                                  follow=follow, checkpoint=checkpoint, multiline=multiline,
+                                  skiprows=skiprows, follow=follow, checkpoint=checkpoint, multiline=multiline,
                                   multiline_timeout=multiline_timeout,
                                   max_line_bytes=max_line_bytes, time_format=time_format,
                                   poll_interval=poll_interval, parse_threads=parse_threads,
@@ -232,7 +236,7 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         if replay is not None:
             replay.looked.set()   # whole files: no live stream's names to wait for
         return _publish_csv(files, producer, schema=schema, delimiter=delimiter,
-                            block_size=block_size, progress=progress, encoding=encoding,
+                            skiprows=skiprows, block_size=block_size, progress=progress, encoding=encoding,
                             errors=errors)
     finally:
         if own:
@@ -245,10 +249,11 @@ def _first_bytes(path: str, n: int = 4) -> bytes:
 
 
 def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str,
-                 block_size: int, progress: bool, encoding: str, errors: str) -> dict:
+                 skiprows: int, block_size: int, progress: bool, encoding: str,
+                 errors: str) -> dict:
 
     reader = CsvReader(schema=schema, delimiter=delimiter, block_size=block_size,
-                       encoding=encoding, errors=errors)
+                       encoding=encoding, errors=errors, skiprows=skiprows)
     total = sum(os.path.getsize(f) for f in files)
     rows = rejects = 0
     run = uuid.uuid4().hex[:12]  # rows carry offsets: a source names this run's read of a file
@@ -274,7 +279,8 @@ def _publish_csv(files: list[str], producer: Producer, *, schema, delimiter: str
             "widened": reader.widened}
 
 
-def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter: str, follow: bool,
+def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter: str,
+                   skiprows: int, follow: bool,
                    checkpoint, multiline, multiline_timeout: float, max_line_bytes: int,
                    time_format: str | None, poll_interval: float, parse_threads: int | None,
                    stop, duration, own: bool, encoding: str, errors: str,
@@ -282,7 +288,7 @@ def _publish_lines(paths, producer: Producer, *, replay=None, format, delimiter:
     """Records of files (followed or not) -> rows and rejects, with checkpoints."""
 
     fmt = get_format(format, delimiter=delimiter, max_line_bytes=max_line_bytes,
-                     time_format=time_format, flatten=flatten)
+                     time_format=time_format, flatten=flatten, skiprows=skiprows)
     patterns = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     source_id = ckpt.source_id if ckpt else uuid.uuid4().hex[:12]

@@ -721,10 +721,10 @@ def _begin(fmt, f, path: str) -> int:
         return 0
     f.seek(0)
     head = f.read(PROBE)
-    start, end = header_bounds(head)
+    start, end = header_bounds(head, getattr(fmt, "skiprows", 0))
     if not end:
         return len(head)
-    fmt.begin(_records(head[start:end], np.array([end - start]), start), path)
+    fmt.begin(_records(head[start:end], np.array([end - start]), start), path, head=head[:end])
     return end
 
 
