@@ -177,25 +177,16 @@ def test_a_csv_whose_lines_end_with_a_lone_cr_reads_as_pandas_reads_it(mode, tmp
     assert all(data[o - 1:o] == b"\r" for o in df["_offset"])   # each row starts a line
 
 
-@pytest.mark.parametrize("mode", ["whole file", "record by record", "the past"])
-def test_a_csv_with_empty_lines_before_its_header_and_short_rows_reads_as_pandas_reads_it(
-        mode, tmp_path):
-    """German statistics as an export left them: two empty lines, then a title line that
-    pandas takes for the header (5 names, it has commas), then rows of one field. pandas
-    skips the empty lines and fills the missing fields with NaN. Followed, the first empty
-    line was the header (every row a reject: "1 fields, the header has 0"); whole, every
-    short row was a reject."""
-    import threading
-    from zpandas import history, wire
-    from zpandas.history import Request
-    from zpandas.sources import replay
-    path = MESSY / "weird_head_padding.csv"
-    assert path.read_bytes().startswith(b"\n\n")
-    want = pd.read_csv(path)
-    assert want.shape == (84, 5) and want.iloc[:, 1:].isna().all().all()
+def _published(path, mode: str, tmp_path, **options) -> pd.DataFrame:
+    """``path``'s rows as a subscriber gets them: a whole file, record by record (a
+    checkpoint), or as the past a producer serves (its replay, run here)."""
     if mode == "the past":
+        import threading
+        from zpandas import history, wire
+        from zpandas.history import Request
+        from zpandas.sources import replay
         fh = replay.FileHistory([str(path)], dict(fmt="csv", delimiter=",", max_line_bytes=1 << 20,
-                                                  time_format=None, flatten=True))
+                                                  time_format=None, flatten=True, **options))
         parts, ends = [], []
 
         def send(table, kind=wire.Kind.DATA, **_):
@@ -207,15 +198,55 @@ def test_a_csv_with_empty_lines_before_its_header_and_short_rows_reads_as_pandas
 
         replay.Answer(fh, Request.new(topic=""), send, threading.Event()).run()
         assert ends[0]["status"] == "done", ends
-        df = zp._tables.concat(parts).to_pandas()
-    else:
-        extra = {"checkpoint": tmp_path / "ck.db"} if mode == "record by record" else {}
-        with zp.Subscriber(LOCAL) as sub:
-            zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1, **extra)
-            df = sub.collect(timeout=30)
-            assert len(sub.rejects()) == 0
+        return zp._tables.concat(parts).to_pandas()
+    extra = {"checkpoint": tmp_path / "ck.db"} if mode == "record by record" else {}
+    with zp.Subscriber(LOCAL) as sub:
+        zp.publish_files(str(path), sub.endpoints, wait_for_subscribers=1, **extra, **options)
+        df = sub.collect(timeout=30)
+        assert len(sub.rejects()) == 0
+    return df
+
+
+MODES = ["whole file", "record by record", "the past"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_csv_with_empty_lines_before_its_header_and_short_rows_reads_as_pandas_reads_it(
+        mode, tmp_path):
+    """German statistics as an export left them: two empty lines, then a title line that
+    pandas takes for the header (5 names, it has commas), then rows of one field. pandas
+    skips the empty lines and fills the missing fields with NaN. Followed, the first empty
+    line was the header (every row a reject: "1 fields, the header has 0"); whole, every
+    short row was a reject."""
+    path = MESSY / "weird_head_padding.csv"
+    assert path.read_bytes().startswith(b"\n\n")
+    want = pd.read_csv(path)
+    assert want.shape == (84, 5) and want.iloc[:, 1:].isna().all().all()
+    df = _published(path, mode, tmp_path)
     pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
 
+
+@pytest.mark.parametrize("mode", [*MODES, "command line"])
+def test_skiprows_skips_a_preamble_as_pandas_does(mode, tmp_path):
+    """NASA's temperatures start with a title, a blank line and a note before the header
+    (`Year,Jan,...`): with skiprows=3, pandas' frame - whole, followed, in the past and
+    from `zpandas publish --skiprows 3`."""
+    import subprocess
+    import sys
+    path = MESSY / "mixedGLB.csv"
+    want = pd.read_csv(path, skiprows=3)
+    assert list(want.columns[:3]) == ["Year", "Jan", "Feb"] and len(want) == 133
+    if mode == "command line":
+        with zp.Subscriber(LOCAL) as sub:
+            run = subprocess.run([sys.executable, "-m", "zpandas", "publish", str(path),
+                                  "--skiprows", "3", "-e", ">" + sub.endpoints[0],
+                                  "--wait-for", "1", "--quiet"],
+                                 capture_output=True, text=True, timeout=120, check=False)
+            assert run.returncode == 0, run.stderr
+            df = sub.collect(timeout=30)
+    else:
+        df = _published(path, mode, tmp_path, skiprows=3)
+    pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
 
 def test_a_csv_header_in_another_encoding_is_refused_clearly_then_read_when_named():
     """A latin-1 header read as UTF-8: an error that says what to do (it was a

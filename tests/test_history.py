@@ -621,6 +621,40 @@ def test_a_copytruncate_while_a_replay_reads_the_file(tmp_path, monkeypatch, cop
         assert 0 < len(got) < 5000 and got == list(range(len(got)))   # what was read, once
 
 
+@pytest.mark.parametrize("then", ["written on", "quiet for a while", "just written"])
+def test_a_line_not_ended_when_the_past_was_asked_for(tmp_path, monkeypatch, then):
+    """A writer in the middle of a line (a buffered logger flushes in blocks) when the
+    request comes: its start alone was a row of the past ("2,b,2" for "2,b,200"), and the
+    subscriber then kept that one and dropped the live stream's whole row at the same
+    offset. Written on since: the whole line. Not: a record once the file has been quiet
+    for 2 s, as the live stream decides - before that it is the live stream's."""
+    import threading
+    from zpandas.sources import replay
+    monkeypatch.setattr(replay, "BLOCK", 8)   # the plan, then the reads, a few bytes at a time
+    log = tmp_path / "sales.csv"
+    log.write_bytes(b"n,shop,sales\n1,a,100\n2,b,2")
+    if then == "quiet for a while":
+        os.utime(log, (time.time() - 10, time.time() - 10))
+    fh = replay.FileHistory([str(log)], dict(fmt="csv", delimiter=",", max_line_bytes=1 << 20,
+                                             time_format=None, flatten=True))
+    rows, ends = [], []
+
+    def send(table, kind=wire.Kind.DATA, **_):
+        if kind is wire.Kind.DATA:
+            if not rows and then == "written on":
+                with open(log, "ab") as out:
+                    out.write(b"00\n3,c,300\n")
+            rows.extend(zip(table.column("n").to_pylist(), table.column("sales").to_pylist()))
+        elif kind is wire.Kind.HISTORY_END:
+            ends.append(history.read_end(table)["status"])
+        return True
+
+    replay.Answer(fh, Request.new(topic=""), send, threading.Event()).run()
+    assert ends == ["done"]
+    assert rows == {"written on": [(1, 100), (2, 200)], "quiet for a while": [(1, 100), (2, 2)],
+                    "just written": [(1, 100)]}[then]
+
+
 def test_a_replay_shows_how_far_it_is(tmp_path, capsys):
     """Bytes of file read of all, rows and an ETA per producer while it runs (a paced
     replay: 100 kB/s of 2.4 MB), and a bar when asked."""

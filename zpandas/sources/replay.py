@@ -62,6 +62,8 @@ SLACK_NS = 60 * 10**9    # start this much before since: rows a little out of or
 STALL = 60.0                # seconds without credit: the replay gives up
 LOOK_WAIT = 10.0            # seconds a replay waits for the live stream to have named the files
 _TAIL_BYTES = 256           # bytes before a position that tell a file's copy from others
+QUIET = 2.0                 # seconds without a write after which a file's unended last line
+                            # is a record (the live stream's multiline_timeout, by default)
 MESSAGE_BYTES = 1 << 20     # replayed rows go in messages of about this much, so that a
                             # live message never waits behind a large one (the owner sends
                             # them only when no live message waits)
@@ -459,7 +461,10 @@ class Answer:
                     copies.append(copy)
                     f, path_abs = copy.f, os.path.abspath(copy.path)   # the rows' _file
                     continue
-                got = _block(data, pos, quoted=fmt.quoted, last=pos + len(data) >= size)
+                last = pos + len(data) >= size and not data.endswith(b"\n")
+                if last:   # a line not ended when the request came
+                    data, last = _last_line(f, data, size)
+                got = _block(data, pos, quoted=fmt.quoted, last=last)
                 if got is None:   # a record longer than a block: skip it
                     pos += len(data)
                     progress.done += len(data)
@@ -654,6 +659,19 @@ class Planned(NamedTuple):
     head: bytes
 
 
+def _last_line(f, data: bytes, size: int) -> tuple[bytes, bool]:
+    """``data``, the file's bytes up to ``size``, ends inside a line: read on to its end if
+    it was written since (not the line's start alone, a row the live stream then sends
+    whole at the same offset); whether the line as it is now is a record - a file quiet
+    for :data:`QUIET` seconds ended without a newline, as the live stream decides."""
+    st = os.fstat(f.fileno())
+    if st.st_size > size:
+        more = f.read(min(st.st_size - size, MESSAGE_BYTES))   # (f is where data ended)
+        newline = more.find(b"\n")
+        return (data + more[:newline + 1], False) if newline >= 0 else (data, False)
+    return data, time.time() - st.st_mtime >= QUIET
+
+
 def _intact(f, head: bytes, end: int) -> bool:
     """``f`` still holds what the plan found, up to ``end``: not shorter, the same head (a
     copytruncate empties the file in place and its writer fills it anew)."""
@@ -695,15 +713,15 @@ def _files(patterns: list[str]) -> list[str]:
 
 def _block(data: bytes, pos: int, *, quoted: bool, last: bool) -> tuple[Records, int] | None:
     """The whole records of ``data``, read at ``pos`` (NULs left out, as the live stream
-    leaves them out), and the bytes they take; None: one record is longer than ``data``
-    and it is not the ``last`` block."""
+    leaves them out), and the bytes they take - with ``last``, also a record without a
+    newline at its end; None: one record is longer than ``data``."""
     holes = Holes(data) if b"\0" in data else None
     text = data if holes is None else holes.text
     ends = record_ends(text, quoted=quoted)
+    if last and len(text) and (not len(ends) or ends[-1] < len(text)):
+        ends = np.append(ends, len(text)).astype(np.int64)   # the last record, no newline
     if not len(ends):
-        if not last:
-            return None
-        ends = np.array([len(text)], np.int64)   # the last record, no newline
+        return None
     cut = int(ends[-1])
     return (_records(text[:cut], ends, pos, holes),
             cut if holes is None else int(holes.to_source(cut)))
