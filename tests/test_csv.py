@@ -486,7 +486,7 @@ def test_skiprows_skips_the_lines_before_the_header_at_every_block_size(tmp_path
                          wait_for_subscribers=1)
         df = sub.collect(timeout=30)
     pd.testing.assert_frame_equal(df.drop(columns=["_file", "_offset"]), want, check_dtype=False)
-    for bad in (-1, 1.5):
+    for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="skiprows"):
             CsvReader(skiprows=bad)
     with pytest.raises(ValueError, match="skiprows.*jsonl"):

@@ -100,6 +100,13 @@ def first_record_end(buf, quote: bytes | None = b'"', end: int | None = None, *,
     return nl + 1
 
 
+def checked_skiprows(skiprows) -> int:
+    """``skiprows`` if it is a number of lines (0 or more); else a ValueError naming it."""
+    if not isinstance(skiprows, int) or isinstance(skiprows, bool) or skiprows < 0:
+        raise ValueError(f"skiprows must be a number of lines, 0 or more, not {skiprows!r}")
+    return skiprows
+
+
 def unique_names(names: list[str]) -> list[str]:
     """Column names made unique as ``pandas.read_csv`` does: ``a, a`` -> ``a, a.1``.
 
@@ -146,9 +153,7 @@ class CsvReader:
                  encoding: str = "utf-8", errors: str = "reject", skiprows: int = 0) -> None:
         if block_size < 1:
             raise ValueError("block_size must be positive")
-        if not isinstance(skiprows, int) or skiprows < 0:
-            raise ValueError(f"skiprows must be a number of lines, 0 or more, not {skiprows!r}")
-        self.skiprows = skiprows
+        self.skiprows = checked_skiprows(skiprows)
         self._codec = Transcoder(encoding, errors)
         if not self._codec.ascii_compatible:
             raise ValueError(f"CsvReader cuts blocks at newline bytes, which {encoding} does not "

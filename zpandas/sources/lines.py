@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from .csv import unique_names
+from .csv import checked_skiprows, unique_names
 from .records import Record, Records, record_ends
 
 __all__ = ["Record", "Records", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS",
@@ -441,9 +441,7 @@ class CsvLines(LineFormat):
     def __init__(self, *, delimiter: str = ",", names: list[str] | None = None,
                  skiprows: int = 0, **kw) -> None:
         super().__init__(**kw)
-        if not isinstance(skiprows, int) or skiprows < 0:
-            raise ValueError(f"skiprows must be a number of lines, 0 or more, not {skiprows!r}")
-        if skiprows and names:
+        if checked_skiprows(skiprows) and names:
             raise ValueError("skiprows skips the lines before a header: not with column names given")
         self.delimiter = delimiter
         self.names = names                       # given: no header line is expected

@@ -227,8 +227,8 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
     try:
         if lines:
             return _publish_lines(paths, producer, replay=replay, format=format, delimiter=delimiter,
-                                  skiprows=skiprows, follow=follow, checkpoint=checkpoint, multiline=multiline,
-                                  multiline_timeout=multiline_timeout,
+                                  skiprows=skiprows, follow=follow, checkpoint=checkpoint,
+                                  multiline=multiline, multiline_timeout=multiline_timeout,
                                   max_line_bytes=max_line_bytes, time_format=time_format,
                                   poll_interval=poll_interval, parse_threads=parse_threads,
                                   stop=stop, duration=duration, own=own, encoding=encoding,
@@ -236,8 +236,8 @@ def publish_files(paths, endpoint, *, topic: str = "", format: str = "csv", sche
         if replay is not None:
             replay.looked.set()   # whole files: no live stream's names to wait for
         return _publish_csv(files, producer, schema=schema, delimiter=delimiter,
-                            skiprows=skiprows, block_size=block_size, progress=progress, encoding=encoding,
-                            errors=errors)
+                            skiprows=skiprows, block_size=block_size, progress=progress,
+                            encoding=encoding, errors=errors)
     finally:
         if own:
             producer.close()
