@@ -520,3 +520,40 @@ def test_skiprows_on_a_file_that_grows_a_line_at_a_time_and_a_restart(tmp_path):
             finally:
                 f.close()
     assert got == [10, 20, 30, 40, 50]
+
+
+def test_a_wide_header_is_found_again_after_a_restart(tmp_path):
+    """A header longer than the 1 KiB a follower keeps of a file's start (100 columns;
+    messytables' 211.csv has a 1,570-byte one): a restarted follower, resumed past it, took
+    its first row for the header - every row after it under wrong names, that row lost."""
+    from zpandas.sources.checkpoint import Checkpoint
+    from zpandas.sources.follow import Follower
+    from zpandas.sources.lines import get_format
+    path = tmp_path / "wide.csv"
+    names = [f"column_number_{i:03d}" for i in range(100)]
+    header = (",".join(names) + "\n").encode()
+    assert len(header) > 1024
+
+    def row(k):
+        return (",".join(str(k * 1000 + i) for i in range(100)) + "\n").encode()
+
+    path.write_bytes(header + row(0) + row(1))
+    got = []
+    with Checkpoint(tmp_path / "ck.sqlite") as ck:
+        for restart in (False, True):
+            fmt = get_format("csv")   # a restarted producer's: nothing known yet
+            f = Follower([str(path)], resume=ck.load() if restart else None, release_after=0)
+            try:
+                if restart:
+                    with open(path, "ab") as out:
+                        out.write(row(2) + row(3))
+                for ch in f.poll():
+                    table, rejects = fmt.parse_body(fmt.begin(ch.records, ch.path, key=ch.key,
+                                                              head=ch.head), ch.path, key=ch.key)
+                    assert rejects.num_rows == 0 and table.column_names[:100] == names
+                    got += table.column("column_number_099").to_pylist()
+                    ck.save([(ch.key, ch.path, ch.dev, ch.ino, ch.head, ch.end, ch.line)])
+                ck.save(f.discovered)
+            finally:
+                f.close()
+    assert got == [99, 1099, 2099, 3099]

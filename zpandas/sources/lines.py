@@ -459,6 +459,11 @@ class CsvLines(LineFormat):
         # Records from past the header (a restart resumed there, the rest of a file read
         # before it was renamed): the header is in the file's head.
         at, end = header_bounds(head, self.skiprows) if head else (0, 0)
+        if head and not end and int(records.offsets[0]) >= len(head):
+            # Resumed past a head too short to hold the header (a wide file's): the file's
+            # own first bytes, as far as a header may reach.
+            head = _first_bytes(file, HEADER_PROBE) or head
+            at, end = header_bounds(head, self.skiprows)
         if end and int(records.offsets[0]) >= end:
             self.header[key] = self._names_of(head[at:end])
             return records
@@ -594,6 +599,19 @@ class CsvLines(LineFormat):
                         pass
         df.attrs["bad"] = bad
         return df
+
+
+#: Bytes of a file's start read to find its header when the follower's head (1 KiB) does
+#: not hold it: a header (and preamble) longer than this is not found after a restart.
+HEADER_PROBE = 1 << 20
+
+
+def _first_bytes(path: str, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def header_bounds(head: bytes, skiprows: int = 0) -> tuple[int, int]:
