@@ -47,7 +47,7 @@ from .compressed import HEAD as COMPRESSED_HEAD
 from .compressed import compression_of
 from .encoding import Transcoder
 from .framing import Framer, concat_records
-from .records import CR_AS_LF, Holes, Records, lone_cr
+from .records import CR_AS_LF, Holes, Records, first_bytes, lone_cr
 
 __all__ = ["Follower", "Chunk", "HEAD_BYTES"]
 
@@ -264,7 +264,7 @@ class Follower:
                 continue
             # Through our open handle (the same inode) when there is one: no open() per poll.
             head = (os.pread(c.f.fileno(), len(c.head), 0) if c.f is not None
-                    else _head(path, len(c.head)))
+                    else first_bytes(path, len(c.head)))
             if st.st_size < c.offset or head != c.head:
                 self._truncated(c, path)
                 break  # the path now holds a new incarnation
@@ -274,7 +274,7 @@ class Follower:
             if self._is_copy(path, st) or self._copy_in_progress(path, st):
                 return None
             done = self._finished.get((st.st_dev, st.st_ino))
-            if done is not None and _head(path, len(done[0])) == done[0]:
+            if done is not None and first_bytes(path, len(done[0])) == done[0]:
                 if st.st_size <= done[1]:
                     return None  # read to its end before (rotated away, still matched)
                 # It grew again (a line written to a rotated copy): on from where it was.
@@ -290,9 +290,9 @@ class Follower:
             # about to be written into it: it is looked at again once it has bytes.
             return None
         known = self.compressed.get((st.st_dev, st.st_ino))
-        if known is not None and compression_of(_head(path, COMPRESSED_HEAD)) is not None:
+        if known is not None and compression_of(first_bytes(path, COMPRESSED_HEAD)) is not None:
             return None   # (still that file: an inode is used again after a delete)
-        head = _head(path, HEAD_BYTES)
+        head = first_bytes(path, HEAD_BYTES)
         kind = compression_of(head[:COMPRESSED_HEAD])
         if kind is not None:
             self.compressed[(st.st_dev, st.st_ino)] = path
@@ -360,7 +360,7 @@ class Follower:
             if not 0 < st.st_size < c.offset:
                 continue
             n = min(len(c.head), st.st_size)
-            if n and _head(path, n) == c.head[:n]:
+            if n and first_bytes(path, n) == c.head[:n]:
                 now = time.monotonic()
                 seen = self._maybe_copies.setdefault(ident, [st.st_size, now])
                 if st.st_size != seen[0]:
@@ -377,7 +377,7 @@ class Follower:
         ``path``'s end). Files whose content is the same as far as we read cannot be told
         from a copy; as with any content fingerprint, they count as one."""
         if c.offset > 0:
-            return (size >= c.offset and _head(path, len(c.head)) == c.head
+            return (size >= c.offset and first_bytes(path, len(c.head)) == c.head
                     and _read_at(path, c.offset - len(c.tail), c.offset) == c.tail)
         # Not read yet (found in the same look as ``path``, perhaps in the middle of a
         # copytruncate): ``path`` is a copy when it is named as a rotated copy of c's file
@@ -391,8 +391,8 @@ class Follower:
         except OSError:
             return False
         n = min(len(c.head), size)
-        return (0 < size <= theirs and _head(path, n) == c.head[:n]
-                and _head(c.path, len(c.head)) == c.head
+        return (0 < size <= theirs and first_bytes(path, n) == c.head[:n]
+                and first_bytes(c.path, len(c.head)) == c.head
                 and _read_at(path, size - _TAIL_BYTES, size) == _read_at(c.path, size - _TAIL_BYTES, size))
 
     def _truncated(self, c: _Cursor, path: str) -> None:
@@ -560,14 +560,6 @@ def _rotated_name(path: str, original: str) -> bool:
     base_head, base = os.path.split(original)
     return head == base_head and len(name) > len(base) and name.startswith(base) \
         and name[len(base)] in ".-_"
-
-
-def _head(path: str, n: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
 
 
 def _read_at(path: str, start: int, end: int) -> bytes:

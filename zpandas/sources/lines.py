@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from .csv import checked_skiprows, unique_names
-from .records import Record, Records, record_ends
+from .records import Record, Records, first_bytes, record_ends
 
 __all__ = ["Record", "Records", "LineFormat", "JsonLines", "Regex", "CsvLines", "PRESETS",
            "get_format", "REJECT_SCHEMA"]
@@ -462,7 +462,7 @@ class CsvLines(LineFormat):
         if head and not end and int(records.offsets[0]) >= len(head):
             # Resumed past a head too short to hold the header (a wide file's): the file's
             # own first bytes, as far as a header may reach.
-            head = _first_bytes(file, HEADER_PROBE) or head
+            head = first_bytes(file, HEADER_PROBE) or head
             at, end = header_bounds(head, self.skiprows)
         if end and int(records.offsets[0]) >= end:
             self.header[key] = self._names_of(head[at:end])
@@ -604,14 +604,6 @@ class CsvLines(LineFormat):
 #: Bytes of a file's start read to find its header when the follower's head (1 KiB) does
 #: not hold it: a header (and preamble) longer than this is not found after a restart.
 HEADER_PROBE = 1 << 20
-
-
-def _first_bytes(path: str, n: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
 
 
 def header_bounds(head: bytes, skiprows: int = 0) -> tuple[int, int]:

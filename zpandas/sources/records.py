@@ -199,3 +199,12 @@ def line_starts_matching(texts: pa.Array, start: re.Pattern) -> np.ndarray:
 
 
 _RUST_REFUSED: set[str] = set()  # patterns polars' regex engine would not compile
+
+
+def first_bytes(path: str, n: int) -> bytes:
+    """A file's first ``n`` bytes; empty if it cannot be read (gone meanwhile)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
